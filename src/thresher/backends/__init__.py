@@ -1,0 +1,1 @@
+"""Backends: how a forward pass is computed (`hf`: transformers)."""

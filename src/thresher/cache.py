@@ -1,0 +1,208 @@
+"""Pass cache: explicit keys, parquet shards, completion markers, per-sample resume.
+
+Layout inside a run folder: `passes/<label>/key.json` (what the pass depends on) and
+`shard-<uuid>.parquet` files, each trusted only once its `shard-<uuid>.done` marker exists.
+A shard is written to a temporary name, fsynced, renamed into place, and only then is the
+marker written, so a killed run leaves at worst an unmarked shard, which the next run deletes
+and redoes. Resume is per sample: finished ids are skipped whatever the batch size, shard
+size or engine, so nothing is lost and nothing is scored twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from thresher.passes import PASS_VERSION, PassSpec, Ragged, TokenStats
+
+KEY_FILE = "key.json"
+
+
+class CacheMismatch(RuntimeError):
+    """The run folder holds a pass computed with different inputs."""
+
+
+def key_material(spec: PassSpec, model_info: dict[str, Any], template_text: str, data_hash: str) -> dict[str, Any]:
+    """Everything a pass result depends on. Batch size and worker count are not in it."""
+    return {
+        "pass_version": PASS_VERSION,
+        "pass": spec.to_dict(),
+        "model": {k: model_info.get(k) for k in ("hf_id", "path", "revision", "dtype", "weights_sha256")},
+        "tokenizer_hash": model_info.get("tokenizer_hash"),
+        "chat_template_hash": model_info.get("chat_template_hash"),
+        "template_sha256": hashlib.sha256(template_text.encode()).hexdigest(),
+        "data_hash": data_hash,
+    }
+
+
+def cache_key(material: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+
+
+def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new)):
+            out += _diff(old.get(k), new.get(k), f"{prefix}{k}.")
+        return out
+    return [] if old == new else [f"{prefix[:-1]}: {old!r} -> {new!r}"]
+
+
+def pass_label(spec: PassSpec) -> str:
+    template = spec.template if spec.template in ("alpaca", "plain", "chat") else "custom"
+    label = f"{spec.view}.{template}"
+    if spec.boundary != "exact":
+        label += f".{spec.boundary}"
+    return label if spec.fields else f"{label}.tokens"
+
+
+class PassStore:
+    """The shards of one pass in one run folder."""
+
+    def __init__(self, run_dir: str | Path, spec: PassSpec, material: dict[str, Any]) -> None:
+        self.spec = spec
+        self.dir = Path(run_dir) / "passes" / pass_label(spec)
+        self.material = material
+        self.key = cache_key(material)
+
+    def open(self, overwrite: bool = False) -> int:
+        """Create or check the pass folder; returns how many unmarked shards were discarded."""
+        key_path = self.dir / KEY_FILE
+        if key_path.exists() and overwrite:
+            for p in self.dir.iterdir():
+                p.unlink()
+        if key_path.exists():
+            old = json.loads(key_path.read_text())
+            if old.get("key") != self.key:
+                changes = _diff(old.get("material", {}), self.material)
+                raise CacheMismatch(
+                    f"{self.dir} holds the {pass_label(self.spec)} pass computed with different inputs:\n  "
+                    + "\n  ".join(changes or ["(key format)"])
+                    + "\nRerun with --overwrite to start this pass afresh, or write to another --out folder."
+                )
+        else:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            _atomic_write(key_path, json.dumps({"key": self.key, "material": self.material}, indent=1, sort_keys=True).encode())
+        discarded = 0
+        for p in self.dir.glob("shard-*.parquet"):
+            if not p.with_suffix(".done").exists():
+                p.unlink()
+                discarded += 1
+        for p in self.dir.glob("*.tmp"):
+            p.unlink()
+        return discarded
+
+    def committed(self) -> list[Path]:
+        return sorted(p.with_suffix(".parquet") for p in self.dir.glob("shard-*.done"))
+
+    def finished_ids(self) -> set[str]:
+        ids: set[str] = set()
+        for p in self.committed():
+            ids.update(pq.read_table(p, columns=["id"]).column("id").to_pylist())
+        return ids
+
+    def write_shard(self, columns: dict[str, Any]) -> Path:
+        """Commit one shard: parquet to a temp name, fsync, rename, then the marker."""
+        table = _to_table(columns)
+        name = f"shard-{uuid.uuid4().hex[:16]}"
+        final = self.dir / f"{name}.parquet"
+        tmp = self.dir / f"{name}.parquet.tmp"
+        pq.write_table(table, tmp)
+        _fsync(tmp)
+        os.replace(tmp, final)
+        digest = hashlib.sha256(final.read_bytes()).hexdigest()
+        _atomic_write(final.with_suffix(".done"), json.dumps({"rows": table.num_rows, "sha256": digest}).encode())
+        return final
+
+    def load(self) -> TokenStats:
+        """All committed rows; a shard whose bytes do not match its marker is an error."""
+        tables = []
+        for p in self.committed():
+            marker = json.loads(p.with_suffix(".done").read_text())
+            if hashlib.sha256(p.read_bytes()).hexdigest() != marker["sha256"]:
+                raise RuntimeError(f"shard {p} does not match its completion marker; delete both files and rerun")
+            tables.append(pq.read_table(p))
+        if not tables:
+            return _from_table(None)
+        table = pa.concat_tables(tables, promote_options="default")
+        ids = table.column("id").to_pylist()
+        if len(set(ids)) != len(ids):
+            raise RuntimeError(f"{self.dir} holds some sample ids twice; rerun with --overwrite")
+        return _from_table(table)
+
+
+def _list_column(rows: list[np.ndarray]) -> pa.Array:
+    r = Ragged.from_rows(rows, dtype=np.float32)
+    return pa.ListArray.from_arrays(pa.array(r.offsets.astype(np.int32)), pa.array(r.values, type=pa.float32()))
+
+
+def _to_table(c: dict[str, Any]) -> pa.Table:
+    cols: dict[str, pa.Array] = {
+        "id": pa.array(c["id"], type=pa.string()),
+        "status": pa.array(c["status"], type=pa.string()),
+        "n_prompt_tokens": pa.array(c["n_prompt_tokens"], type=pa.int32()),
+        "n_response_tokens": pa.array(c["n_response_tokens"], type=pa.int32()),
+        "n_scored": pa.array(c["n_scored"], type=pa.int32()),
+        "truncated": pa.array(c["truncated"], type=pa.string()),
+        "logprob": _list_column(c["logprob"]),
+    }
+    if c.get("entropy") is not None:
+        cols["entropy"] = _list_column(c["entropy"])
+    for name, arr in c.get("activations", {}).items():
+        arr = np.asarray(arr, dtype=np.float16)
+        cols[name] = pa.FixedSizeListArray.from_arrays(pa.array(arr.reshape(-1)), arr.shape[1])
+    return pa.table(cols)
+
+
+def _ragged(col: pa.ChunkedArray) -> Ragged:
+    rows = col.combine_chunks()
+    offsets = np.asarray(rows.offsets, dtype=np.int64)
+    values = np.asarray(rows.values, dtype=np.float64)
+    return Ragged(values[offsets[0] : offsets[-1]], offsets - offsets[0])
+
+
+def _from_table(t: pa.Table | None) -> TokenStats:
+    if t is None:
+        z = np.zeros(0, dtype=np.int64)
+        return TokenStats([], [], z, z, z, [], Ragged(np.zeros(0), np.zeros(1)))
+    acts = {}
+    for name in t.column_names:
+        if name.startswith(("hidden.", "mlp.")):
+            col = t.column(name).combine_chunks()
+            acts[name] = np.asarray(col.flatten(), dtype=np.float32).reshape(len(col), -1)
+    return TokenStats(
+        ids=t.column("id").to_pylist(),
+        status=t.column("status").to_pylist(),
+        n_prompt_tokens=t.column("n_prompt_tokens").to_numpy().astype(np.int64),
+        n_response_tokens=t.column("n_response_tokens").to_numpy().astype(np.int64),
+        n_scored=t.column("n_scored").to_numpy().astype(np.int64),
+        truncated=t.column("truncated").to_pylist(),
+        logprob=_ragged(t.column("logprob")),
+        entropy=_ragged(t.column("entropy")) if "entropy" in t.column_names else None,
+        activations=acts,
+    )
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,249 @@
+"""`thresher ls | validate | score | select | run | demo`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from thresher.config import RunConfig, override
+
+EXAMPLES = {
+    "main": """examples:
+  thresher ls methods
+  thresher run --data alpaca.json --method ifd --fraction 0.1 --out runs/ifd
+  thresher run configs/ifd.yaml data.path=alpaca.json select.fraction=0.05
+  thresher select runs/ifd --count 500
+  thresher demo""",
+    "ls": """examples:
+  thresher ls                 # everything
+  thresher ls methods         # each method with its paper, passes and defaults
+  thresher ls models""",
+    "validate": """examples:
+  thresher validate configs/ifd.yaml data.path=alpaca.json
+  thresher validate --data alpaca.json --method superfilterng   # suggests 'superfiltering'""",
+    "score": """examples:
+  thresher score --data alpaca.json --method ifd --out runs/ifd
+  thresher score configs/superfiltering.yaml data.path=alpaca.json model.name=gpt2
+  thresher score --data chats.jsonl --format sharegpt --method ppl --template chat --out runs/ppl""",
+    "select": """examples:
+  thresher select runs/ifd --fraction 0.05
+  thresher select runs/ifd --count 520 --seed 1""",
+    "run": """examples:
+  thresher run --data alpaca.json --method ifd --fraction 0.1 --out runs/ifd
+  thresher run --data alpaca.json --method superfiltering --reproduce --fraction 0.1
+  thresher run configs/ppl.yaml data.path=alpaca.json method.params.variant=mid select.count=500
+  thresher run --data alpaca.json --method entropy --out runs/ifd   # reuses the cond pass of runs/ifd""",
+    "demo": """examples:
+  thresher demo                         # the built-in pool, smollm2-135m, IFD, 10%
+  thresher demo --out runs/demo --fraction 0.05""",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = argparse.ArgumentParser(prog="thresher", description="Select instruction-tuning data with the model's own signals.", epilog=EXAMPLES["main"], formatter_class=fmt)
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    ls = sub.add_parser("ls", help="list methods, templates, models and formats", epilog=EXAMPLES["ls"], formatter_class=fmt)
+    ls.add_argument("what", nargs="?", choices=["methods", "templates", "models", "formats"], help="one list only")
+
+    for name, help_ in (("validate", "check a config fully, loading no model"), ("score", "score a dataset (no selection)"), ("run", "score, select and export")):
+        sp = sub.add_parser(name, help=help_, epilog=EXAMPLES[name], formatter_class=fmt)
+        _add_run_flags(sp, with_budget=name != "score")
+
+    sel = sub.add_parser("select", help="select again from a scored run folder (no model)", epilog=EXAMPLES["select"], formatter_class=fmt)
+    sel.add_argument("run_dir", help="the --out folder of a finished run or score")
+    _add_budget_flags(sel)
+    sel.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+
+    demo = sub.add_parser("demo", help="score the built-in planted-defect pool and select 10%% by IFD", epilog=EXAMPLES["demo"], formatter_class=fmt)
+    demo.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
+    demo.add_argument("--model", default="smollm2-135m", help="model (default: smollm2-135m)")
+    demo.add_argument("--method", default="ifd", help="method (default: ifd)")
+    demo.add_argument("--fraction", type=float, default=0.1, help="budget as a fraction (default: 0.1)")
+    demo.add_argument("--threads", type=int, default=None, help="torch threads")
+    demo.add_argument("--overwrite", action="store_true", help="start the passes afresh")
+    return p
+
+
+def _add_budget_flags(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--fraction", type=float, help="budget as a fraction of the samples read, e.g. 0.1")
+    sp.add_argument("--count", type=int, help="budget as a number of rows, e.g. 500")
+    sp.add_argument("--seed", type=int, help="seed for random steps (default 42)")
+
+
+def _add_run_flags(sp: argparse.ArgumentParser, with_budget: bool) -> None:
+    sp.add_argument("config", nargs="?", help="a YAML config (see configs/); optional")
+    sp.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. select.fraction=0.05")
+    sp.add_argument("--data", help="dataset: .json/.jsonl/.parquet, a save_to_disk folder, or a hub id")
+    sp.add_argument("--format", help="alpaca | sharegpt | messages | prompt_completion (default: detect)")
+    sp.add_argument("--column", action="append", default=[], metavar="NAME=COL", help="map a field to your column, e.g. output=answer")
+    sp.add_argument("--role", action="append", default=[], metavar="FROM=ROLE", help="ShareGPT role map, e.g. bot=assistant")
+    sp.add_argument("--id-column", help="column holding a unique id (default: `id` if present, else a content hash)")
+    sp.add_argument("--limit", type=int, help="read only the first N rows")
+    sp.add_argument("--model", help="alias (smollm2-135m, gemma3-270m), local folder, .gguf file or hub id")
+    sp.add_argument("--method", help="see `thresher ls methods`")
+    sp.add_argument("--reproduce", action="store_true", help="follow the reference code's boundary and budget rules")
+    sp.add_argument("--template", help="alpaca | plain | chat | a format string with {instruction}")
+    sp.add_argument("--max-length", type=int, help="token budget per view")
+    sp.add_argument("--out", help="output folder (default: runs/thresher)")
+    sp.add_argument("--overwrite", action="store_true", help="recompute passes cached in --out")
+    sp.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    sp.add_argument("--batch-tokens", type=int, help="rows x padded length per forward batch")
+    sp.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    if with_budget:
+        _add_budget_flags(sp)
+
+
+def _pairs(items: list[str], what: str) -> dict[str, str]:
+    out = {}
+    for it in items:
+        if "=" not in it:
+            raise ValueError(f"{what} {it!r} is not of the form NAME=VALUE")
+        k, v = it.split("=", 1)
+        out[k] = v
+    return out
+
+
+def config_from_args(a: argparse.Namespace) -> RunConfig:
+    if a.config and "=" in a.config and not Path(a.config).exists():  # a first override, not a file
+        a.config, a.overrides = None, [a.config, *a.overrides]
+    cfg = RunConfig.from_yaml(a.config) if a.config else RunConfig()
+    flags: dict[str, Any] = {
+        "data.path": a.data, "data.format": a.format, "data.id_column": a.id_column, "data.limit": a.limit,
+        "model.name": a.model, "model.threads": a.threads, "method.name": a.method,
+        "output.dir": a.out, "score.batch_tokens": a.batch_tokens,
+        "select.fraction": getattr(a, "fraction", None), "select.count": getattr(a, "count", None), "select.seed": getattr(a, "seed", None),
+    }
+    for key, value in flags.items():
+        if value is not None:
+            section, name = key.split(".")
+            setattr(getattr(cfg, section), name, value)
+    if a.column:
+        cfg.data.columns.update(_pairs(a.column, "--column"))
+    if a.role:
+        cfg.data.roles.update(_pairs(a.role, "--role"))
+    if a.template:
+        cfg.method.params["template"] = a.template
+    if a.max_length:
+        cfg.method.params["max_length"] = a.max_length
+    cfg.method.reproduce |= a.reproduce
+    cfg.score.overwrite |= a.overwrite
+    cfg.score.progress &= not a.no_progress
+    for o in a.overrides:
+        override(cfg, o)
+    return cfg
+
+
+def cmd_ls(what: str | None) -> None:
+    from thresher import data
+    from thresher.methods import METHODS
+    from thresher.models import ALIASES
+    from thresher.templates import ALPACA_PROMPT_NO_INPUT, PLAIN_PROMPT_NO_INPUT
+
+    if what in (None, "methods"):
+        print("methods:")
+        for m in METHODS.values():
+            print(f"  {m.name:<15} {m.summary}\n  {'':<15} paper: {m.paper}\n  {'':<15} passes: {m.passes}; paper's scorer: {m.reference_model}; reproduce mode: {'yes' if m.reproducible else 'no'}")
+            print(f"  {'':<15} defaults: {json.dumps(m.defaults())}")
+    if what in (None, "templates"):
+        print("templates:")
+        print(f"  alpaca  Stanford Alpaca, verbatim: {ALPACA_PROMPT_NO_INPUT[:60]!r}...")
+        print(f"  plain   Superfiltering / T-SHIRT, no template: {PLAIN_PROMPT_NO_INPUT!r} (+ '{{input}}\\n')")
+        print("  chat    the tokenizer's own chat template (apply_chat_template)")
+        print("  custom  any format string with {instruction}, optionally {input} and {system}")
+    if what in (None, "models"):
+        print("models (also: a local folder, a .gguf file, or a hub id):")
+        for name, alias in ALIASES.items():
+            print(f"  {name:<15} {alias.description}")
+    if what in (None, "formats"):
+        print("formats: " + ", ".join(data.FORMATS) + " (from .json, .jsonl, .parquet, save_to_disk folders, hub ids)")
+
+
+def cmd_demo(a: argparse.Namespace) -> None:
+    from thresher import pipeline
+    from thresher.demo_data import defect_audit, format_defect_audit, generate_pool, write_pool
+
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pool = generate_pool()
+    pool_path = out / "pool.jsonl"
+    write_pool(pool_path, pool)
+    print(f"demo pool: {len(pool)} rows of our own making with planted defects -> {pool_path}")
+    cfg = RunConfig()
+    cfg.data.path = str(pool_path)
+    cfg.data.format = "alpaca"
+    cfg.model.name, cfg.model.threads = a.model, a.threads
+    cfg.method.name = a.method
+    cfg.select.fraction = a.fraction
+    cfg.output.dir = str(out)
+    cfg.score.overwrite = a.overwrite
+    result, sel, manifest = pipeline.run(cfg)
+    print(pipeline.summary(result, sel, manifest))
+    # the pool a method can choose from: rows that were read (empty answers are rejected first)
+    readable = [s.meta["record"] for s in result.samples]
+    by_id = {s.id: s for s in result.samples}
+    selected_records = [by_id[i].meta["record"] for i in sel.ids]
+    print(f"planted defects, selection vs the {len(readable)} readable rows (defect labels are never shown to the scorer):")
+    print(format_defect_audit(defect_audit(selected_records, readable)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        return _dispatch(args)
+    except KeyboardInterrupt:
+        print("interrupted: finished shards are kept; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2 if isinstance(e, (ValueError, FileNotFoundError)) else 1
+
+
+def _dispatch(a: argparse.Namespace) -> int:
+    from thresher import pipeline
+
+    if a.command == "ls":
+        cmd_ls(a.what)
+        return 0
+    if a.command == "demo":
+        cmd_demo(a)
+        return 0
+    if a.command == "select":
+        overrides = list(a.overrides)
+        if a.fraction is not None or a.count is not None:
+            overrides += [f"select.fraction={a.fraction if a.fraction is not None else 'null'}", f"select.count={a.count if a.count is not None else 'null'}"]
+        if a.seed is not None:
+            overrides.append(f"select.seed={a.seed}")
+        cfg, result = pipeline.load_run(a.run_dir, overrides)
+        sel = pipeline.select(result, cfg)
+        manifest = pipeline.write_outputs(result, sel, cfg)
+        print(pipeline.summary(result, sel, manifest))
+        return 0
+    cfg = config_from_args(a)
+    if a.command == "validate":
+        plan = pipeline.validate(cfg, need_budget=False)
+        print(f"ok: method {plan.method} with {json.dumps(plan.params)}; passes: {', '.join(f'{k}={v.name()}' for k, v in plan.passes.items()) or 'none'}")
+        return 0
+    if a.command == "score":
+        t0 = time.perf_counter()
+        result = pipeline.score(cfg)
+        manifest = pipeline.write_outputs(result, None, cfg, timings={"score": time.perf_counter() - t0})
+        print(pipeline.summary(result, None, manifest))
+        return 0
+    result, sel, manifest = pipeline.run(cfg)
+    print(pipeline.summary(result, sel, manifest))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,356 @@
+"""Samples and readers.
+
+CONTRACT (other modules rely on it; the reader implementation lands below it):
+
+A `Sample` is one training example. `messages` are the turns in order: an optional system
+turn, then user/assistant pairs; the last turn is always the assistant response that every
+signal scores. `instruction` and `input` are the Alpaca fields of the final user turn (for
+other formats `instruction` is the final user content and `input` is ""), so the Alpaca and
+plain templates can render them exactly as the reference code does. `meta` carries the
+1-based source line (`line`), the `format`, the `source` path and the original `record`;
+templates never read `meta`.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import json
+import logging
+import os
+import re
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from thresher.export import write_jsonl
+from thresher.formats import (
+    FORMATS,
+    PARSERS,
+    RowError,
+    Schema,
+    fits,
+    full_matches,
+    make_schema,
+    map_columns,
+    row_format,
+)
+
+
+@dataclass(frozen=True)
+class Message:
+    role: str  # "system" | "user" | "assistant"
+    content: str
+
+
+@dataclass(frozen=True)
+class Sample:
+    id: str
+    messages: tuple[Message, ...]
+    instruction: str
+    input: str = ""
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def response(self) -> str:
+        return self.messages[-1].content
+
+    @property
+    def system(self) -> str:
+        return self.messages[0].content if self.messages and self.messages[0].role == "system" else ""
+
+    @property
+    def prompt_messages(self) -> tuple[Message, ...]:
+        """Every turn before the scored response (system, history, final user turn)."""
+        return self.messages[:-1]
+
+    @property
+    def history(self) -> tuple[tuple[str, str], ...]:
+        """(user, assistant) pairs before the final user turn."""
+        turns = [m for m in self.messages[:-2] if m.role != "system"]
+        return tuple((turns[i].content, turns[i + 1].content) for i in range(0, len(turns) - 1, 2))
+
+
+# ---------------------------------------------------------------------------------------------
+# Readers. Sources: .json (an array, or JSON lines), .jsonl, .parquet, a `save_to_disk` folder,
+# or a hub dataset id. Per-format parsing lives in thresher.formats.
+#
+# Line numbers (`meta["line"]`, `Rejected.line`) are 1-based: the physical line for JSON lines
+# (blank lines are not rows but still count as lines), the element index for a JSON array, and
+# the row index for Parquet and `datasets` sources.
+
+__all__ = ["FORMATS", "Message", "ReadResult", "Rejected", "Sample", "read", "rejected_counts", "write_rejected"]
+
+log = logging.getLogger(__name__)
+
+DETECT_ROWS = 100  # ours: enough rows to see a file's shape, few enough to stay instant
+RAW_TEXT_CHARS = 2000  # ours: keeps rejected.jsonl readable when a whole file is one bad line
+FILE_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".tsv", ".arrow", ".txt", ".gz", ".zst")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass
+class Rejected:
+    line: int
+    reason: str
+    id: str | None
+    record: Any  # the raw row, or the raw text of a line that is not a JSON value
+
+
+@dataclass
+class ReadResult:
+    samples: list[Sample]
+    rejected: list[Rejected]
+    format: str  # one of FORMATS, or "mixed" when allow_mixed found several
+    detected: bool
+    source: str
+    rows_read: int
+    format_counts: dict[str, int]  # samples per format
+    content_hash: str  # sha256 over sample ids and contents in order; part of every cache key
+
+    def __post_init__(self) -> None:
+        assert len(self.samples) + len(self.rejected) == self.rows_read, (len(self.samples), len(self.rejected), self.rows_read)
+
+
+Row = tuple[int, Any]  # (line, parsed value)
+
+
+def read(
+    source: str,
+    *,
+    format: str | None = None,
+    columns: dict[str, str] | None = None,
+    roles: dict[str, str] | None = None,
+    id_column: str | None = None,
+    split: str = "train",
+    limit: int | None = None,
+    allow_mixed: bool = False,
+) -> ReadResult:
+    """Read every row of `source` into samples; rows that can't be samples are rejected with a reason.
+
+    `format=None` detects the format from the first rows, only when exactly one fits. `columns`
+    maps canonical field names to yours (`{"output": "answer"}`); `roles` renames ShareGPT roles
+    (`{"bot": "assistant"}` or LLaMA-Factory tags). Ids come from `id_column` (or an `id`
+    column), else from a hash of the content. `limit` counts rows read, rejected ones included.
+    """
+    source = str(source)
+    if format is not None and format not in FORMATS:
+        raise ValueError(f"format={format!r} is not one of {list(FORMATS)}")
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit={limit}: expected a row count >= 0, or None for every row")
+    schema = make_schema(columns, roles)
+    items = list(_rows(source, split, limit))
+    objects = [item for item in items if isinstance(item, tuple) and isinstance(item[1], dict)][:DETECT_ROWS]
+    detected = format is None
+    if format is None and not allow_mixed:
+        format = _detect(objects, schema, source, items)
+    if id_column is None and objects and "id" in objects[0][1]:
+        id_column = "id"
+    samples: list[Sample] = []
+    rejected: list[Rejected] = []
+    contents: list[bytes] = []
+    repeats: Counter[str] = Counter()
+    for item in items:
+        if isinstance(item, Rejected):
+            rejected.append(item)
+            continue
+        line, row = item
+        try:
+            sample, content = _sample(line, row, source, schema, format, allow_mixed, id_column)
+            repeats[sample.id] += 1
+            if repeats[sample.id] > 1:
+                if id_column is not None:  # a user's id must be unique: the first row keeps it
+                    raise RowError("duplicate_id", sample.id)
+                # identical content: the k-th copy gets ".k", unique and stable for a fixed file order
+                sample = replace(sample, id=f"{sample.id}.{repeats[sample.id]}")
+        except RowError as e:
+            rejected.append(Rejected(line, e.reason, e.id, row))
+            continue
+        samples.append(sample)
+        contents.append(content)
+    counts = Counter(s.meta["format"] for s in samples)
+    if allow_mixed:
+        format = "mixed" if len(counts) > 1 else next(iter(counts), format or "mixed")
+    digest = hashlib.sha256()
+    for sample, content in zip(samples, contents, strict=True):
+        digest.update(sample.id.encode() + b"\0" + content + b"\n")
+    return ReadResult(samples, rejected, format, detected, source, len(items), dict(counts), digest.hexdigest())
+
+
+def _sample(line: int, row: Any, source: str, schema: Schema, format: str | None, allow_mixed: bool, id_column: str | None) -> tuple[Sample, bytes]:
+    """One row as a Sample (with its hash id, before repeat suffixes) and its canonical content bytes."""
+    if not isinstance(row, dict):
+        raise RowError("not_an_object")
+    user_id = None
+    if id_column is not None:
+        value = row.get(id_column)
+        if value is None or value == "":
+            raise RowError(f"missing_field:{id_column}")
+        if not isinstance(value, (str, int)) or isinstance(value, bool):
+            raise RowError(f"bad_type:{id_column}")
+        user_id = str(value)
+    view = map_columns(row, schema)
+    fmt = format
+    if allow_mixed and (fmt is None or not fits(view, fmt)):
+        fmt = row_format(view)
+    if fmt not in FORMATS or not fits(view, fmt):
+        raise RowError(f"format_mismatch:{row_format(view)}", user_id)
+    try:
+        parsed = PARSERS[fmt](view, schema)
+    except RowError as e:
+        raise RowError(e.reason, user_id) from None
+    messages = tuple(Message(role, content) for role, content in parsed.turns)
+    canonical = json.dumps(
+        {"messages": [[m.role, m.content] for m in messages], "instruction": parsed.instruction, "input": parsed.input},
+        ensure_ascii=False, sort_keys=True, separators=(",", ":"),
+    )
+    try:  # valid JSON may still carry lone surrogates (`"\ud800"`), which no tokenizer or file can hold
+        content = canonical.encode("utf-8")
+        (user_id or "").encode("utf-8")
+    except UnicodeEncodeError:
+        raise RowError("bad_utf8", user_id) from None
+    sample_id = user_id if user_id is not None else "h" + hashlib.sha256(content).hexdigest()[:16]
+    meta = {"line": line, "format": fmt, "source": source, "record": row}
+    return Sample(sample_id, messages, parsed.instruction, parsed.input, meta), content
+
+
+def _detect(objects: list[Row], schema: Schema, source: str, items: list[Any]) -> str:
+    matched: dict[str, int] = {}
+    keys: set[str] = set()
+    for line, row in objects:
+        keys.update(row)
+        found = full_matches(map_columns(row, schema))
+        if len(found) > 1:
+            raise ValueError(f"{source}: can't detect the format: line {line} has keys {sorted(row)}, which fit {found}. Pass format= one of {list(FORMATS)}.")
+        for fmt in found:
+            matched.setdefault(fmt, line)
+    if len(matched) == 1:
+        format = next(iter(matched))
+        log.info("%s: detected format %r from the first %d rows", source, format, len(objects))
+        return format
+    if not objects:
+        reasons = rejected_counts([i for i in items if isinstance(i, Rejected)])
+        raise ValueError(f"{source}: can't detect the format: no JSON object among the first rows ({len(items)} rows read; rejected: {reasons}). Check the file, or pass format=.")
+    seen = ", ".join(f"{f} (first at line {line})" for f, line in matched.items()) or "none"
+    raise ValueError(
+        f"{source}: can't detect the format from the first {len(objects)} rows: keys seen {sorted(keys)}; formats that fit: {seen}. "
+        f"Pass format= one of {list(FORMATS)} (with columns= if your fields have other names, e.g. {{'output': 'answer'}}), "
+        "or allow_mixed=True to parse each row by its own format."
+    )
+
+
+def _rows(source: str, split: str, limit: int | None) -> Iterator[Row | Rejected]:
+    path = Path(source)
+    if path.is_dir():
+        yield from _numbered(_dataset_dir(path, split), limit)
+    elif path.is_file():
+        suffix = path.suffix.lower()
+        if suffix == ".jsonl" or (suffix == ".json" and not _starts_with_bracket(path)):
+            yield from _json_lines(path, limit)
+        elif suffix == ".json":
+            yield from _numbered(_json_array(path), limit)
+        elif suffix == ".parquet":
+            yield from _numbered(_parquet(path, limit), limit)
+        else:
+            raise ValueError(f"{source}: unsupported file type {suffix!r}; expected .json, .jsonl or .parquet, a save_to_disk folder, or a hub dataset id")
+    elif path.suffix.lower() in FILE_SUFFIXES or (("/" in source or os.sep in source) and not HUB_ID.match(source)):
+        raise FileNotFoundError(f"{source}: no such file or folder")
+    else:
+        yield from _numbered(_hub(source, split), limit)
+
+
+def _numbered(rows: Iterable[Any], limit: int | None) -> Iterator[Row]:
+    for i, row in enumerate(rows, 1):
+        if limit is not None and i > limit:
+            return
+        yield i, row
+
+
+def _json_lines(path: Path, limit: int | None) -> Iterator[Row | Rejected]:
+    """One row per non-blank line, decoded with strict UTF-8 line by line, so one bad line costs one row."""
+    count = 0
+    with open(path, "rb") as f:
+        for line, raw in enumerate(f, 1):
+            if line == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8):]
+            if not raw.strip():
+                continue
+            count += 1
+            if limit is not None and count > limit:
+                return
+            raw_text = raw.decode("utf-8", errors="replace").rstrip("\r\n")[:RAW_TEXT_CHARS]
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                yield Rejected(line, "bad_utf8", None, raw_text)
+                continue
+            try:
+                yield line, json.loads(text)
+            except (ValueError, RecursionError):  # JSONDecodeError, huge ints, absurd nesting
+                yield Rejected(line, "malformed_json", None, raw_text)
+
+
+def _starts_with_bracket(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    return head.removeprefix(codecs.BOM_UTF8).lstrip()[:1] == b"["
+
+
+def _json_array(path: Path) -> list[Any]:
+    """A whole-file JSON array; it can't be split into rows, so a bad file raises instead."""
+    data = path.read_bytes().removeprefix(codecs.BOM_UTF8)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not valid UTF-8 (byte offset {e.start}); re-encode it as UTF-8, or write it as JSON lines (.jsonl) so only the bad rows are rejected") from e
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); fix the file, or write it as JSON lines (.jsonl) so only the bad rows are rejected") from e
+
+
+def _parquet(path: Path, limit: int | None) -> list[dict[str, Any]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as e:
+        raise ValueError(f"{path}: can't read it as Parquet ({e})") from e
+    return (table if limit is None else table.slice(0, limit)).to_pylist()
+
+
+def _dataset_dir(path: Path, split: str) -> Iterable[dict[str, Any]]:
+    import datasets
+
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except FileNotFoundError as e:
+        raise ValueError(f"{path}: a folder, but not one written by datasets' save_to_disk ({e}); pass a .json/.jsonl/.parquet file instead") from e
+    if isinstance(ds, datasets.DatasetDict):
+        if split not in ds:
+            raise ValueError(f"{path}: no split {split!r}; it has {sorted(ds)}. Pass split= one of them.")
+        ds = ds[split]
+    return ds
+
+
+def _hub(source: str, split: str) -> Iterable[dict[str, Any]]:
+    import datasets
+
+    try:
+        return datasets.load_dataset(source, split=split)
+    except Exception as e:  # the hub raises many types (network, auth, missing repo, bad split)
+        raise ValueError(f"{source}: not a local path, and loading it as a hub dataset (split={split!r}) failed: {type(e).__name__}: {e}") from e
+
+
+def rejected_counts(rejected: Iterable[Rejected]) -> dict[str, int]:
+    """Reason -> count, most frequent first (ties by reason)."""
+    counts = Counter(r.reason for r in rejected)
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def write_rejected(rejected: Iterable[Rejected], path: str | os.PathLike[str]) -> None:
+    """rejected.jsonl: one `{line, reason, id, record}` per rejected row, written atomically."""
+    write_jsonl(({"line": r.line, "reason": r.reason, "id": r.id, "record": r.record} for r in rejected), path)

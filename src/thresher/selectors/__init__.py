@@ -1,0 +1,1 @@
+"""Selectors: pure functions from sample ids and scores to the chosen ids (a `Selection`)."""

@@ -1,0 +1,304 @@
+"""Templates: how a sample becomes token ids with exact spans.
+
+The prompt and the response are tokenized separately and their ids concatenated, so the
+response span is exact by construction: the boundary never depends on how a BPE merges
+across the join (the failure that makes `text.rfind(response)`-style masks drift). One BOS
+is added at the start when the tokenizer adds one by default; the chat template decides its
+own special tokens. The `uncond` view puts the response after a document-start token (BOS,
+or EOS for tokenizers without BOS such as GPT-2) so every response token is scored in both
+views. Reproduce modes (`boundary="cherry"|"superfiltering"`) follow those references'
+string-based rules instead, for number-for-number parity.
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass
+from typing import Any
+
+from thresher.data import Sample
+from thresher.passes import PassSpec
+
+# Stanford Alpaca's PROMPT_DICT, verbatim (also Cherry_LLM's): the response follows
+# "### Response:" with no separator.
+ALPACA_PROMPT_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further "
+    "context. Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:"
+)
+ALPACA_PROMPT_NO_INPUT = (
+    "Below is an instruction that describes a task. Write a response that appropriately "
+    "completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:"
+)
+# Superfiltering / T-SHIRT "no template" (PROMPT_DICT_NONE), verbatim.
+PLAIN_PROMPT_INPUT = "{instruction}\n{input}\n"
+PLAIN_PROMPT_NO_INPUT = "{instruction}\n"
+# Cherry's unconditioned text is "### Response:" + output.
+CHERRY_UNCOND_PREFIX = "### Response:"
+# MIWV: a complete demonstration, then a blank line, then the target (METHODS §10.3).
+ONESHOT_SEPARATOR = "\n\n"
+
+BUILTIN_TEMPLATES = ("alpaca", "plain", "chat")
+CUSTOM_FIELDS = ("instruction", "input", "system")
+
+
+@dataclass(frozen=True)
+class Template:
+    """A named prompt format. `text` is what the manifest records as the template text."""
+
+    name: str
+    text: str
+
+    def prompt(self, sample: Sample, tokenizer: Any = None) -> str:
+        if self.name == "alpaca":
+            fmt = ALPACA_PROMPT_INPUT if sample.input else ALPACA_PROMPT_NO_INPUT
+            return fmt.format(instruction=sample.instruction, input=sample.input)
+        if self.name == "plain":
+            fmt = PLAIN_PROMPT_INPUT if sample.input else PLAIN_PROMPT_NO_INPUT
+            return fmt.format(instruction=sample.instruction, input=sample.input)
+        if self.name == "chat":
+            return _chat_prompt_and_response(sample, tokenizer)[0]
+        # custom format string; values are inserted as data, never parsed as format code
+        return self.text.format(instruction=sample.instruction, input=sample.input, system=sample.system)
+
+    def response(self, sample: Sample, tokenizer: Any = None) -> str:
+        """The response text as the template renders it (chat: content plus end-of-turn markup)."""
+        if self.name == "chat":
+            return _chat_prompt_and_response(sample, tokenizer)[1]
+        return sample.response
+
+
+def get_template(name: str, tokenizer: Any = None) -> Template:
+    """`alpaca`, `plain`, `chat` (the tokenizer's chat template), or a custom format string
+    using only `{instruction}`, `{input}` and `{system}`, e.g. `"{instruction}\\n\\n### Response:"`."""
+    if name == "alpaca":
+        return Template("alpaca", ALPACA_PROMPT_INPUT + "\n---\n" + ALPACA_PROMPT_NO_INPUT)
+    if name == "plain":
+        return Template("plain", PLAIN_PROMPT_INPUT + "\n---\n" + PLAIN_PROMPT_NO_INPUT)
+    if name == "chat":
+        chat = getattr(tokenizer, "chat_template", None) if tokenizer is not None else None
+        if tokenizer is not None and not chat:
+            raise ValueError(
+                "template='chat' needs a tokenizer with a chat template, and this tokenizer has "
+                "none: use template='alpaca' or 'plain', or a custom format string"
+            )
+        return Template("chat", chat or "")
+    check_custom_template(name)
+    return Template(name, name)
+
+
+def check_custom_template(text: str) -> None:
+    """Raise unless `text` is a format string over {instruction}/{input}/{system} only."""
+    try:
+        parsed = list(string.Formatter().parse(text))
+    except ValueError as e:
+        raise ValueError(f"template {text!r} is not a valid format string: {e}") from None
+    fields = [f for _, f, _, _ in parsed if f is not None]
+    bad = [f for f in fields if f not in CUSTOM_FIELDS]
+    if bad or "instruction" not in fields:
+        raise ValueError(
+            f"template {text!r} is neither a built-in ({', '.join(BUILTIN_TEMPLATES)}) nor a custom "
+            f"format string with {{instruction}} and optionally {{input}}, {{system}}"
+            + (f"; unknown fields: {bad}" if bad else "")
+        )
+
+
+def _chat_prompt_and_response(sample: Sample, tokenizer: Any) -> tuple[str, str]:
+    msgs = [{"role": m.role, "content": m.content} for m in sample.messages]
+    prompt = tokenizer.apply_chat_template(msgs[:-1], add_generation_prompt=True, tokenize=False)
+    full = tokenizer.apply_chat_template(msgs, tokenize=False)
+    if not full.startswith(prompt):
+        raise TemplateError(
+            "chat_prefix_mismatch",
+            "the chat template renders the prompt differently with and without the response",
+        )
+    return prompt, full[len(prompt) :]
+
+
+class TemplateError(ValueError):
+    """A sample this template cannot render; `reason` becomes the row's status."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """Token ids of one view of one sample.
+
+    `scored` is the half-open range of target positions t whose log p(ids[t] | ids[:t]) the
+    pass computes (t >= 1). `spans` gives the prompt / response / demo token ranges used for
+    pooling. Counts are after truncation; `truncated` is "" or a `+`-joined list of the parts
+    that lost tokens. `status` is "ok" or the reason the row cannot be scored.
+    """
+
+    ids: tuple[int, ...]
+    scored: tuple[int, int]
+    spans: dict[str, tuple[int, int]]
+    n_prompt_tokens: int
+    n_response_tokens: int
+    truncated: str = ""
+    status: str = "ok"
+
+    @property
+    def n_scored(self) -> int:
+        return self.scored[1] - self.scored[0]
+
+
+def _rejected(reason: str) -> Rendered:
+    return Rendered(ids=(), scored=(0, 0), spans={}, n_prompt_tokens=0, n_response_tokens=0, status=reason)
+
+
+class Renderer:
+    """Renders samples for one PassSpec with one tokenizer."""
+
+    def __init__(self, tokenizer: Any, spec: PassSpec) -> None:
+        self.tok = tokenizer
+        self.spec = spec
+        self.template = get_template(spec.template, tokenizer)
+        probe = tokenizer("a").input_ids
+        bos = tokenizer.bos_token_id
+        self.adds_bos = bos is not None and len(probe) > 0 and probe[0] == bos
+        self.bos = [bos] if self.adds_bos else []
+        # document-start token for the uncond view: BOS, or EOS when there is no BOS (GPT-2's
+        # <|endoftext|> is both)
+        start = bos if bos is not None else tokenizer.eos_token_id
+        if start is None:
+            raise ValueError(
+                "this tokenizer has neither a BOS nor an EOS token, so the unconditioned view has "
+                "no document-start token to put before the response"
+            )
+        self.doc_start = [start]
+        self.eos = [tokenizer.eos_token_id] if spec.append_eos and tokenizer.eos_token_id is not None else []
+
+    def enc(self, text: str) -> list[int]:
+        return list(self.tok(text, add_special_tokens=False).input_ids)
+
+    def render(self, sample: Sample, demo: Sample | None = None) -> Rendered:
+        if self.spec.boundary != "exact":
+            return self._render_reference(sample)
+        try:
+            prompt = self.template.prompt(sample, self.tok)
+            response = self.template.response(sample, self.tok)
+        except TemplateError as e:
+            return _rejected(e.reason)
+        lead = [] if self.template.name == "chat" else self.bos
+        p_ids = lead + self.enc(prompt)
+        r_ids = self.enc(response) + self.eos
+        if not r_ids:
+            return _rejected("empty_response")
+        view = self.spec.view
+        if view == "instruction":
+            return self._instruction(p_ids, len(lead))
+        keep = self._fit(len(p_ids), len(r_ids), len(lead))
+        if isinstance(keep, str):
+            return _rejected(keep)
+        p_keep, r_keep = keep
+        # prompt tokens are cut from the left, after BOS: the end of the prompt, nearest the
+        # response, conditions it most
+        cut = len(p_ids) - p_keep
+        truncated = "+".join(x for x, c in (("prompt", cut > 0), ("response", r_keep < len(r_ids))) if c)
+        p_ids = p_ids[: len(lead)] + p_ids[len(lead) + cut :]
+        r_ids = r_ids[:r_keep]
+        if view == "cond":
+            ids = p_ids + r_ids
+            resp = (len(p_ids), len(ids))
+            return Rendered(tuple(ids), resp, {"prompt": (len(lead), len(p_ids)), "response": resp}, len(p_ids), len(r_ids), truncated)
+        if view == "uncond":
+            ids = self.doc_start + r_ids
+            resp = (1, len(ids))
+            return Rendered(tuple(ids), resp, {"prompt": (1, 1), "response": resp}, 0, len(r_ids), truncated)
+        return self._oneshot(sample, demo, p_ids, r_ids, len(lead), truncated)
+
+    def _fit(self, n_p: int, n_r: int, n_lead: int) -> tuple[int, int] | str:
+        """How many prompt and response tokens the cond view keeps under the truncation policy."""
+        m = self.spec.max_length
+        if n_p + n_r <= m:
+            return n_p, n_r
+        policy = self.spec.truncation
+        if policy == "reject":
+            return "over_max_length"
+        if policy == "right":
+            r = max(0, m - n_p)
+            return (min(n_p, m), r) if r > 0 else "response_truncated_away"
+        # prompt_first: the prompt gives up tokens first but keeps up to half of the budget;
+        # the response keeps the rest, so it is never emptied
+        p = max(min(n_p, m // 2), m - n_r)
+        p = max(p, n_lead + 1) if n_p > n_lead else p
+        return p, m - p
+
+    def _instruction(self, p_ids: list[int], n_lead: int) -> Rendered:
+        m = self.spec.max_length
+        truncated = ""
+        if len(p_ids) > m:
+            if self.spec.truncation == "reject":
+                return _rejected("over_max_length")
+            p_ids = p_ids[:n_lead] + p_ids[len(p_ids) - (m - n_lead) :]
+            truncated = "prompt"
+        start = max(n_lead, 1)  # without BOS the first token has no prediction
+        if len(p_ids) - start <= 0:
+            return _rejected("empty_instruction")
+        span = (n_lead, len(p_ids))
+        return Rendered(tuple(p_ids), (start, len(p_ids)), {"prompt": span, "response": (len(p_ids), len(p_ids))}, len(p_ids), 0, truncated)
+
+    def _oneshot(self, sample: Sample, demo: Sample | None, p_ids: list[int], r_ids: list[int], n_lead: int, truncated: str) -> Rendered:
+        if demo is None:
+            raise ValueError(f"the oneshot view needs a demonstration for sample {sample.id!r}")
+        try:
+            d_text = self.template.prompt(demo, self.tok) + self.template.response(demo, self.tok) + ONESHOT_SEPARATOR
+        except TemplateError as e:
+            return _rejected(e.reason)
+        d_ids = self.enc(d_text)
+        target = p_ids[n_lead:] + r_ids
+        room = self.spec.max_length - n_lead - len(target)
+        if room < len(d_ids):
+            # only the demonstration is cut (from the left), so the one-shot and zero-shot passes
+            # score the same response tokens
+            d_ids = d_ids[len(d_ids) - max(room, 0) :]
+            truncated = "+".join(x for x in (truncated, "demo") if x)
+        ids = p_ids[:n_lead] + d_ids + target
+        demo_span = (n_lead, n_lead + len(d_ids))
+        p_span = (demo_span[1], demo_span[1] + len(p_ids) - n_lead)
+        resp = (p_span[1], len(ids))
+        return Rendered(tuple(ids), resp, {"demo": demo_span, "prompt": p_span, "response": resp}, len(p_ids), len(r_ids), truncated)
+
+    def _render_reference(self, sample: Sample) -> Rendered:
+        """Cherry_LLM / Superfiltering boundary rules, reproduced (METHODS §1.3–1.4, §2.4–2.5).
+
+        Both tokenize the joined string with the tokenizer's default special tokens, truncate at
+        a token budget, and find the response start as
+        `len(tokenizer.encode(text[:text.rfind(response)]))`.
+        """
+        tok, m, view = self.tok, self.spec.max_length, self.spec.view
+        prompt = self.template.prompt(sample, tok)
+        response = sample.response
+        if response == "":
+            return _rejected("empty_response")
+        instruct_len = len(tok(prompt, truncation=True, max_length=m).input_ids)
+        if view == "cond":
+            return _by_rfind(tok, prompt + response, response, m, instruct_len)
+        if self.spec.boundary == "cherry":
+            # data_analysis.py: the "### Response:" + output text is truncated at
+            # max_length - instruct_len - 2, and data_by_IFD.py skips rows where that is <= 4
+            budget = m - instruct_len - 2
+            if budget <= 4:
+                return _rejected("prompt_fills_max_length")
+            return _by_rfind(tok, CHERRY_UNCOND_PREFIX + response, response, budget, instruct_len)
+        # Superfiltering: the output alone at max_length - instruct_len + 1, loss via
+        # labels=input_ids, so position 0 (the first response token without BOS) is unscored
+        budget = m - instruct_len + 1
+        if budget < 2:
+            return _rejected("prompt_fills_max_length")
+        ids = tok(response, truncation=True, max_length=budget).input_ids
+        n_lead = 1 if self.adds_bos else 0
+        return Rendered(tuple(ids), (1, len(ids)), {"prompt": (0, n_lead), "response": (n_lead, len(ids))}, instruct_len, len(ids) - n_lead)
+
+
+def _by_rfind(tok: Any, text: str, response: str, max_length: int, instruct_len: int) -> Rendered:
+    ids = tok(text, truncation=True, max_length=max_length).input_ids
+    start = len(tok(text[: text.rfind(response)]).input_ids)
+    if start >= len(ids):
+        return _rejected("response_truncated_away")
+    resp = (start, len(ids))
+    return Rendered(tuple(ids), resp, {"prompt": (0, start), "response": resp}, instruct_len, len(ids) - start)

@@ -1,0 +1,118 @@
+"""The HF backend's fast path against its naive definition, on every tokenizer family."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from thresher.backends.hf import HFBackend, decoder_layers, reference_logprobs
+from thresher.data import Message, Sample
+from thresher.passes import PassSpec
+from thresher.templates import Renderer
+from tiny import FAMILIES, uniform_llama
+
+
+def alpaca(instruction: str, output: str, sid: str) -> Sample:
+    return Sample(sid, (Message("user", instruction), Message("assistant", output)), instruction)
+
+
+SAMPLES = [
+    alpaca("Add 2 and 3.", "2 + 3 = 5.", "a"),
+    alpaca("Sort the numbers 9, 4, 7 in ascending order.", "The sorted list is: 4, 7, 9.", "b"),
+    alpaca("Reverse the word stone.", "enots", "c"),
+]
+
+
+@pytest.fixture(params=list(FAMILIES))
+def family(request):
+    make_tok, make_model = FAMILIES[request.param]
+    tok = make_tok()
+    return tok, make_model(tok)
+
+
+@pytest.mark.parametrize("view", ["cond", "uncond", "instruction"])
+def test_fast_path_matches_naive(family, view):
+    tok, model = family
+    spec = PassSpec(model="tiny", view=view, fields=("logprob", "entropy"))
+    rows = [Renderer(tok, spec).render(s) for s in SAMPLES]
+    out = HFBackend(model, tok).run(rows, spec)  # one padded batch
+    for r, lp, ent in zip(rows, out.logprob, out.entropy, strict=True):
+        ref_lp, ref_ent = reference_logprobs(model, r)
+        assert lp.shape == (r.n_scored,)
+        np.testing.assert_allclose(lp, ref_lp, atol=2e-5, rtol=1e-5)
+        np.testing.assert_allclose(ent, ref_ent, atol=2e-5, rtol=1e-5)
+
+
+def test_uniform_model_closed_forms():
+    make_tok = FAMILIES["chatml"][0]
+    tok = make_tok()
+    model = uniform_llama(tok)
+    spec = PassSpec(model="tiny", fields=("logprob", "entropy"))
+    rows = [Renderer(tok, spec).render(s) for s in SAMPLES]
+    out = HFBackend(model, tok).run(rows, spec)
+    v = model.config.vocab_size
+    for lp, ent in zip(out.logprob, out.entropy, strict=True):
+        np.testing.assert_allclose(lp, -math.log(v), atol=1e-6)
+        np.testing.assert_allclose(ent, math.log(v), atol=1e-6)
+
+
+def test_small_logit_chunks_give_the_same_numbers(family, monkeypatch):
+    tok, model = family
+    spec = PassSpec(model="tiny", fields=("logprob", "entropy"))
+    rows = [Renderer(tok, spec).render(s) for s in SAMPLES]
+    whole = HFBackend(model, tok).run(rows, spec)
+    monkeypatch.setattr("thresher.backends.hf.LOGIT_CHUNK_ELEMENTS", 3 * len(tok))  # 3 rows a chunk
+    chunked = HFBackend(model, tok).run(rows, spec)
+    for a, b in zip(whole.logprob + whole.entropy, chunked.logprob + chunked.entropy, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_hooks_match_output_hidden_states(family):
+    tok, model = family
+    n = len(decoder_layers(model))
+    layers = tuple(range(n - 1))  # the last layer's hidden_states entry is after the final norm
+    spec = PassSpec(model="tiny", fields=("logprob", "hidden"), layers=layers, pool="mean", pool_span="response")
+    rows = [Renderer(tok, spec).render(s) for s in SAMPLES]
+    out = HFBackend(model, tok).run(rows, spec)
+    for i, r in enumerate(rows):
+        with torch.inference_mode():
+            hs = model(input_ids=torch.tensor([r.ids]), output_hidden_states=True).hidden_states
+        a, b = r.spans["response"]
+        for layer in layers:
+            want = hs[layer + 1][0, a:b].mean(0).numpy()
+            np.testing.assert_allclose(out.activations[f"hidden.{layer}"][i], want, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("pool", ["mean", "max", "first", "last"])
+def test_pooling_over_spans(pool):
+    make_tok, make_model = FAMILIES["chatml"]
+    tok = make_tok()
+    model = make_model(tok)
+    spec = PassSpec(model="tiny", fields=("logprob", "mlp"), layers=(0,), pool=pool, pool_span="prompt")
+    rows = [Renderer(tok, spec).render(s) for s in SAMPLES]
+    captured = {}
+    act = model.base_model.layers[0].mlp.act_fn
+    h = act.register_forward_hook(lambda m, i, o: captured.setdefault("x", o.detach().clone()))
+    single = []
+    for r in rows:
+        captured.clear()
+        with torch.inference_mode():
+            model(input_ids=torch.tensor([r.ids]))
+        a, b = r.spans["prompt"]
+        x = captured["x"][0, a:b]
+        single.append({"mean": x.mean(0), "max": x.amax(0), "first": x[0], "last": x[-1]}[pool].numpy())
+    h.remove()
+    out = HFBackend(model, tok).run(rows, spec)
+    assert out.activations["mlp.0"].shape == (3, model.config.intermediate_size)
+    np.testing.assert_allclose(out.activations["mlp.0"], np.stack(single), atol=2e-5, rtol=1e-4)
+
+
+def test_capability_and_layer_checks():
+    make_tok, make_model = FAMILIES["gpt2"]
+    tok = make_tok()
+    backend = HFBackend(make_model(tok), tok)
+    with pytest.raises(ValueError, match="do not exist"):
+        backend.check(PassSpec(model="tiny", fields=("hidden",), layers=(7,)))

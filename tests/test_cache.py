@@ -1,0 +1,102 @@
+"""Cache keys, shard commit protocol and per-sample resume."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from thresher.cache import CacheMismatch, PassStore, cache_key, key_material, pass_label
+from thresher.passes import PASS_VERSION, PassSpec
+
+INFO = {"hf_id": "org/m", "path": "/models/m", "revision": None, "dtype": "float32", "weights_sha256": "w1", "tokenizer_hash": "t1", "chat_template_hash": None}
+
+
+def material(spec=None, info=INFO, template="T", data="d1"):
+    return key_material(spec or PassSpec(model="m"), info, template, data)
+
+
+def columns(ids, n=2):
+    return {
+        "id": ids,
+        "status": ["ok"] * len(ids),
+        "n_prompt_tokens": [3] * len(ids),
+        "n_response_tokens": [n] * len(ids),
+        "n_scored": [n] * len(ids),
+        "truncated": [""] * len(ids),
+        "logprob": [np.full(n, -float(k + 1), np.float32) for k in range(len(ids))],
+        "entropy": None,
+        "activations": {},
+    }
+
+
+def test_key_changes_with_each_input_and_not_with_batch_size():
+    base = cache_key(material())
+    assert cache_key(material()) == base
+    assert cache_key(material(info={**INFO, "weights_sha256": "w2"})) != base
+    assert cache_key(material(info={**INFO, "tokenizer_hash": "t2"})) != base
+    assert cache_key(material(template="T2")) != base
+    assert cache_key(material(data="d2")) != base
+    assert cache_key(material(spec=PassSpec(model="m", max_length=1024))) != base
+    assert cache_key(material(spec=PassSpec(model="m", fields=("logprob", "entropy")))) != base
+    m = material()
+    m["pass_version"] = PASS_VERSION + 1
+    assert cache_key(m) != base
+    # batch size, shard size and worker count are not inputs of the key at all
+    assert not any(k in json.dumps(material()) for k in ("batch", "shard", "worker"))
+
+
+def test_shards_commit_and_reload(tmp_path):
+    store = PassStore(tmp_path, PassSpec(model="m"), material())
+    assert store.open() == 0
+    store.write_shard(columns(["a", "b"]))
+    store.write_shard(columns(["c"], n=3))
+    stats = store.load()
+    assert sorted(stats.ids) == ["a", "b", "c"]
+    got = stats.align(["c", "a", "b"])
+    np.testing.assert_array_equal(got.logprob.row(0), [-1, -1, -1])
+    np.testing.assert_array_equal(got.logprob.row(2), [-2, -2])
+    assert store.finished_ids() == {"a", "b", "c"}
+
+
+def test_unmarked_shard_is_discarded_and_never_read(tmp_path):
+    store = PassStore(tmp_path, PassSpec(model="m"), material())
+    store.open()
+    path = store.write_shard(columns(["a"]))
+    path.with_suffix(".done").unlink()  # killed between the rename and the marker
+    (store.dir / "shard-x.parquet.tmp").write_bytes(b"half")
+    again = PassStore(tmp_path, PassSpec(model="m"), material())
+    assert again.open() == 1
+    assert again.finished_ids() == set() and not path.exists()
+    assert not list(store.dir.glob("*.tmp"))
+
+
+def test_corrupt_shard_is_an_error(tmp_path):
+    store = PassStore(tmp_path, PassSpec(model="m"), material())
+    store.open()
+    path = store.write_shard(columns(["a"]))
+    path.write_bytes(path.read_bytes()[:-8] + b"garbage!")
+    with pytest.raises(RuntimeError, match="does not match its completion marker"):
+        store.load()
+
+
+def test_changed_inputs_are_refused_naming_the_change(tmp_path):
+    PassStore(tmp_path, PassSpec(model="m"), material()).open()
+    with pytest.raises(CacheMismatch) as e:
+        PassStore(tmp_path, PassSpec(model="m"), material(info={**INFO, "weights_sha256": "w2"})).open()
+    assert "model.weights_sha256: 'w1' -> 'w2'" in str(e.value) and "--overwrite" in str(e.value)
+    with pytest.raises(CacheMismatch, match="template_sha256"):
+        PassStore(tmp_path, PassSpec(model="m"), material(template="other")).open()
+    with pytest.raises(CacheMismatch, match=r"pass\.max_length: 512 -> 256"):
+        PassStore(tmp_path, PassSpec(model="m", max_length=256), material(spec=PassSpec(model="m", max_length=256))).open()
+    # --overwrite starts fresh
+    fresh = PassStore(tmp_path, PassSpec(model="m"), material(template="other"))
+    fresh.open(overwrite=True)
+    assert fresh.finished_ids() == set()
+
+
+def test_pass_labels():
+    assert pass_label(PassSpec(model="m")) == "cond.alpaca"
+    assert pass_label(PassSpec(model="m", view="uncond", template="plain", boundary="superfiltering")) == "uncond.plain.superfiltering"
+    assert pass_label(PassSpec(model="m", template="Q: {instruction}", fields=())) == "cond.custom.tokens"

