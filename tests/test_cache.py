@@ -10,7 +10,7 @@ import pytest
 from thresher.cache import CacheMismatch, PassStore, cache_key, key_material, pass_label
 from thresher.passes import PASS_VERSION, PassSpec
 
-INFO = {"hf_id": "org/m", "path": "/models/m", "revision": None, "dtype": "float32", "weights_sha256": "w1", "tokenizer_hash": "t1", "chat_template_hash": None}
+INFO = {"hf_id": "org/m", "revision": None, "dtype": "float32", "weights_sha256": "w1", "tokenizer_hash": "t1", "chat_template_hash": None}
 
 
 def material(spec=None, info=INFO, template="T", data="d1"):

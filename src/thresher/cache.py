@@ -35,7 +35,8 @@ def key_material(spec: PassSpec, model_info: dict[str, Any], template_text: str,
     return {
         "pass_version": PASS_VERSION,
         "pass": spec.to_dict(),
-        "model": {k: model_info.get(k) for k in ("hf_id", "path", "revision", "dtype", "weights_sha256")},
+        # the weights hash identifies the model; its folder may move (e.g. another cache dir)
+        "model": {k: model_info.get(k) for k in ("hf_id", "revision", "dtype", "weights_sha256")},
         "tokenizer_hash": model_info.get("tokenizer_hash"),
         "chat_template_hash": model_info.get("chat_template_hash"),
         "template_sha256": hashlib.sha256(template_text.encode()).hexdigest(),
@@ -67,9 +68,9 @@ def pass_label(spec: PassSpec) -> str:
 class PassStore:
     """The shards of one pass in one run folder."""
 
-    def __init__(self, run_dir: str | Path, spec: PassSpec, material: dict[str, Any]) -> None:
+    def __init__(self, run_dir: str | Path, spec: PassSpec, material: dict[str, Any], label: str | None = None) -> None:
         self.spec = spec
-        self.dir = Path(run_dir) / "passes" / pass_label(spec)
+        self.dir = Path(run_dir) / "passes" / (label or pass_label(spec))
         self.material = material
         self.key = cache_key(material)
 

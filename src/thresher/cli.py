@@ -204,9 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished shards are kept; rerun the same command to resume", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, ImportError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2 if isinstance(e, (ValueError, FileNotFoundError)) else 1
+        return 2 if isinstance(e, (ValueError, ImportError, FileNotFoundError)) else 1
 
 
 def _dispatch(a: argparse.Namespace) -> int:

@@ -1,14 +1,11 @@
 """Model resolution and loading: aliases, local folders, GGUF files and hub ids.
 
-`resolve_model` is pure and import-light (no torch, no transformers), so `validate` can check
-a model name before anything loads. `load_model` returns the model, its tokenizer and a
-`ModelInfo` whose hashes go into cache keys.
-
-A GGUF file is read with transformers once (slow: it dequantises every tensor and converts
-the tokenizer), saved as safetensors into `cache_dir()/models/<name>-<sha12>/` and loaded
-from there ever after. The folder is written under a temporary name and renamed into place
-with its `thresher-model.json` marker inside, so a killed conversion never leaves a folder
-that is trusted; a file lock keeps two processes from converting the same file at once.
+`resolve_model` imports neither torch nor transformers, so `validate` can check a name before
+anything loads. A GGUF is read with transformers once (slow), saved as safetensors into
+`cache_dir()/models/<name>-<sha12>/` and loaded from there ever after. That folder is written
+under a temporary name and renamed into place with its `thresher-model.json` marker inside, so
+a killed conversion never leaves a folder that is trusted; a file lock stops two processes
+converting the same file at once.
 """
 
 from __future__ import annotations
@@ -228,6 +225,8 @@ def load_model(
         revision_loaded = folder.name
     memo = folder / MARKER if ref.gguf_file is not None else _memo(folder)
     chat = tokenizer.chat_template
+    if chat is not None and not isinstance(chat, str):  # several named templates
+        chat = json.dumps(chat, sort_keys=True)
     config = model.config.get_text_config()
     info = ModelInfo(
         name=ref.name,
@@ -237,7 +236,7 @@ def load_model(
         dtype=dtype,
         weights_sha256=_files_sha256(_weight_files(folder), memo),
         tokenizer_hash=_tokenizer_hash(tokenizer),
-        chat_template_hash=_sha256_text(_template_text(chat)) if chat else None,
+        chat_template_hash=_sha256_text(chat) if chat else None,
         n_layers=config.num_hidden_layers,
         hidden_size=config.hidden_size,
         vocab_size=config.vocab_size,
@@ -273,13 +272,9 @@ def _converted(ref: ModelRef) -> Path:
         log.info("converting %s to safetensors once (slow); later loads read %s", gguf, target)
         tmp = models / f".{target.name}.tmp-{os.getpid()}"
         _convert(gguf, tmp)
-        meta = {
-            "source_gguf": str(gguf),
-            "gguf_sha256": sha,
-            "hf_id": ref.hf_id,
-            "transformers": importlib.metadata.version("transformers"),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
+        version = importlib.metadata.version("transformers")
+        meta = {"source_gguf": str(gguf), "gguf_sha256": sha, "hf_id": ref.hf_id,
+                "transformers": version, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}  # fmt: skip
         _write_json(tmp / MARKER, meta)
         _files_sha256(_weight_files(tmp), tmp / MARKER)
         os.rename(tmp, target)
@@ -290,7 +285,7 @@ def _finished(folder: Path, sha: str) -> bool:
     if not folder.exists():
         return False
     marker = folder / MARKER
-    if not marker.is_file() or _read_json(marker).get("gguf_sha256") != sha:
+    if not marker.is_file() or json.loads(marker.read_text()).get("gguf_sha256") != sha:
         raise RuntimeError(
             f"{folder} exists but has no {MARKER} for GGUF sha256 {sha[:12]}…, so it is not a "
             "finished conversion and will not be trusted. Delete the folder and load again to "
@@ -346,7 +341,7 @@ def _weight_files(folder: Path) -> list[Path]:
 def _files_sha256(files: list[Path], memo: Path) -> str:
     """sha256 over the files' bytes in order, memoised in `memo` by file size and mtime."""
     stamp = {f.name: [f.stat().st_size, f.stat().st_mtime_ns] for f in files}
-    meta = _read_json(memo) if memo.is_file() else {}
+    meta = json.loads(memo.read_text()) if memo.is_file() else {}
     if meta.get("weights", {}).get("files") == stamp:
         return meta["weights"]["sha256"]
     digest = hashlib.sha256()
@@ -378,16 +373,8 @@ def _tokenizer_hash(tokenizer: Any) -> str:
     return _sha256_text(json.dumps(payload, sort_keys=True, ensure_ascii=False))
 
 
-def _template_text(template: str | dict) -> str:
-    return template if isinstance(template, str) else json.dumps(template, sort_keys=True)
-
-
 def _sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text())
 
 
 def _write_json(path: Path, obj: dict[str, Any]) -> None:

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from thresher import data as data_mod
 from thresher import export
 from thresher.backends.hf import CAPABILITIES
-from thresher.cache import PassStore, key_material
+from thresher.cache import PassStore, key_material, pass_label
 from thresher.config import RunConfig
 from thresher.data import ReadResult, Rejected, Sample
 from thresher.engine.local import run_pass
@@ -104,20 +104,27 @@ def score(cfg: RunConfig, *, loaded: Any = None) -> ScoreResult:
     read = data_mod.read(d.path, format=d.format, columns=d.columns or None, roles=d.roles or None, id_column=d.id_column, split=d.split, limit=d.limit, allow_mixed=d.allow_mixed)
     log.info("read %d rows from %s as %s%s", read.rows_read, read.source, read.format, " (detected)" if read.detected else "")
     samples = read.samples
-    stats, passes, info, template_text = {}, {}, None, None
+    stats, passes, infos, template_text = {}, {}, {}, None
+    models: dict[str, Any] = {cfg.model.name: loaded} if loaded is not None else {}
     if plan.passes:
         set_threads(cfg.model.threads)
-        if loaded is None:
-            loaded = load_model(cfg.model.name, dtype=cfg.model.dtype, device=cfg.model.device, revision=cfg.model.revision, trust_remote_code=cfg.model.trust_remote_code)
-        info = dataclasses.asdict(loaded.info)
-        for role, spec in plan.passes.items():
-            template_text = get_template(spec.template, loaded.tokenizer).text
-            material = key_material(spec, info, template_text, read.content_hash)
-            store = PassStore(run_dir, spec, material)
-            scorer = Scorer(spec, loaded.model, loaded.tokenizer, batch_tokens=cfg.score.batch_tokens)
-            res = run_pass(samples, scorer, store, shard_rows=cfg.score.shard_rows, overwrite=cfg.score.overwrite, progress=cfg.score.progress)
-            stats[role] = res.stats
-            passes[role] = {"label": store.dir.name, "key": store.key, "reused": res.reused, "scored": res.scored, "discarded_shards": res.discarded_shards}
+    for role, spec in plan.passes.items():
+        if spec.model not in models:  # each model loads once, whatever the number of passes
+            m = cfg.model
+            models[spec.model] = load_model(spec.model, dtype=m.dtype, device=m.device, revision=m.revision if spec.model == m.name else None, trust_remote_code=m.trust_remote_code)
+        lm = models[spec.model]
+        infos[spec.model] = dataclasses.asdict(lm.info)
+        text = get_template(spec.template, lm.tokenizer).text
+        template_text = template_text or text
+        # passes of the run's model are shared between methods by their label; a pass of another
+        # model (e.g. a calibrated copy) gets a folder of its own role
+        label = pass_label(spec) if spec.model == cfg.model.name else f"{pass_label(spec)}@{role}"
+        store = PassStore(run_dir, spec, key_material(spec, infos[spec.model], text, read.content_hash), label)
+        scorer = Scorer(spec, lm.model, lm.tokenizer, batch_tokens=cfg.score.batch_tokens)
+        res = run_pass(samples, scorer, store, shard_rows=cfg.score.shard_rows, overwrite=cfg.score.overwrite, progress=cfg.score.progress)
+        stats[role] = res.stats
+        passes[role] = {"label": store.dir.name, "model": spec.model, "key": store.key, "reused": res.reused, "scored": res.scored, "discarded_shards": res.discarded_shards}
+    info = infos.get(cfg.model.name) or next(iter(infos.values()), None)
     table = plan.compute(stats, samples)
     rejected = list(read.rejected)
     for s, status in zip(samples, table.status, strict=True):

@@ -1,0 +1,68 @@
+"""The command line: help, ls, validate (no model loads), errors with suggestions."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from thresher.cli import _parser, main
+
+COMMANDS = ["ls", "validate", "score", "select", "run", "demo"]
+
+
+@pytest.mark.parametrize("command", [None, *COMMANDS])
+def test_every_help_ends_with_examples(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        _parser().parse_args([command, "--help"] if command else ["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out.rstrip()
+    examples = out[out.rindex("examples:") :]
+    assert examples.count("thresher") >= 2 and out.endswith(examples)
+
+
+def test_ls_methods_lists_papers_passes_and_defaults(capsys):
+    assert main(["ls", "methods"]) == 0
+    out = capsys.readouterr().out
+    for name in ("ifd", "superfiltering", "ppl", "entropy", "longest", "random"):
+        assert f"  {name} " in out
+    assert "Cherry LLM" in out and '"max_length": 512' in out and "gpt2 (124M)" in out
+
+
+@pytest.fixture
+def data(tmp_path):
+    p = tmp_path / "d.jsonl"
+    p.write_text(json.dumps({"instruction": "a", "output": "b"}) + "\n")
+    return p
+
+
+def test_validate_suggests_near_matches_before_loading_a_model(data, capsys):
+    assert main(["validate", "--data", str(data), "--method", "superfilterng"]) == 2
+    assert "did you mean 'superfiltering'" in capsys.readouterr().err
+    assert main(["validate", "--data", str(data), "--model", "smollm-135m"]) == 2
+    assert "smollm2-135m" in capsys.readouterr().err
+    assert main(["validate", "--data", str(data), "method.params.max_lenght=5"]) == 2
+    assert "did you mean 'max_length'" in capsys.readouterr().err
+    assert main(["validate", "--data", str(data), "--template", "{instruction} {output}"]) == 2
+    assert "unknown fields" in capsys.readouterr().err
+    assert main(["validate", "--data", str(data), "--method", "ppl", "method.params.variant=median"]) == 2
+    assert "variant" in capsys.readouterr().err
+
+
+def test_validate_ok_prints_the_plan(data, capsys):
+    assert main(["validate", "--data", str(data), "--method", "ifd", "--max-length", "256"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("ok: method ifd") and '"max_length": 256' in out and "cond=cond/alpaca" in out
+
+
+def test_missing_data_file_is_a_clear_error(tmp_path, capsys):
+    assert main(["run", "--data", str(tmp_path / "nope.json"), "--method", "random", "--count", "1", "--out", str(tmp_path / "o")]) == 2
+    assert "nope.json" in capsys.readouterr().err
+
+
+def test_random_runs_without_a_model(data, tmp_path, capsys):
+    out = tmp_path / "o"
+    assert main(["run", "--data", str(data), "--method", "random", "--count", "1", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "1 read = 1 scored + 0 rejected" in text and "selected  1 of 1 requested" in text
+    assert json.loads((out / "selected.jsonl").read_text()) == {"instruction": "a", "output": "b"}
