@@ -117,7 +117,7 @@ def test_build_rejects_unknown_parameters_and_reproduce():
         build("ifd", "m", {"max_lenght": 3})
     with pytest.raises(ValueError, match="no reference code"):
         build("ppl", "m", reproduce=True)
-    with pytest.raises(ValueError, match="unknown method 'ifdd'.*did you mean 'ifd'"):
+    with pytest.raises(ValueError, match=r"unknown method 'ifdd'.*did you mean 'ifd'"):
         build("ifdd", "m")
 
 
