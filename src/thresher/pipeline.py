@@ -30,7 +30,7 @@ from thresher.config import RunConfig
 from thresher.data import ReadResult, Rejected, Sample
 from thresher.engine.local import run_pass
 from thresher.engine.scorer import Scorer
-from thresher.methods import Plan, SignalTable, build
+from thresher.methods import Plan, RunContext, SignalTable, build
 from thresher.selectors.topk import Selection
 from thresher.templates import get_template
 
@@ -106,13 +106,18 @@ def score(cfg: RunConfig, *, loaded: Any = None) -> ScoreResult:
     samples = read.samples
     stats, passes, infos, template_text = {}, {}, {}, None
     models: dict[str, Any] = {cfg.model.name: loaded} if loaded is not None else {}
+
+    def get_model(name: str) -> Any:  # each model loads once, whatever the number of passes
+        if name not in models:
+            m = cfg.model
+            models[name] = load_model(name, dtype=m.dtype, device=m.device, revision=m.revision if name == m.name else None, trust_remote_code=m.trust_remote_code)
+        return models[name]
+
     if plan.passes:
         set_threads(cfg.model.threads)
+    extra = plan.prepare(RunContext(run_dir, samples, get_model, cfg, cfg.score.progress)) if plan.prepare else {}
     for role, spec in plan.passes.items():
-        if spec.model not in models:  # each model loads once, whatever the number of passes
-            m = cfg.model
-            models[spec.model] = load_model(spec.model, dtype=m.dtype, device=m.device, revision=m.revision if spec.model == m.name else None, trust_remote_code=m.trust_remote_code)
-        lm = models[spec.model]
+        lm = get_model(spec.model)
         infos[spec.model] = dataclasses.asdict(lm.info)
         text = get_template(spec.template, lm.tokenizer).text
         template_text = template_text or text
@@ -121,7 +126,7 @@ def score(cfg: RunConfig, *, loaded: Any = None) -> ScoreResult:
         label = pass_label(spec) if spec.model == cfg.model.name else f"{pass_label(spec)}@{role}"
         store = PassStore(run_dir, spec, key_material(spec, infos[spec.model], text, read.content_hash), label)
         scorer = Scorer(spec, lm.model, lm.tokenizer, batch_tokens=cfg.score.batch_tokens)
-        res = run_pass(samples, scorer, store, shard_rows=cfg.score.shard_rows, overwrite=cfg.score.overwrite, progress=cfg.score.progress)
+        res = run_pass(samples, scorer, store, shard_rows=cfg.score.shard_rows, overwrite=cfg.score.overwrite, progress=cfg.score.progress, demos=extra.get(role, {}).get("demos"))
         stats[role] = res.stats
         passes[role] = {"label": store.dir.name, "model": spec.model, "key": store.key, "reused": res.reused, "scored": res.scored, "discarded_shards": res.discarded_shards}
     info = infos.get(cfg.model.name) or next(iter(infos.values()), None)
