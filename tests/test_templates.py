@@ -60,7 +60,10 @@ def test_uncond_scores_every_response_token(family):
     resp_ids = tok(SAMPLE.response, add_special_tokens=False).input_ids
     assert r.scored == (1, 1 + len(resp_ids))
     assert list(r.ids[1:]) == resp_ids
-    assert r.ids[0] == (tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id)
+    adds_bos = tok("a").input_ids[0] == tok.bos_token_id
+    vocab = tok.get_vocab()
+    expected = tok.bos_token_id if adds_bos else vocab.get("<|endoftext|>", tok.eos_token_id)
+    assert r.ids[0] == expected
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
