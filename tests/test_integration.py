@@ -54,3 +54,12 @@ def test_smollm2_views_start_where_documents_start(smollm2):
     # SmolLM2 adds no BOS; its document separator <|endoftext|> (id 0) starts the uncond view
     assert u.ids[0] == tok.convert_tokens_to_ids("<|endoftext|>") == 0
     assert c.ids[0] != tok.bos_token_id and list(u.ids[1:]) == list(c.ids[c.scored[0] : c.scored[1]])
+
+
+def test_eval_nll_and_multiple_choice_on_real_files(smollm2, shared_data):
+    from thresher import evaluate as ev
+
+    nll = ev.run_task(smollm2, ev.TaskSpec("nll", str(shared_data / "gsm8k_test.jsonl")), limit=6)
+    assert nll.evaluated == 6 and not nll.skipped and 0.3 < nll.metrics["nll_token"] < 5
+    mc = ev.run_task(smollm2, ev.TaskSpec("mc", str(shared_data / "mmlu_stem_test.jsonl")), limit=6)
+    assert mc.evaluated == 6 and 0.0 <= mc.metrics["acc"] <= 1.0 and mc.metrics["chance"] == 0.25

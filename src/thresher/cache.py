@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +63,46 @@ def pass_label(spec: PassSpec) -> str:
     label = f"{spec.view}.{template}"
     if spec.boundary != "exact":
         label += f".{spec.boundary}"
+    acts = [f for f in spec.fields if f in ACTIVATION_FIELDS]
+    if acts:  # passes with activations pooled differently must not share a folder
+        what = json.dumps([acts, list(spec.layers), spec.pool, spec.pool_span, spec.pool_threshold])
+        label += f".{'+'.join(acts)}-{hashlib.sha256(what.encode()).hexdigest()[:8]}"
+    if spec.noise_copies:  # T-SHIRT's perturbed copies never share the clean pass's folder
+        label += f".noisy{spec.noise_copies}"
     return label if spec.fields else f"{label}.tokens"
+
+
+ACTIVATION_FIELDS = ("hidden", "mlp")
+_POOLING = ("pool", "pool_span", "pool_threshold")
+
+
+def satisfies(stored: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    """Whether a stored pass (its key material) holds everything a wanted pass would: the same
+    inputs, model, template and data, and a superset of its fields and layers (with the same
+    pooling when activations are wanted). Lets `ifd` read the cond pass a `nait` run stored."""
+    if {k: v for k, v in stored.items() if k != "pass"} != {k: v for k, v in wanted.items() if k != "pass"}:
+        return False
+    s, w = stored["pass"], wanted["pass"]
+    acts = any(f in ACTIVATION_FIELDS for f in w["fields"])
+    loose = {"fields", "layers", *_POOLING}
+    if any(s.get(k) != w.get(k) for k in set(s) | set(w) if k not in loose):
+        return False
+    if not set(w["fields"]) <= set(s["fields"]):
+        return False
+    return not acts or (set(w["layers"]) <= set(s["layers"]) and all(s.get(k) == w.get(k) for k in _POOLING))
+
+
+def find_pass(run_dir: str | Path, material: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """The label and material of a stored pass in `run_dir` that satisfies `material`, preferring
+    an exact key match, else the first satisfying folder by name; None when there is none."""
+    found = []
+    for key_path in sorted((Path(run_dir) / "passes").glob(f"*/{KEY_FILE}")):
+        stored = json.loads(key_path.read_text())
+        if stored.get("key") == cache_key(material):
+            return key_path.parent.name, material
+        if "material" in stored and satisfies(stored["material"], material):
+            found.append((key_path.parent.name, stored["material"]))
+    return found[0] if found else None
 
 
 class PassStore:
@@ -112,16 +152,30 @@ class PassStore:
 
     def write_shard(self, columns: dict[str, Any]) -> Path:
         """Commit one shard: parquet to a temp name, fsync, rename, then the marker."""
-        table = _to_table(columns)
+        return self.write_table(_to_table(columns))
+
+    def write_table(self, table: pa.Table) -> Path:
+        """Commit one shard already in the stored layout (`shard_table`), e.g. built by a worker."""
         name = f"shard-{uuid.uuid4().hex[:16]}"
         final = self.dir / f"{name}.parquet"
         tmp = self.dir / f"{name}.parquet.tmp"
-        pq.write_table(table, tmp)
+        try:
+            pq.write_table(table, tmp)
+        except OSError as e:  # arrow's I/O errors (e.g. a full disk) do not name the file
+            raise OSError(e.errno, os.strerror(e.errno) if e.errno else str(e), str(tmp)) from e
         _fsync(tmp)
         os.replace(tmp, final)
         digest = hashlib.sha256(final.read_bytes()).hexdigest()
         _atomic_write(final.with_suffix(".done"), json.dumps({"rows": table.num_rows, "sha256": digest}).encode())
         return final
+
+    def scan(self) -> Iterator[TokenStats]:
+        """The committed rows one shard at a time, so memory grows with a shard, not the pass."""
+        for p in self.committed():
+            marker = json.loads(p.with_suffix(".done").read_text())
+            if hashlib.sha256(p.read_bytes()).hexdigest() != marker["sha256"]:
+                raise RuntimeError(f"shard {p} does not match its completion marker; delete both files and rerun")
+            yield _from_table(pq.read_table(p))
 
     def load(self) -> TokenStats:
         """All committed rows; a shard whose bytes do not match its marker is an error."""
@@ -143,6 +197,11 @@ class PassStore:
 def _list_column(rows: list[np.ndarray]) -> pa.Array:
     r = Ragged.from_rows(rows, dtype=np.float32)
     return pa.ListArray.from_arrays(pa.array(r.offsets.astype(np.int32)), pa.array(r.values, type=pa.float32()))
+
+
+def shard_table(columns: dict[str, Any]) -> pa.Table:
+    """A scorer's columns in the stored shard layout (what `write_table` commits)."""
+    return _to_table(columns)
 
 
 def _to_table(c: dict[str, Any]) -> pa.Table:

@@ -1,4 +1,4 @@
-"""`thresher ls | validate | score | select | run | demo`."""
+"""`thresher ls | validate | score | select | run | train | eval | report | demo`."""
 
 from __future__ import annotations
 
@@ -38,7 +38,24 @@ EXAMPLES = {
   thresher run --data alpaca.json --method ifd --fraction 0.1 --out runs/ifd
   thresher run --data alpaca.json --method superfiltering --reproduce --fraction 0.1
   thresher run configs/ppl.yaml data.path=alpaca.json method.params.variant=mid select.count=500
-  thresher run --data alpaca.json --method entropy --out runs/ifd   # reuses the cond pass of runs/ifd""",
+  thresher run --data alpaca.json --method entropy --out runs/ifd   # reuses the cond pass of runs/ifd
+  thresher run --data alpaca.json --method ifd --fraction 0.1 --engine ray score.ray_concurrency=4   # needs thresher[ray]
+  thresher run --data alpaca.json --method nait --target gsm8k_train.jsonl --fraction 0.1 --out runs/nait
+  thresher run --data alpaca.json --method nait --target gsm8k.jsonl --then mads --fraction 0.15""",
+    "eval": """examples:
+  thresher eval smollm2-135m --tasks nll:gsm8k_test.jsonl mc:mmlu_stem_test.jsonl --limit 200
+  thresher eval runs/ifd --tasks nll:alpaca_eval.json        # the model trained into runs/ifd, else its scorer
+  thresher eval ./my-model --tasks gsm8k:gsm8k_test.jsonl --limit 50 --template chat   # greedy, slow
+  thresher eval ./my-model --tasks lm_eval:hellaswag --limit 100   # needs requirements/eval.txt""",
+    "report": """examples:
+  thresher report runs/ifd                       # writes runs/ifd/report.html
+  thresher report runs/ifd runs/ppl runs/random --out compare.html""",
+    "train": """examples:
+  thresher train --data runs/ifd --model smollm2-135m --lora --max-steps 50   # runs/ifd/selected.jsonl -> runs/ifd/model
+  thresher train --data runs/ifd/selected.jsonl --model smollm2-135m --preset alpaca --out models/ifd
+  thresher train --data alpaca.json --limit 200 --preset cpu --lora --out models/cpu   # rerun to resume
+  thresher train --config configs/train/cpu-lora.yaml --data runs/ifd --model smollm2-135m
+  thresher score --data held_out.json --method ppl --model models/ifd --out runs/check""",
     "demo": """examples:
   thresher demo                         # the built-in pool, smollm2-135m, IFD, 10%
   thresher demo --out runs/demo --fraction 0.05""",
@@ -63,6 +80,15 @@ def _parser() -> argparse.ArgumentParser:
     _add_budget_flags(sel)
     sel.add_argument("overrides", nargs="*", help="dotted key=value overrides")
 
+    ev = sub.add_parser("eval", help="held-out NLL, multiple choice, GSM8K exact match, lm-eval tasks", epilog=EXAMPLES["eval"], formatter_class=fmt)
+    _add_eval_flags(ev)
+    rep = sub.add_parser("report", help="write a self-contained report.html for one or more runs", epilog=EXAMPLES["report"], formatter_class=fmt)
+    rep.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="--out folders of finished runs")
+    rep.add_argument("--out", help="the HTML file (default: RUN_DIR/report.html for one run, report.html for several)")
+
+    tr = sub.add_parser("train", help="fine-tune a model on a subset (TRL SFTTrainer; full or LoRA)", epilog=EXAMPLES["train"], formatter_class=fmt)
+    _add_train_flags(tr)
+
     demo = sub.add_parser("demo", help="score the built-in planted-defect pool and select 10%% by IFD", epilog=EXAMPLES["demo"], formatter_class=fmt)
     demo.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     demo.add_argument("--model", default="smollm2-135m", help="model (default: smollm2-135m)")
@@ -71,6 +97,43 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--threads", type=int, default=None, help="torch threads")
     demo.add_argument("--overwrite", action="store_true", help="start the passes afresh")
     return p
+
+
+def _add_eval_flags(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("target", metavar="MODEL_OR_RUN", help="alias, model folder, hub id, or a run folder")
+    sp.add_argument("--tasks", nargs="+", required=True, metavar="KIND:TARGET", help="nll:FILE, mc:FILE, gsm8k:FILE, lm_eval:TASK[,TASK]")
+    sp.add_argument("--limit", type=int, help="first N items of each task")
+    sp.add_argument("--template", default="alpaca", help="prompt template for nll and gsm8k (default: alpaca)")
+    sp.add_argument("--column", action="append", default=[], metavar="NAME=COL", help="map a field to your column, e.g. output=answer")
+    sp.add_argument("--mc-style", choices=["cloze", "letters"], default="cloze", help="continuations: choice text (default) or letters")
+    sp.add_argument("--max-length", type=int, default=1024, help="token budget per item (default: 1024)")
+    sp.add_argument("--max-new-tokens", type=int, default=256, help="gsm8k generation budget (default: 256)")
+    sp.add_argument("--batch-tokens", type=int, default=2048, help="rows x padded length per forward batch")
+    sp.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    sp.add_argument("--out", help="results JSON (default: RUN/eval.json for a run folder)")
+    sp.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _add_train_flags(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--data", required=True, help="a run folder (its selected.jsonl), or any supported data file")
+    sp.add_argument("--model", default="smollm2-135m", help="the model to fine-tune (default: smollm2-135m)")
+    sp.add_argument("--out", help="output folder (default: RUN/model for a run folder)")
+    sp.add_argument("--preset", help="recipe: alpaca, instructdiff-general, tshirt, cpu, ... (default: alpaca)")
+    sp.add_argument("--config", help="a YAML of `preset` and training options (see configs/train/cpu-lora.yaml); flags override it")
+    sp.add_argument("--lora", action="store_true", help="train LoRA adapters (merged into the saved model)")
+    sp.add_argument("--max-steps", type=int, help="stop after N optimizer steps")
+    sp.add_argument("--epochs", type=float, help="override the preset's epochs")
+    sp.add_argument("--lr", type=float, help="override the preset's learning rate")
+    sp.add_argument("--batch-size", type=int, help="override the preset's effective batch (rows per step)")
+    sp.add_argument("--micro-batch", type=int, help="rows per forward; the rest is gradient accumulation (default: 1)")
+    sp.add_argument("--template", help="alpaca | plain | chat | a format string (default: alpaca, as scoring)")
+    sp.add_argument("--max-length", type=int, help="token budget per example")
+    sp.add_argument("--no-eos", action="store_true", help="do not append EOS to the response (as the IFD passes score)")
+    sp.add_argument("--format", help="data format (default: detect)")
+    sp.add_argument("--limit", type=int, help="read only the first N rows")
+    sp.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    sp.add_argument("--overwrite", action="store_true", help="train afresh into --out")
+    sp.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def _add_budget_flags(sp: argparse.ArgumentParser) -> None:
@@ -91,13 +154,17 @@ def _add_run_flags(sp: argparse.ArgumentParser, with_budget: bool) -> None:
     sp.add_argument("--model", help="alias (smollm2-135m, gemma3-270m), local folder, .gguf file or hub id")
     sp.add_argument("--method", help="see `thresher ls methods`")
     sp.add_argument("--reproduce", action="store_true", help="follow the reference code's boundary and budget rules")
+    sp.add_argument("--target", nargs="+", metavar="FILE", help="nait: in-domain reference sets (any data format, or question/answer JSONL)")
+    sp.add_argument("--then", metavar="METHOD", help="a second method choosing the budget from the first's top 3 x budget, e.g. --method nait --then mads")
     sp.add_argument("--template", help="alpaca | plain | chat | a format string with {instruction}")
     sp.add_argument("--max-length", type=int, help="token budget per view")
     sp.add_argument("--out", help="output folder (default: runs/thresher)")
     sp.add_argument("--overwrite", action="store_true", help="recompute passes cached in --out")
     sp.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     sp.add_argument("--batch-tokens", type=int, help="rows x padded length per forward batch")
+    sp.add_argument("--engine", choices=["local", "ray"], help="where passes run (default: local; ray needs thresher[ray])")
     sp.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    sp.add_argument("--no-report", action="store_true", help="do not write report.html")
     if with_budget:
         _add_budget_flags(sp)
 
@@ -119,7 +186,7 @@ def config_from_args(a: argparse.Namespace) -> RunConfig:
     flags: dict[str, Any] = {
         "data.path": a.data, "data.format": a.format, "data.id_column": a.id_column, "data.limit": a.limit,
         "model.name": a.model, "model.threads": a.threads, "method.name": a.method,
-        "output.dir": a.out, "score.batch_tokens": a.batch_tokens,
+        "output.dir": a.out, "score.batch_tokens": a.batch_tokens, "score.engine": a.engine,
         "select.fraction": getattr(a, "fraction", None), "select.count": getattr(a, "count", None), "select.seed": getattr(a, "seed", None),
     }
     for key, value in flags.items():
@@ -134,9 +201,14 @@ def config_from_args(a: argparse.Namespace) -> RunConfig:
         cfg.method.params["template"] = a.template
     if a.max_length:
         cfg.method.params["max_length"] = a.max_length
+    if a.target:
+        cfg.method.params["target"] = list(a.target)
+    if a.then:
+        cfg.method.then = a.then
     cfg.method.reproduce |= a.reproduce
     cfg.score.overwrite |= a.overwrite
     cfg.score.progress &= not a.no_progress
+    cfg.output.report &= not a.no_report
     for o in a.overrides:
         override(cfg, o)
     return cfg
@@ -207,6 +279,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, ImportError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e, (ValueError, ImportError, FileNotFoundError)) else 1
+    except OSError as e:  # a full disk, a folder we may not write to, a read-only file system
+        where = f": {e.filename}" if e.filename else ""
+        print(f"error: {e.strerror or e}{where}. Finished shards are kept: free space or fix the permissions (or pick another --out), then rerun the same command to resume.", file=sys.stderr)
+        return 1
 
 
 def _dispatch(a: argparse.Namespace) -> int:
@@ -215,8 +291,25 @@ def _dispatch(a: argparse.Namespace) -> int:
     if a.command == "ls":
         cmd_ls(a.what)
         return 0
+    if a.command == "train":
+        from thresher.train import train_command
+
+        print(train_command(a))
+        return 0
     if a.command == "demo":
         cmd_demo(a)
+        return 0
+    if a.command == "eval":
+        from thresher.evaluate import evaluate, format_results
+
+        results = evaluate(a.target, a.tasks, template=a.template, limit=a.limit, columns=_pairs(a.column, "--column") or None, mc_style=a.mc_style,
+                           max_length=a.max_length, max_new_tokens=a.max_new_tokens, batch_tokens=a.batch_tokens, threads=a.threads, progress=not a.no_progress, out=a.out)
+        print(format_results(results))
+        return 0
+    if a.command == "report":
+        from thresher.report import write_report
+
+        print(f"report: {write_report(a.run_dirs, a.out)}")
         return 0
     if a.command == "select":
         overrides = list(a.overrides)

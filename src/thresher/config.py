@@ -40,6 +40,9 @@ class MethodConfig:
     name: str = "ifd"
     reproduce: bool = False
     params: dict[str, Any] = field(default_factory=dict)
+    then: str | None = None  # a second method selecting the budget from the first's top narrow_factor x budget
+    then_params: dict[str, Any] = field(default_factory=dict)
+    narrow_factor: float = 3.0  # ours: see thresher.compose
 
 
 @dataclass
@@ -50,6 +53,11 @@ class ScoreConfig:
     overwrite: bool = False
     progress: bool = True
     max_rejected_fraction: float = 0.5  # ours: more than half the rows failing means a wrong setup
+    # engine=ray only (see engine/ray.py RayOptions for the reasons behind each default)
+    ray_concurrency: int = 2
+    ray_num_gpus: float = 0.0
+    ray_num_cpus: float = 1.0
+    ray_batch_size: int = 1
 
 
 @dataclass
@@ -70,6 +78,7 @@ class SelectConfig:
 @dataclass
 class OutputConfig:
     dir: str = "runs/thresher"
+    report: bool = True  # write report.html with every run (thresher report reads the same files)
 
 
 @dataclass

@@ -24,7 +24,9 @@ PASS_VERSION = 1
 
 VIEWS = ("cond", "uncond", "oneshot", "instruction")
 FIELDS = ("logprob", "entropy", "hidden", "mlp")
-POOLS = ("mean", "max", "first", "last")
+# drift: span mean minus the sequence's first-token state (NAIT, METHODS §5.3);
+# frac_above: fraction of span tokens whose activation exceeds `pool_threshold` (MADS §6.2)
+POOLS = ("mean", "max", "first", "last", "drift", "frac_above")
 POOL_SPANS = ("prompt", "response", "all")
 TRUNCATIONS = ("prompt_first", "right", "reject")
 # "exact": prompt and response tokenized separately, ids concatenated (the default).
@@ -52,6 +54,13 @@ class PassSpec:
     append_eos: bool = False
     pool: str = "mean"
     pool_span: str = "response"
+    # T-SHIRT neighbourhood perturbation: `noise_copies` copies of each row, each with uniform
+    # noise U(-e, e), e = noise_alpha / sqrt(L * d), added to the input embeddings; seeded by
+    # (noise_seed, sample id, copy). 0 copies = the clean pass.
+    noise_alpha: float = 0.0
+    noise_copies: int = 0
+    noise_seed: int = 42
+    pool_threshold: float | None = None  # only for pool="frac_above"
 
     def __post_init__(self) -> None:
         _check_choice("view", self.view, VIEWS)
@@ -68,6 +77,20 @@ class PassSpec:
                 f"fields={list(self.fields)} asks for activations but layers=() is empty: "
                 "name the decoder layers to pool, e.g. layers=(0, 5, 11)"
             )
+        if (self.pool == "frac_above") != (self.pool_threshold is not None):
+            raise ValueError(
+                f"pool={self.pool!r} with pool_threshold={self.pool_threshold!r}: pool_threshold is "
+                "required by pool='frac_above' and meaningless otherwise"
+            )
+        if self.noise_copies < 0 or self.noise_alpha < 0:
+            raise ValueError(f"noise_copies={self.noise_copies} and noise_alpha={self.noise_alpha}: expected both >= 0")
+        if self.noise_copies and (self.view not in ("cond", "uncond") or tuple(self.fields) != ("logprob",)):
+            raise ValueError(
+                f"noisy copies (noise_copies={self.noise_copies}) are scored for the cond and uncond views with "
+                f"fields=('logprob',) only, not view={self.view!r} fields={list(self.fields)}"
+            )
+        if self.noise_alpha and not self.noise_copies:
+            raise ValueError(f"noise_alpha={self.noise_alpha} needs noise_copies >= 1 (how many perturbed copies to score)")
         if self.boundary != "exact" and self.view not in ("cond", "uncond"):
             raise ValueError(
                 f"boundary={self.boundary!r} reproduces a reference's IFD passes and applies to the "
@@ -80,11 +103,21 @@ class PassSpec:
         return "prompt" if self.view == "instruction" else "response"
 
     def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        d = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        if d["pool_threshold"] is None:  # absent unless used, so earlier cache keys stay valid
+            del d["pool_threshold"]
+        if not self.noise_copies:  # likewise for the T-SHIRT noise settings of a clean pass
+            for k in ("noise_alpha", "noise_copies", "noise_seed"):
+                del d[k]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PassSpec:
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
     def name(self) -> str:
         """A short human-readable label, e.g. `cond/alpaca`."""
-        return f"{self.view}/{self.template}"
+        return f"{self.view}/{self.template}" + (f"/noisy{self.noise_copies}" if self.noise_copies else "")
 
 
 def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:

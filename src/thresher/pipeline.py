@@ -25,18 +25,20 @@ import pyarrow.parquet as pq
 from thresher import data as data_mod
 from thresher import export
 from thresher.backends.hf import CAPABILITIES
-from thresher.cache import PassStore, key_material, pass_label
+from thresher.cache import PassStore, find_pass, key_material, pass_label
+from thresher.compose import plan_for
 from thresher.config import RunConfig
 from thresher.data import ReadResult, Rejected, Sample
 from thresher.engine.local import run_pass
 from thresher.engine.scorer import Scorer
-from thresher.methods import Plan, RunContext, SignalTable, build
+from thresher.methods import Plan, RunContext, SignalTable
+from thresher.passes import PassSpec
 from thresher.selectors.topk import Selection
 from thresher.templates import get_template
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("local",)
+ENGINES = ("local", "ray")
 PACKAGES = ("thresher", "torch", "transformers", "tokenizers", "numpy", "pyarrow", "datasets")
 
 
@@ -75,11 +77,15 @@ def validate(cfg: RunConfig, *, need_budget: bool = True) -> Plan:
 
     if cfg.score.engine not in ENGINES:
         raise ValueError(f"score.engine={cfg.score.engine!r} is not one of {list(ENGINES)}")
+    if cfg.score.engine == "ray":
+        from thresher.engine.ray import require_ray
+
+        require_ray()
     if cfg.data.format is not None and cfg.data.format not in data_mod.FORMATS:
         raise ValueError(f"data.format={cfg.data.format!r} is not one of {list(data_mod.FORMATS)}")
     if not cfg.data.path:
         raise ValueError("no data given: set data.path (or --data) to a .json/.jsonl/.parquet file, a save_to_disk folder or a hub id")
-    plan = build(cfg.method.name, cfg.model.name, cfg.method.params, reproduce=cfg.method.reproduce)
+    plan = plan_for(cfg)
     if plan.passes:
         resolve_model(cfg.model.name)
     for role, spec in plan.passes.items():
@@ -115,8 +121,10 @@ def score(cfg: RunConfig, *, loaded: Any = None) -> ScoreResult:
 
     if plan.passes:
         set_threads(cfg.model.threads)
-    extra = plan.prepare(RunContext(run_dir, samples, get_model, cfg, cfg.score.progress)) if plan.prepare else {}
+    extra = plan.prepare(RunContext(run_dir, samples, get_model, cfg, cfg.score.progress, read.content_hash)) if plan.prepare else {}
     for role, spec in plan.passes.items():
+        if "model" in extra.get(role, {}):  # a model `prepare` made, e.g. a calibrated copy
+            spec = dataclasses.replace(spec, model=extra[role]["model"])
         lm = get_model(spec.model)
         infos[spec.model] = dataclasses.asdict(lm.info)
         text = get_template(spec.template, lm.tokenizer).text
@@ -124,10 +132,27 @@ def score(cfg: RunConfig, *, loaded: Any = None) -> ScoreResult:
         # passes of the run's model are shared between methods by their label; a pass of another
         # model (e.g. a calibrated copy) gets a folder of its own role
         label = pass_label(spec) if spec.model == cfg.model.name else f"{pass_label(spec)}@{role}"
-        store = PassStore(run_dir, spec, key_material(spec, infos[spec.model], text, read.content_hash), label)
+        material = key_material(spec, infos[spec.model], text, read.content_hash)
+        if extra.get(role, {}).get("key_extra"):  # what `prepare` decided, e.g. MIWV's demonstration per sample
+            material["extra"] = extra[role]["key_extra"]
+        # a stored pass with more fields or layers serves this one (e.g. ifd reads nait's cond pass);
+        # it is resumed with its own spec so all its shards hold the same columns
+        found = None if cfg.score.overwrite else find_pass(run_dir, material)
+        if found is not None:
+            label, material = found
+            spec = PassSpec.from_dict(material["pass"])
+        store = PassStore(run_dir, spec, material, label)
         scorer = Scorer(spec, lm.model, lm.tokenizer, batch_tokens=cfg.score.batch_tokens)
-        res = run_pass(samples, scorer, store, shard_rows=cfg.score.shard_rows, overwrite=cfg.score.overwrite, progress=cfg.score.progress, demos=extra.get(role, {}).get("demos"))
-        stats[role] = res.stats
+        pass_args = {"shard_rows": cfg.score.shard_rows, "overwrite": cfg.score.overwrite, "progress": cfg.score.progress, "demos": extra.get(role, {}).get("demos"), "load_stats": role not in plan.streamed}
+        if cfg.score.engine == "ray":
+            from thresher.engine.ray import ModelLoad, RayOptions, run_pass_ray
+
+            m, sc = cfg.model, cfg.score
+            load = ModelLoad(spec.model, m.dtype, m.device, m.revision if spec.model == m.name else None, m.trust_remote_code, m.threads)
+            res = run_pass_ray(samples, scorer, store, load, RayOptions(sc.ray_concurrency, sc.ray_num_gpus, sc.ray_num_cpus, sc.ray_batch_size), **pass_args)
+        else:
+            res = run_pass(samples, scorer, store, **pass_args)
+        stats[role] = res.stats if res.stats is not None else store
         passes[role] = {"label": store.dir.name, "model": spec.model, "key": store.key, "reused": res.reused, "scored": res.scored, "discarded_shards": res.discarded_shards}
     info = infos.get(cfg.model.name) or next(iter(infos.values()), None)
     table = plan.compute(stats, samples)
@@ -150,7 +175,7 @@ def score(cfg: RunConfig, *, loaded: Any = None) -> ScoreResult:
 
 
 def select(result: ScoreResult, cfg: RunConfig, plan: Plan | None = None) -> Selection:
-    plan = plan or build(cfg.method.name, cfg.model.name, cfg.method.params, reproduce=cfg.method.reproduce)
+    plan = plan or plan_for(cfg)
     return plan.choose(result.table, cfg.select.budget(), result.read.rows_read, cfg.select.seed)
 
 
@@ -192,17 +217,30 @@ def write_outputs(result: ScoreResult, sel: Selection | None, cfg: RunConfig, *,
         "passes": result.passes,
         "counts": result.counts,
         "rejected_reasons": data_mod.rejected_counts(result.rejected),
+        "diagnostics": _diagnostics(cfg, result.table, sel),
         "selection": {"requested": sel.requested, "returned": len(sel.ids), "eligible": sel.eligible, "note": sel.note, "budget": cfg.select.budget(), "seed": cfg.select.seed} if sel else None,
         "exports": {"selected": "selected.jsonl", "trl": "trl.jsonl", "trl_format": "prompt_completion" if prompts is not None else "conversational_prompt_completion", "llamafactory": lf_entry},
         "timings_s": timings or {},
         "versions": _versions(),
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1, default=_json_default))
+    if cfg.output.report:
+        from thresher.report import write_report
+
+        try:  # every output above is written: a report that fails must not fail the run
+            write_report([out])
+        except Exception as e:
+            log.warning("report.html was not written (%s: %s); rerun `thresher report %s`", type(e).__name__, e, out)
     return manifest
 
 
 def _plan_params(cfg: RunConfig) -> dict[str, Any]:
-    return build(cfg.method.name, cfg.model.name, cfg.method.params, reproduce=cfg.method.reproduce).params
+    return plan_for(cfg).params
+
+
+def _diagnostics(cfg: RunConfig, table: SignalTable, sel: Selection | None) -> dict[str, Any]:
+    plan = plan_for(cfg)
+    return plan.diagnostics(table, sel) if plan.diagnostics else {}
 
 
 def _plan_template(cfg: RunConfig) -> str | None:
@@ -259,7 +297,9 @@ def summary(result: ScoreResult, sel: Selection | None, manifest: dict[str, Any]
         lines.append("rejected  " + ", ".join(f"{k}: {v}" for k, v in manifest["rejected_reasons"].items()))
     if sel is not None:
         lines.append(f"selected  {len(sel.ids)} of {sel.requested} requested ({sel.eligible} eligible)" + (f" - {sel.note}" if sel.note else ""))
-    lines.append(f"outputs   {result.run_dir}/ scores.parquet selected.jsonl trl.jsonl llamafactory/ rejected.jsonl manifest.json")
+    for k, v in (manifest.get("diagnostics") or {}).items():
+        lines.append(f"diag      {k:<28} {v:.4g}" if isinstance(v, float) else f"diag      {k:<28} {v}")
+    lines.append(f"outputs   {result.run_dir}/ scores.parquet selected.jsonl trl.jsonl llamafactory/ rejected.jsonl manifest.json" + (" report.html" if (result.run_dir / "report.html").exists() else ""))
     return "\n".join(lines)
 
 

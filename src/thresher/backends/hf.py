@@ -8,6 +8,7 @@ inside forward hooks (mean / max / first / last over a span), so nothing per-tok
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,7 +94,13 @@ class HFBackend:
         return {k: v.shape[1] for k, v in self.run([probe], spec).activations.items()}
 
     @torch.inference_mode()
-    def run(self, rows: list[Rendered], spec: PassSpec) -> BatchOutput:
+    def run(self, rows: list[Rendered], spec: PassSpec, noise: list[tuple[str, int, int]] | None = None) -> BatchOutput:
+        """Score `rows`. A noisy spec (T-SHIRT) needs `noise`: per row (sample id, cond-view
+        length, cond response start); each row's log-probs are then its copies back to back."""
+        if spec.noise_copies:
+            if noise is None or len(noise) != len(rows):
+                raise ValueError(f"a noisy pass needs one noise key per row (got {None if noise is None else len(noise)} for {len(rows)} rows)")
+            return BatchOutput([self._noisy_row(r, spec, key) for r, key in zip(rows, noise, strict=True)], None)
         if not rows:
             return BatchOutput([], [] if "entropy" in spec.fields else None)
         device = self.lm_head.weight.device
@@ -122,6 +129,31 @@ class HFBackend:
         acts = {k: v.float().cpu().numpy() for k, v in pooled.items()}
         return BatchOutput(logprob, entropy, acts)
 
+    def _noisy_row(self, row: Rendered, spec: PassSpec, key: tuple[str, int, int]) -> np.ndarray:
+        """One sample's `noise_copies` perturbed copies in one forward: inputs_embeds = embed(ids) + delta.
+
+        The uncond view reuses the cond noise: its response rows take the cond response slice, its
+        document-start row takes the cond's first-position row (METHODS §4.3/§4.7, the BOS fix)."""
+        sample_id, n_cond, resp_start = key
+        embed = self.model.get_input_embeddings()
+        delta = embedding_noise(spec.noise_seed, sample_id, spec.noise_copies, n_cond, embed.weight.shape[1], spec.noise_alpha)
+        if spec.view == "uncond":
+            lead = row.spans["response"][0]
+            n_resp = len(row.ids) - lead
+            if resp_start + n_resp > n_cond:
+                raise ValueError(f"the uncond view of {sample_id!r} has {n_resp} response tokens but the cond view only {n_cond - resp_start}")
+            delta = torch.cat([delta[:, :1].expand(-1, lead, -1), delta[:, resp_start : resp_start + n_resp]], dim=1)
+        elif n_cond != len(row.ids):
+            raise ValueError(f"noise key length {n_cond} does not match the {len(row.ids)} tokens of {sample_id!r}")
+        device = self.lm_head.weight.device
+        ids = torch.tensor([row.ids], device=device)
+        x = embed(ids) + delta.to(device=device, dtype=embed.weight.dtype)
+        hidden = self.model.base_model(inputs_embeds=x).last_hidden_state  # [copies, L, h]
+        a, b = row.scored
+        states = hidden[:, a - 1 : b - 1].reshape(-1, hidden.shape[-1])
+        lp, _ = self.token_logprobs(states, ids[0, a:b].repeat(spec.noise_copies), with_entropy=False)
+        return lp.float().cpu().numpy()
+
     def token_logprobs(self, states: torch.Tensor, targets: torch.Tensor, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """log p(target) and the predictive entropy (nats) for each row of `states`, in chunks."""
         n = states.shape[0]
@@ -149,7 +181,7 @@ class HFBackend:
         def make(name: str):
             def hook(_module: Any, _inputs: Any, output: Any) -> None:
                 x = output[0] if isinstance(output, tuple) else output
-                out[name] = _pool(x.float(), spec.pool, weights.to(x.device), valid.to(x.device), first, last)
+                out[name] = _pool(x.float(), spec.pool, weights.to(x.device), valid.to(x.device), first, last, spec.pool_threshold)
 
             return hook
 
@@ -161,6 +193,18 @@ class HFBackend:
             if "mlp" in kinds:
                 handles.append(mlp_activation_module(block).register_forward_hook(make(f"mlp.{layer}")))
         return handles
+
+
+def embedding_noise(seed: int, sample_id: str, copies: int, length: int, width: int, alpha: float) -> torch.Tensor:
+    """T-SHIRT's perturbation: [copies, length, width] of U(-e, e), e = alpha / sqrt(length * width)
+    (drawn as U(-1, 1) times e, as the reference code). Copy m comes from its own generator seeded by
+    (seed, sample id, m), so the noise depends on neither the batch nor the other samples."""
+    out = torch.empty((copies, length, width))
+    for m in range(copies):
+        digest = hashlib.sha256(f"{seed}\0{sample_id}\0{m}".encode()).digest()
+        g = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+        out[m] = torch.rand((length, width), generator=g) * 2 - 1
+    return out * (alpha / math.sqrt(length * width))
 
 
 def _pool_index(rows: list[Rendered], span: str, width: int) -> tuple[torch.Tensor, torch.Tensor, list[int], list[int]]:
@@ -177,10 +221,14 @@ def _pool_index(rows: list[Rendered], span: str, width: int) -> tuple[torch.Tens
     return weights, valid, first, last
 
 
-def _pool(x: torch.Tensor, how: str, weights: torch.Tensor, valid: torch.Tensor, first: list[int], last: list[int]) -> torch.Tensor:
+def _pool(x: torch.Tensor, how: str, weights: torch.Tensor, valid: torch.Tensor, first: list[int], last: list[int], threshold: float | None = None) -> torch.Tensor:
     """Pool [batch, seq, width] activations over each row's span; NaN for an empty span."""
     if how == "mean":
         pooled = torch.einsum("bt,btd->bd", weights, x)
+    elif how == "drift":  # rows are right-padded, so position 0 is each sequence's first token
+        pooled = torch.einsum("bt,btd->bd", weights, x) - x[:, 0]
+    elif how == "frac_above":
+        pooled = torch.einsum("bt,btd->bd", weights, (x > threshold).to(x.dtype))
     elif how == "max":
         pooled = x.masked_fill((weights == 0)[..., None], -math.inf).amax(dim=1)
     else:

@@ -8,6 +8,7 @@ that fails is rejected (status `error:<ExceptionType>`), never its batch-mates.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -36,8 +37,17 @@ class Scorer:
             self.backend.check(spec)
         self.batch_tokens = batch_tokens
         self.widths = self.backend.activation_widths(spec) if self.backend is not None else {}
+        # T-SHIRT: the uncond copies reuse the response slice of the cond copies' noise, so they
+        # need each sample's cond-view length and response start (filled by `render`)
+        self.cond_renderer = Renderer(tokenizer, dataclasses.replace(spec, view="cond")) if spec.noise_copies and spec.view == "uncond" else None
+        self.noise_layout: dict[str, tuple[int, int]] = {}
 
     def render(self, samples: list[Sample], demos: dict[str, Sample] | None = None) -> list[Rendered]:
+        if self.cond_renderer is not None:
+            for s in samples:
+                c = self.cond_renderer.render(s)
+                if c.status == "ok":
+                    self.noise_layout[s.id] = (len(c.ids), c.scored[0])
         if self.spec.view == "oneshot":
             return [self.renderer.render(s, (demos or {}).get(s.id)) for s in samples]
         return [self.renderer.render(s) for s in samples]
@@ -56,8 +66,9 @@ class Scorer:
         ok = [i for i, r in enumerate(rendered) if r.status == "ok"]
         if self.backend is not None:
             lengths = {i: len(rendered[i].ids) for i in ok}
+            noise = self._noise_keys(ids, rendered) if self.spec.noise_copies else None
             for batch in self._batches(sorted(ok, key=lengths.__getitem__), lengths):
-                self._score_batch(batch, rendered, status, logprob, entropy, acts)
+                self._score_batch(batch, rendered, status, logprob, entropy, acts, noise)
         scored = [len(lp) if status[i] == "ok" else 0 for i, lp in enumerate(logprob)]
         if self.backend is None:  # a render-only pass (token counts, no forward)
             scored = [r.n_scored if r.status == "ok" else 0 for r in rendered]
@@ -73,8 +84,20 @@ class Scorer:
             "activations": acts,
         }
 
+    def _noise_keys(self, ids: list[str], rendered: list[Rendered]) -> list[tuple[str, int, int] | None]:
+        """(sample id, cond-view length, cond response start) per row: what seeds and slices its noise."""
+        if self.cond_renderer is None:
+            return [(i, len(r.ids), r.scored[0]) for i, r in zip(ids, rendered, strict=True)]
+        missing = [i for i, r in zip(ids, rendered, strict=True) if r.status == "ok" and i not in self.noise_layout]
+        if missing:
+            raise RuntimeError(f"the noisy uncond pass has no cond layout for {missing[:3]}: call Scorer.render on these samples first")
+        return [(i, *self.noise_layout[i]) if i in self.noise_layout else None for i in ids]
+
     def _batches(self, order: list[int], lengths: dict[int, int]) -> list[list[int]]:
-        """Pack length-sorted rows while rows x longest length stays within the token budget."""
+        """Pack length-sorted rows while rows x longest length stays within the token budget.
+        Noisy passes score one sample per forward: its copies are the batch."""
+        if self.spec.noise_copies:
+            return [[i] for i in order]
         out: list[list[int]] = []
         for i in order:
             if out and (len(out[-1]) + 1) * lengths[i] <= self.batch_tokens:
@@ -83,16 +106,19 @@ class Scorer:
                 out.append([i])
         return out
 
-    def _score_batch(self, batch: list[int], rendered: list[Rendered], status: list[str], logprob: list, entropy: list | None, acts: dict) -> None:
+    def _score_batch(self, batch: list[int], rendered: list[Rendered], status: list[str], logprob: list, entropy: list | None, acts: dict, noise: list | None = None) -> None:
         try:
-            out = self.backend.run([rendered[i] for i in batch], self.spec)
+            if noise is not None:
+                out = self.backend.run([rendered[i] for i in batch], self.spec, noise=[noise[i] for i in batch])
+            else:
+                out = self.backend.run([rendered[i] for i in batch], self.spec)
         except Exception as e:  # isolate the failing row: retry one by one
             if len(batch) == 1:
                 status[batch[0]] = f"error:{type(e).__name__}"
                 log.warning("row %s failed in the %s pass: %s", batch[0], self.spec.name(), e)
                 return
             for i in batch:
-                self._score_batch([i], rendered, status, logprob, entropy, acts)
+                self._score_batch([i], rendered, status, logprob, entropy, acts, noise)
             return
         for k, i in enumerate(batch):
             lp = out.logprob[k]

@@ -12,12 +12,12 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
-from thresher.methods import baselines, ifd
+from thresher.methods import baselines, ifd, instructdiff, mads, miwv, nait, tshirt
 from thresher.methods.base import MethodInfo, Plan, RunContext, SignalTable
 
 __all__ = ["METHODS", "MethodInfo", "Plan", "RunContext", "SignalTable", "build", "get_method", "suggest"]
 
-METHODS: dict[str, MethodInfo] = {m.name: m for module in (ifd, baselines) for m in module.INFOS}
+METHODS: dict[str, MethodInfo] = {m.name: m for module in (ifd, baselines, nait, mads, instructdiff, tshirt, miwv) for m in module.INFOS}
 
 
 def suggest(name: str, choices: list[str] | tuple[str, ...]) -> str:

@@ -25,6 +25,7 @@ class RunContext:
     load_model: Callable[[str], Any]  # model name -> LoadedModel, loaded once per run
     config: Any  # the RunConfig
     progress: bool = True
+    data_hash: str = ""  # the dataset's content hash, for the cache keys of passes run in `prepare`
 
 
 @dataclass
@@ -51,8 +52,15 @@ class Plan:
     compute: Callable[[dict[str, TokenStats], list[Sample]], SignalTable]
     choose: Callable[[SignalTable, float | int, int, int], Selection] = field(repr=False)
     # optional step before the passes: returns extra inputs per pass role, e.g.
-    # {"oneshot": {"demos": {sample_id: demo_sample}}}
+    # {"oneshot": {"demos": {sample_id: demo_sample}}}; {"role": {"model": path}} sets the model
+    # of that pass (e.g. InstructDiff's calibrated copy, trained into the run folder)
     prepare: Callable[[RunContext], dict[str, dict[str, Any]]] | None = field(default=None, repr=False)
+    # optional figures about a selection (e.g. tag coverage), written to the manifest and summary;
+    # computed from the signal table only, so `thresher select` can recompute them without a model
+    diagnostics: Callable[[SignalTable, Selection | None], dict[str, Any]] | None = field(default=None, repr=False)
+    # pass roles too large to load whole (T-SHIRT's noisy copies): `compute` gets their PassStore
+    # instead of TokenStats and reads them shard by shard (PassStore.scan)
+    streamed: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

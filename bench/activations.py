@@ -1,0 +1,115 @@
+"""Benchmark of activation capture (issue "NAIT and MADS"): what pooled activations add to a
+plain `cond` pass, and what they cost in memory.
+
+On the first N rows of the Alpaca demo data, with `smollm2-135m` (30 layers, d=576, MLP 1536),
+three variants of the `cond` pass (alpaca template, max_length 512, log-prob + entropy, as
+`ifd`) run through `Scorer.score_rendered`, rendering done once outside every timing:
+
+  plain   log-prob + entropy (the `ifd` cond pass)
+  nait    + residual hidden states of all 30 layers, `drift` pool over the whole sequence
+  mads    + MLP activations SiLU(gate_proj) of the paper's 5 layers at the same relative depth,
+          `mean` pool over the prompt
+
+Each variant is warmed up, then timed `--repeats` times in rotating order; the figure is the
+median, and the cost of activation capture is the ratio to `plain` within this run (the
+machine may be shared and noisy). Memory: the bytes each row adds to the pass shards (fp16,
+measured from the parquet files written) and to the loaded pass (fp32 arrays), and the peak
+RSS of the process after each variant; each extrapolated to 52,002 rows (Alpaca-GPT4) by
+multiplying the per-row figure.
+
+Examples:
+    python bench/activations.py
+    python bench/activations.py --rows 200 --threads 2 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from thresher import data as data_mod  # noqa: E402
+from thresher.cache import PassStore, key_material  # noqa: E402
+from thresher.engine.scorer import Scorer  # noqa: E402
+from thresher.methods.mads import resolve_layers  # noqa: E402
+from thresher.models import load_model  # noqa: E402
+from thresher.passes import PassSpec  # noqa: E402
+from thresher.templates import get_template  # noqa: E402
+
+FULL = 52_002
+
+
+def variants(n_layers: int) -> dict[str, PassSpec]:
+    base = PassSpec(model="smollm2-135m", view="cond", template="alpaca", fields=("logprob", "entropy"), max_length=512)
+    return {
+        "plain": base,
+        "nait": dataclasses.replace(base, fields=("logprob", "entropy", "hidden"), layers=tuple(range(n_layers)), pool="drift", pool_span="all"),
+        "mads": dataclasses.replace(base, fields=("logprob", "entropy", "mlp"), layers=resolve_layers("paper", n_layers), pool="mean", pool_span="prompt"),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=200)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--batch-tokens", type=int, default=2048)
+    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "alpaca_en_demo.json"))
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    lm = load_model("smollm2-135m")
+    read = data_mod.read(a.data, limit=a.rows)
+    samples = read.samples
+    specs = variants(lm.info.n_layers)
+    scorers = {k: Scorer(s, lm.model, lm.tokenizer, batch_tokens=a.batch_tokens) for k, s in specs.items()}
+    rendered = {k: sc.render(samples) for k, sc in scorers.items()}
+    ids = [s.id for s in samples]
+    for k, sc in scorers.items():  # warm-up
+        sc.score_rendered(ids[:4], rendered[k][:4])
+    times: dict[str, list[float]] = {k: [] for k in specs}
+    rss: dict[str, float] = {}
+    cols = {}
+    names = list(specs)
+    for r in range(a.repeats):
+        for k in names[r % len(names):] + names[: r % len(names)]:
+            t0 = time.perf_counter()
+            cols[k] = scorers[k].score_rendered(ids, rendered[k])
+            times[k].append(time.perf_counter() - t0)
+            rss[k] = max(rss.get(k, 0.0), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    text = get_template("alpaca", lm.tokenizer).text
+    info = dataclasses.asdict(lm.info)
+    print(f"smollm2-135m, {len(samples)} rows, {a.threads} threads, batch_tokens {a.batch_tokens}, median of {a.repeats}")
+    print(f"{'variant':<7} {'s':>7} {'rows/s':>7} {'x plain':>8} {'act cols':>8} {'shard B/row':>11} {'loaded B/row':>12} {'52K shards':>10} {'52K loaded':>10} {'peak RSS MB':>11}")
+    with tempfile.TemporaryDirectory() as tmp:
+        shard_bytes = {}
+        for k, spec in specs.items():
+            store = PassStore(tmp, spec, key_material(spec, info, text, read.content_hash))
+            store.open()
+            path = store.write_shard(cols[k])
+            shard_bytes[k] = path.stat().st_size / len(samples)
+    base = statistics.median(times["plain"])
+    result = {}
+    for k in specs:
+        t = statistics.median(times[k])
+        acts = cols[k]["activations"]
+        loaded = sum(v.shape[1] * 4 for v in acts.values())
+        extra = shard_bytes[k] - shard_bytes["plain"]
+        print(f"{k:<7} {t:7.2f} {len(samples) / t:7.1f} {t / base:8.2f} {len(acts):8d} {shard_bytes[k]:11.0f} {loaded:12d} "
+              f"{shard_bytes[k] * FULL / 1e9:8.2f}GB {loaded * FULL / 1e9:8.2f}GB {rss[k]:11.0f}")
+        result[k] = {"seconds": t, "ratio_to_plain": t / base, "shard_bytes_per_row": shard_bytes[k], "activation_shard_bytes_per_row": extra, "loaded_activation_bytes_per_row": loaded}
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

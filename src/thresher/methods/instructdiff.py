@@ -1,0 +1,180 @@
+"""InstructDiff (Su, Zhu, …, Chen; arXiv 2601.23006; METHODS §7): warm-up calibration,
+bi-directional ΔNLL trim, lowest ΔH.
+
+1. warm-up: a seeded random α·N subset fine-tunes a copy of the model (the calibrator) through
+   `thresher.train`, into `<run>/calibrators/`; a finished calibrator is reused on rerun;
+2. two `cond` passes: the base model's (shared with ifd / ppl / entropy) and the calibrator's;
+3. ΔNLL = L_inst - L_base, ΔH = H_base - H_inst; drop int(γN) rows from each end of ΔNLL
+   (status `filtered:dnll_tail`), then take the lowest ΔH, in samples or response tokens;
+4. optional K > 1: retrain from the base on the selection, rescore, reselect (paper Alg. 1).
+
+`calibrator` names another model to warm up instead of the base (weak-to-strong, paper
+Table 6); it must share the base model's tokenizer so both passes score the same tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from typing import Any
+
+import numpy as np
+
+from thresher.data import Sample
+from thresher.methods.base import (
+    MethodInfo,
+    Plan,
+    RunContext,
+    SignalTable,
+    merge_status,
+    token_counts,
+)
+from thresher.passes import PassSpec, TokenStats
+from thresher.selectors.topk import Selection, budget_count
+from thresher.selectors.trim import BUDGET_UNITS, lowest_within_budget, trim_both_ends
+from thresher.signals.instructdiff import (
+    delta_entropy,
+    delta_nll,
+    mean_nll,
+    mean_token_entropy,
+    warmup_indices,
+)
+
+TRIM_STATUS = "filtered:dnll_tail"
+
+
+def instructdiff(
+    model: str,
+    *,
+    alpha: float = 0.1,  # InstructDiff §4.1: warm-up ratio "α = 0.1" (1,000 of 10,000 in the configs)
+    gamma: float = 0.1,  # InstructDiff §4.1: NLL reject ratio "γ = 0.1" from each end
+    budget_unit: str = "samples",  # METHODS §10.7: samples by default; "tokens" reproduces the code
+    iterations: int = 1,  # InstructDiff Alg. 1: K; the main results use one round (§5.4 studies 2-3)
+    warmup_seed: int = 42,  # InstructDiff configs: seed 42
+    calibrator: str | None = None,  # ours: None warms up the base model itself, as the paper
+    train_preset: str = "instructdiff-warmup",  # InstructDiff configs: 3 epochs, the domain's lr and batch
+    train: dict[str, Any] | None = None,  # ours: TrainConfig fields that override the preset, e.g. {"lora": true}
+    template: str = "alpaca",  # InstructDiff scoring.py: the Alpaca template (input merged into the prompt here, §7.2 [I])
+    max_length: int = 512,  # ours: the cond pass shared with ifd / ppl / entropy
+    truncation: str = "prompt_first",  # ours: as `ifd`, never empties the response
+) -> Plan:
+    """ΔH among the middle of ΔNLL, from the base model and a warm-up-calibrated copy."""
+    from thresher.train import preset
+
+    if budget_unit not in BUDGET_UNITS:
+        raise ValueError(f"budget_unit={budget_unit!r} is not one of {list(BUDGET_UNITS)}")
+    if not isinstance(iterations, int) or iterations < 1:
+        raise ValueError(f"iterations={iterations!r}: expected an int >= 1 (K rounds of calibrate, score, select)")
+    if not 0.0 <= gamma < 0.5:
+        raise ValueError(f"gamma={gamma!r}: expected the fraction trimmed from each end in [0, 0.5), e.g. 0.1")
+    if not 0.0 < alpha <= 1.0:
+        raise ValueError(f"alpha={alpha!r}: expected the warm-up fraction in (0, 1], e.g. 0.1")
+    tcfg = preset(train_preset, **{**(train or {}), "template": template, "max_length": max_length, "truncation": truncation})
+    fields = ("logprob", "entropy")
+    common = dict(view="cond", template=template, fields=fields, max_length=max_length, truncation=truncation)
+    passes = {"cond": PassSpec(model=model, **common), "calibrated": PassSpec(model=calibrator or model, **common)}
+
+    def compute(stats: dict[str, TokenStats], samples: list[Sample]) -> SignalTable:
+        base, inst = stats["cond"], stats["calibrated"]
+        status = merge_status(base, inst)
+        dnll, dh = delta_nll(base.logprob, inst.logprob), delta_entropy(base.entropy, inst.entropy)
+        ids = [s.id for s in samples]
+        for i, s in enumerate(status):
+            if s == "ok" and not (np.isfinite(dnll[i]) and np.isfinite(dh[i])):
+                status[i] = "nan_score"
+        ok = np.array([s == "ok" for s in status])
+        kept = trim_both_ends(ids, dnll, gamma, keep=ok)
+        status = [TRIM_STATUS if s == "ok" and not k else s for s, k in zip(status, kept, strict=True)]
+        cols = {
+            "delta_entropy": dh,
+            "delta_nll": dnll,
+            "nll_base": mean_nll(base.logprob),
+            "nll_calibrated": mean_nll(inst.logprob),
+            "entropy_base": mean_token_entropy(base.entropy),
+            "entropy_calibrated": mean_token_entropy(inst.entropy),
+            **token_counts(base, ""),
+        }
+        return SignalTable(ids, cols, status, "delta_entropy")
+
+    def choose(table: SignalTable, budget: float | int, n_rows_read: int, seed: int) -> Selection:
+        dh = table.columns["delta_entropy"]
+        if budget_unit == "samples":
+            return lowest_within_budget(table.ids, dh, budget_count(budget, len(table.ids)), keep=table.eligible)
+        # select_lowest_diff_entropy: a fraction of the response tokens of the whole scored pool,
+        # before the trim
+        tokens = np.asarray(table.columns["n_response_tokens"], dtype=np.int64)
+        scored = np.array([s == "ok" or s.startswith("filtered:") for s in table.status])
+        total = int(tokens[scored].sum())
+        n_tokens = int(budget * total) if isinstance(budget, float) else budget_count(budget, total)
+        return lowest_within_budget(table.ids, dh, n_tokens, keep=table.eligible, unit="tokens", tokens=tokens)
+
+    def prepare(ctx: RunContext) -> dict[str, dict[str, Any]]:
+        base = ctx.load_model(model)
+        lm = ctx.load_model(calibrator) if calibrator else base
+        if lm.info.tokenizer_hash != base.info.tokenizer_hash:
+            raise ValueError(
+                f"calibrator={calibrator!r} has another tokenizer than {model!r}: InstructDiff compares "
+                "the two models token by token, so the calibrator must share the tokenizer (e.g. a "
+                "smaller model of the same family)"
+            )
+        by_id = {s.id: s for s in ctx.samples}
+        subset = [ctx.samples[i] for i in warmup_indices(len(ctx.samples), alpha, warmup_seed)]
+        folder = None
+        for k in range(iterations):
+            folder = _calibrate(ctx, lm, subset, tcfg, k)
+            if k == iterations - 1:
+                break
+            stats = {"cond": _score(ctx, "cond", passes["cond"]), "calibrated": _score(ctx, f"calibrated{k}", dataclasses.replace(passes["calibrated"], model=str(folder)))}
+            sel = choose(compute(stats, ctx.samples), ctx.config.select.budget(), len(ctx.samples), ctx.config.select.seed)
+            subset = [by_id[i] for i in sel.ids]  # the next round retrains from the base on D'^(k)
+        return {"calibrated": {"model": str(folder)}}
+
+    params = dict(alpha=alpha, gamma=gamma, budget_unit=budget_unit, iterations=iterations, warmup_seed=warmup_seed, calibrator=calibrator, train_preset=train_preset, train=dict(train or {}), template=template, max_length=max_length, truncation=truncation)
+    return Plan("instructdiff", params, passes, compute, choose, prepare=prepare)
+
+
+def _calibrate(ctx: RunContext, lm: Any, subset: list[Sample], tcfg: Any, k: int) -> Any:
+    """Train (or reuse) the calibrator of round k; its folder is named by what it depends on."""
+    from thresher.train import train
+
+    record = {"model": lm.info.weights_sha256, "config": dataclasses.asdict(tcfg), "samples": sorted(s.id for s in subset)}
+    digest = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:12]
+    folder = ctx.run_dir / "calibrators" / f"round{k}-{digest}"
+    train(subset, lm, folder, tcfg, progress=ctx.progress)
+    return folder
+
+
+def _score(ctx: RunContext, role: str, spec: PassSpec) -> TokenStats:
+    """One pass inside `prepare` (rounds k < K), cached in the run folder as the pipeline does,
+    so the base model's cond pass is computed once and reused by the final round."""
+    from thresher.cache import PassStore, find_pass, key_material, pass_label
+    from thresher.engine.local import run_pass
+    from thresher.engine.scorer import Scorer
+    from thresher.templates import get_template
+
+    cfg = ctx.config
+    lm = ctx.load_model(spec.model)
+    text = get_template(spec.template, lm.tokenizer).text
+    label = pass_label(spec) if spec.model == cfg.model.name else f"{pass_label(spec)}@{role}"
+    material = key_material(spec, dataclasses.asdict(lm.info), text, ctx.data_hash)
+    found = None if cfg.score.overwrite else find_pass(ctx.run_dir, material)
+    if found is not None:
+        label, material = found
+        spec = PassSpec.from_dict(material["pass"])
+    store = PassStore(ctx.run_dir, spec, material, label)
+    scorer = Scorer(spec, lm.model, lm.tokenizer, batch_tokens=cfg.score.batch_tokens)
+    return run_pass(ctx.samples, scorer, store, shard_rows=cfg.score.shard_rows, overwrite=cfg.score.overwrite, progress=ctx.progress).stats
+
+
+INFOS = (
+    MethodInfo(
+        "instructdiff",
+        "Su et al., InstructDiff: Domain-Adaptive Data Selection via Differential Entropy, arXiv 2601.23006",
+        "warm-up-calibrated copy vs base: drop both ΔNLL tails (γ), take the lowest ΔH",
+        "cond (base) + cond (calibrated copy); warm-up fine-tuning",
+        "the model to be tuned (LLaMA-3-8B / Qwen2.5-7B in the paper)",
+        False,
+        instructdiff,
+    ),
+)

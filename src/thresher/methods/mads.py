@@ -1,0 +1,148 @@
+"""MADS (Model-Aware Diverse core-Set selection; arXiv 2605.30857), as a reconstruction:
+activation-tag coverage (METHODS §6). The paper's method section and code are not public;
+the abstract states "neural activation states" and "coverage-based selection", the captions
+name strongly activated neurons, activation tags per layer and layers 1, 8, 15, 20, 27. The
+rest follows InsTag's complexity-first coverage with activation tags in place of intention
+tags. Every knob of §6.2 is a parameter; docs/methods.md says which are stated and which
+inferred.
+
+The pass is the `cond` pass of `ifd` (alpaca template, 512 tokens, log-probs and entropy kept)
+plus pooled MLP activations, so `ifd`, `ppl` and `entropy` later reuse it. Tags are stored in
+scores.parquet, so `thresher select` re-selects without the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from thresher.data import Sample
+from thresher.methods.base import MethodInfo, Plan, RunContext, SignalTable, token_counts
+from thresher.passes import PassSpec, TokenStats
+from thresher.selectors.coverage import STRATEGIES, select_coverage
+from thresher.selectors.topk import Selection, budget_count
+from thresher.signals import mads as sig
+
+PAPER_LAYERS = (1, 8, 15, 20, 27)  # MADS Fig. 3/10: layers 1, 8, 15 (main) and 20, 27 (appendix) of a 28-layer model
+SCOPES = {"instruction": "prompt", "full": "all", "response": "response"}
+NEURONS = {"act": "mlp", "hidden": "hidden"}
+
+
+def resolve_layers(layers: str | list[int], n_layers: int) -> tuple[int, ...]:
+    """`paper`: the paper's layers at the same relative depth (exactly 1, 8, 15, 20, 27 for a
+    28-layer model such as Llama-3.2-3B); else the 0-based layers given."""
+    if layers == "paper":
+        return tuple(sorted({round(layer * (n_layers - 1) / 27) for layer in PAPER_LAYERS}))
+    if isinstance(layers, str) or not layers:
+        raise ValueError(f"layers={layers!r}: expected 'paper' or a list of 0-based decoder layers, e.g. [1, 8, 15]")
+    bad = [layer for layer in layers if not 0 <= int(layer) < n_layers]
+    if bad:
+        raise ValueError(f"layers {bad} do not exist: the model has {n_layers} decoder layers (0..{n_layers - 1})")
+    return tuple(int(layer) for layer in layers)
+
+
+def mads(
+    model: str,
+    *,
+    layers: str | list[int] = "paper",  # MADS captions: layers 1, 8, 15, 20, 27 analysed [stated]; using all five is inferred
+    layer_strategy: str = "union",  # inferred: the paper compares two strategies without naming the winner; "single" = one layer
+    text_scope: str = "instruction",  # inferred (§6.2.2): pool over the instruction; "full" or "response" as options
+    neuron: str = "act",  # inferred (§6.2.3): the MLP activation SiLU(gate_proj); "hidden" = residual stream
+    pool: str = "mean",  # inferred (§6.2.5): mean over the scope's tokens; "max" and "frac_above" as options
+    pool_threshold: float | None = None,  # for pool="frac_above" only: the activation level tau counted
+    tag_rule: str = "quantile",  # term "strongly activated neurons" stated; rule inferred (§6.2.6)
+    q: float = 0.99,  # inferred: about 82 tags per layer per sample at width 8192
+    quantile_sample: int = 4096,  # inferred: tau_l estimated on <= 4,096 random samples
+    k: int = 82,  # inferred: top-k tags per layer, matching q = 0.99 at width 8192
+    z0: float = 3.0,  # inferred: per-neuron z-score threshold
+    tau: float | None = None,  # absolute threshold, for tag_rule="absolute"
+    min_df: int = 1,  # inferred: keep the long tail (MADS Fig. 6 shows it); InsTag-like filtering is 20
+    max_df_frac: float = 0.5,  # inferred: drop near-universal tags
+    weight: str = "none",  # inferred: plain coverage; "idf" weighs rare tags by log(N / df)
+    strategy: str = "complexity_first",  # coverage stated; InsTag Algorithm 1 inferred; "greedy_max_coverage" option
+    template: str = "alpaca",  # ours: IFD's cond pass, shared; §6.2.2 infers the chat template (template="chat")
+    max_length: int = 512,  # ours: as `ifd`, for the same reason; §6.2.2 infers 2048
+    truncation: str = "prompt_first",
+) -> Plan:
+    """Tag each sample with its strongly activated neurons, then cover the tags within budget."""
+    checks = {"layer_strategy": (layer_strategy, ("union", "single")), "text_scope": (text_scope, tuple(SCOPES)), "neuron": (neuron, tuple(NEURONS)),
+              "tag_rule": (tag_rule, sig.TAG_RULES), "weight": (weight, sig.WEIGHTS), "strategy": (strategy, STRATEGIES)}
+    for name, (value, choices) in checks.items():
+        if value not in choices:
+            raise ValueError(f"mads {name}={value!r} is not one of {list(choices)}")
+    if tag_rule == "absolute" and tau is None:
+        raise ValueError("tag_rule='absolute' needs tau, the activation level that makes a tag, e.g. method.params.tau=0.5")
+    if layer_strategy == "single" and (layers == "paper" or len(layers) != 1):
+        raise ValueError(f"layer_strategy='single' tags one layer: give exactly one, e.g. layers=[8] (got {layers!r})")
+    field = NEURONS[neuron]
+    probe = (0,) if isinstance(layers, str) else tuple(int(x) for x in layers)
+    spec = PassSpec(model=model, view="cond", template=template, fields=("logprob", "entropy", field), layers=probe, max_length=max_length,
+                    truncation=truncation, pool=pool, pool_span=SCOPES[text_scope], pool_threshold=pool_threshold)
+    passes = {"cond": spec}
+
+    def prepare(ctx: RunContext) -> dict[str, dict[str, Any]]:
+        n_layers = ctx.load_model(model).info.n_layers
+        passes["cond"] = dataclasses.replace(passes["cond"], layers=resolve_layers(layers, n_layers))
+        return {}
+
+    def compute(stats: dict[str, TokenStats], samples: list[Sample]) -> SignalTable:
+        cond = stats["cond"]
+        per_layer, widths = [], set()
+        for li, layer in enumerate(passes["cond"].layers):
+            x = cond.activations[f"{field}.{layer}"]
+            widths.add(x.shape[1])
+            t = sig.tag_thresholds(x, q, quantile_sample, seed=li) if tag_rule == "quantile" else tau
+            per_layer.append(sig.layer_tags(x, tag_rule, tau=t, k=k, z0=z0))
+        tags = sig.merge_layers(per_layer, max(widths))
+        finite = np.all([np.isfinite(cond.activations[f"{field}.{layer}"]).all(axis=1) for layer in passes["cond"].layers], axis=0)
+        status = [("nan_activation" if st == "ok" and not f else st) for st, f in zip(cond.status, finite, strict=True)]
+        col = np.empty(len(tags), dtype=object)
+        col[:] = [t.astype(np.int32) for t in tags]
+        cols = {"mads_tags": col, "mads_n_tags": np.array([len(t) for t in tags], dtype=np.float64), **token_counts(cond, "")}
+        return SignalTable([s.id for s in samples], cols, status, "mads_n_tags")
+
+    def prepared(table: SignalTable) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
+        tags = [np.asarray(t, dtype=np.int64) for t in table.columns["mads_tags"]]
+        eligible = table.eligible
+        n_tags = 1 + max((int(t.max()) for t in tags if len(t)), default=-1)
+        df = sig.document_frequency([t for t, e in zip(tags, eligible, strict=True) if e], n_tags)
+        kept = sig.keep_tags(df, int(eligible.sum()), min_df, max_df_frac)
+        return sig.filter_tags(tags, kept), sig.tag_weights(df, int(eligible.sum()), weight) * kept, kept, eligible
+
+    def choose(table: SignalTable, budget: float | int, n_rows_read: int, seed: int) -> Selection:
+        tags, weights, _, eligible = prepared(table)
+        return select_coverage(table.ids, tags, weights, budget_count(budget, len(table.ids)), strategy=strategy, keep=eligible)
+
+    def diagnostics(table: SignalTable, selection: Selection | None) -> dict[str, Any]:
+        tags, _, kept, eligible = prepared(table)
+        pos = {i: k for k, i in enumerate(table.ids)}
+        chosen = [pos[i] for i in selection.ids] if selection else []
+        pool = np.flatnonzero(eligible)
+        n_tags = np.array([len(t) for t in tags], dtype=np.float64)
+        length = table.columns["n_prompt_tokens"] + table.columns["n_response_tokens"]
+        return {
+            "tag_universe": int(kept.sum()),
+            "tag_coverage_subset": sig.coverage_rate(tags, chosen, kept),
+            "tag_coverage_pool": sig.coverage_rate(tags, list(pool), kept),
+            "mean_tags_subset": float(n_tags[chosen].mean()) if chosen else float("nan"),
+            "mean_tags_pool": float(n_tags[pool].mean()) if len(pool) else float("nan"),
+            "length_quartiles_subset": _quartiles(length[chosen]),
+            "length_quartiles_pool": _quartiles(length[pool]),
+        }
+
+    params = dict(layers=layers, layer_strategy=layer_strategy, text_scope=text_scope, neuron=neuron, pool=pool, pool_threshold=pool_threshold, tag_rule=tag_rule, q=q,
+                  quantile_sample=quantile_sample, k=k, z0=z0, tau=tau, min_df=min_df, max_df_frac=max_df_frac, weight=weight, strategy=strategy,
+                  template=template, max_length=max_length, truncation=truncation)
+    return Plan("mads", params, passes, compute, choose, prepare=prepare, diagnostics=diagnostics)
+
+
+def _quartiles(x: np.ndarray) -> list[float]:
+    x = np.asarray(x, dtype=np.float64)
+    return [float(v) for v in np.quantile(x, [0.0, 0.25, 0.5, 0.75, 1.0])] if len(x) else []
+
+
+INFOS = (
+    MethodInfo("mads", "Bai, Zhang et al., MADS: Model-Aware Diverse Core Set Selection, arXiv 2605.30857 (reconstruction)", "activation tags (strongly activated MLP neurons per layer), complexity-first tag coverage", "cond", "Llama-3.2-3B-Instruct", False, mads),
+)

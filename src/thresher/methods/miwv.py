@@ -1,0 +1,116 @@
+"""MIWV (Jiang et al., Importance-Aware Data Selection for Efficient LLM Instruction Tuning,
+AAAI-26; METHODS §3): how much a retrieved one-shot demonstration hurts the response loss.
+
+`prepare` embeds every instruction (without template boilerplate), finds each sample's nearest
+other sample, and hands the `oneshot` pass its demonstrations together with a hash of the
+assignment, so the cached one-shot pass is recomputed whenever the neighbours change. The
+zero-shot loss reuses the `cond` pass of `ifd` (same spec), and `icl_ifd` its `uncond` pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+
+import numpy as np
+
+from thresher.data import Sample
+from thresher.embed import Embedder, nearest_other, resolve_embedder
+from thresher.methods.base import (
+    MethodInfo,
+    Plan,
+    RunContext,
+    SignalTable,
+    merge_status,
+    token_counts,
+)
+from thresher.passes import PassSpec, TokenStats
+from thresher.selectors.topk import Selection, budget_count, top_k
+from thresher.signals.miwv import VARIANTS, icl_ifd, miwv, prompt_loss, response_loss
+
+log = logging.getLogger(__name__)
+
+
+def instruction_text(sample: Sample) -> str:
+    """What is embedded: the raw `instruction[\\ninput]`, no template (METHODS §3.3, §10.3)."""
+    return f"{sample.instruction}\n{sample.input}" if sample.input else sample.instruction
+
+
+def assign_demos(samples: list[Sample], embedder: Embedder, skip_above: float | None = None) -> tuple[dict[str, Sample], np.ndarray]:
+    """Each sample's nearest other sample by cosine of instruction embeddings, and that cosine."""
+    emb = embedder.encode([instruction_text(s) for s in samples])
+    idx, sim = nearest_other(emb, [s.id for s in samples], skip_above=skip_above)
+    return {s.id: samples[j] for s, j in zip(samples, idx, strict=True) if j >= 0}, sim
+
+
+def miwv_method(
+    model: str,
+    *,
+    variant: str = "miwv",  # MIWV Eq. 8 ranks by L(y|x,C) - L(y|x); icl_ifd and prompt_loss are the §4.7 / Fig. 3a variants
+    embedder: str = "all-minilm-l6-v2",  # ours: offline and small; the paper used BGE-large-en (`--embedder BAAI/bge-large-en-v1.5`)
+    template: str = "alpaca",  # MIWV §3.1: "aligned with the original target dataset" (Alpaca codebase, its template)
+    max_length: int = 512,  # ours: the Alpaca codebase's 512, and the same cond pass as `ifd`
+    truncation: str = "prompt_first",  # ours: as `ifd`, so the cond pass is shared
+    skip_above: float | None = None,  # ours: None keeps exact duplicates as demonstrations (argmax over j != i, METHODS §3.3)
+) -> Plan:
+    """MIWV = L(y | x, C) − L(y | x) with C the nearest other sample; top-b, highest first."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant={variant!r} is not one of {list(VARIANTS)}")
+    resolve_embedder(embedder)  # a packaged alias whose wheel is missing fails here, before any model loads
+    common = dict(model=model, template=template, max_length=max_length, truncation=truncation)
+    passes = {
+        "cond": PassSpec(view="cond", fields=("logprob", "entropy"), **common),  # = ifd's cond pass
+        "oneshot": PassSpec(view="oneshot", fields=("logprob",), **common),
+    }
+    if variant == "icl_ifd":
+        passes["uncond"] = PassSpec(view="uncond", fields=("logprob",), **common)  # = ifd's uncond pass
+    chosen: dict[str, tuple[str, float]] = {}
+
+    def prepare(ctx: RunContext) -> dict:
+        demos, sim = assign_demos(ctx.samples, Embedder(embedder), skip_above)
+        chosen.clear()
+        chosen.update({s.id: (demos[s.id].id, float(v)) for s, v in zip(ctx.samples, sim, strict=True) if s.id in demos})
+        pairs = json.dumps(sorted((i, d) for i, (d, _) in chosen.items()))
+        log.info("MIWV: %d demonstrations assigned by %s", len(chosen), embedder)
+        # the one-shot pass depends on the assignment only: another embedder that picks the same
+        # neighbours reuses it, any changed neighbour recomputes it
+        return {"oneshot": {"demos": demos, "key_extra": {"demos_sha256": hashlib.sha256(pairs.encode()).hexdigest()}}}
+
+    def compute(stats: dict[str, TokenStats], samples: list[Sample]) -> SignalTable:
+        cond, one = stats["cond"], stats["oneshot"]
+        status = merge_status(cond, one, *([stats["uncond"]] if variant == "icl_ifd" else []))
+        values = {"miwv": miwv(one.logprob, cond.logprob), "prompt_loss": prompt_loss(one.logprob)}
+        if variant == "icl_ifd":
+            values["icl_ifd"] = icl_ifd(one.logprob, stats["uncond"].logprob)
+        status = [("nan_score" if s == "ok" and not np.isfinite(values[variant][i]) else s) for i, s in enumerate(status)]
+        cols = {
+            **values,
+            "loss_cond": response_loss(cond.logprob),
+            "demo_id": np.array([chosen.get(s.id, ("", np.nan))[0] for s in samples], dtype=object),
+            "demo_similarity": np.array([chosen.get(s.id, ("", np.nan))[1] for s in samples]),
+            "demo_truncated": np.array(["demo" in t.split("+") for t in one.truncated]),
+            **token_counts(cond, ""),
+            "n_scored_oneshot": one.n_scored,
+        }
+        return SignalTable([s.id for s in samples], cols, status, variant)
+
+    def choose(table: SignalTable, budget: float | int, n_rows_read: int, seed: int) -> Selection:
+        b = budget_count(budget, len(table.ids))
+        return top_k(table.ids, table.columns[variant], b, descending=True, keep=table.eligible)  # MIWV §3.3: highest first
+
+    params = dict(variant=variant, embedder=embedder, template=template, max_length=max_length, truncation=truncation, skip_above=skip_above)
+    return Plan("miwv", params, passes, compute, choose, prepare)
+
+
+INFOS = (
+    MethodInfo(
+        "miwv",
+        "Jiang et al., Importance-Aware Data Selection for Efficient LLM Instruction Tuning (MIWV), AAAI 2026",
+        "one-shot loss with the nearest other sample as demonstration minus the zero-shot loss; highest first",
+        "cond (as ifd) + oneshot (+ uncond for icl_ifd) + instruction embeddings",
+        "the model to be tuned (LLaMA-2-7B in the paper)",
+        False,
+        miwv_method,
+    ),
+)

@@ -1,0 +1,203 @@
+"""T-SHIRT (Fu, Hamman, Dutta, NeurIPS 2025; METHODS §4): Selective-IFD over perturbed copies,
+then hierarchical selection.
+
+Passes: the clean `cond` and `uncond` passes of `superfiltering` (same specs, so a run folder
+that holds them reuses them) and their noisy twins (`noise_copies` copies per sample with
+uniform noise on the input embeddings, the uncond copies reusing the cond noise slice). The
+noisy passes hold M·T log-probs per sample, too many to load at 52K rows (52K × ~200 × 30), so
+they are streamed: each is read shard by shard and spilled to float32 files in the run folder,
+Δ is computed per sample into a third file, the dataset-wide threshold is an exact two-pass
+order statistic over that file, and S-IFD is reduced per sample. Peak memory is one shard, one
+chunk and a few per-sample indexes; the spill files are deleted afterwards. (Noisy passes run on
+the local engine: the uncond copies need each sample's cond layout, which `Scorer.render` builds.)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from thresher.cache import PassStore
+from thresher.data import Sample
+from thresher.methods.base import MethodInfo, Plan, SignalTable, merge_status, token_counts
+from thresher.passes import PassSpec, TokenStats
+from thresher.selectors.hierarchical import hierarchical
+from thresher.selectors.topk import Selection, budget_count
+from thresher.signals.ifd import ifd_ppl_ratio
+from thresher.signals.tshirt import abs_percentile, copy_ifd, copy_moments, sifd, token_delta
+
+log = logging.getLogger(__name__)
+
+SPILL_DIR = "tshirt_spill"
+THRESHOLD_FILE = "tshirt_threshold.json"
+# ours: 4M float32 values (16 MB) per chunk of the threshold passes
+CHUNK_VALUES = 1 << 22
+
+
+def tshirt(
+    model: str,
+    *,
+    reproduce: bool = False,
+    k: float = 0.5,  # T-SHIRT compute_stat.py: `--ratio 0.5` ("T-SHIRT k=50", the default run)
+    alpha: float = 5.0,  # T-SHIRT token_loss.py: `--neft_alpha 5.0`
+    copies: int = 30,  # T-SHIRT token_loss.py: 31 noisy rows drawn, `ifds[1:-1]` keeps 30 ("to reach 30")
+    gamma: int = 2,  # T-SHIRT tshirt_select.py: `2 * k` rows kept by the mean, hard-coded
+    seed: int = 42,  # T-SHIRT token_loss.py: `--seed 42`
+    template: str = "plain",  # T-SHIRT token_loss.py format_instruction: "{instruction}\n[{input}\n]"
+    max_length: int = 1024,  # T-SHIRT token_loss.py: `--max_length 1024` (GPT-2's context)
+    truncation: str = "prompt_first",  # ours: as superfiltering, so the clean passes are shared
+) -> Plan:
+    """μ̂ and σ̂ of S-IFD_k over `copies` perturbed copies; drop mean noisy IFD >= 1; top γ·b by μ̂,
+    then the b with the smallest σ̂."""
+    if not 0.0 < k <= 1.0:
+        raise ValueError(f"k={k}: expected the kept token fraction in (0, 1] (T-SHIRT uses 0.5 or 0.75)")
+    if copies < 1:
+        raise ValueError(f"copies={copies}: expected at least 1 perturbed copy (T-SHIRT uses 30)")
+    boundary = "superfiltering" if reproduce else "exact"
+    common = dict(model=model, template=template, max_length=max_length, truncation=truncation, boundary=boundary)
+    noise = dict(noise_alpha=float(alpha), noise_copies=int(copies), noise_seed=int(seed))
+    passes = {
+        "cond": PassSpec(view="cond", fields=("logprob", "entropy"), **common),  # = superfiltering's cond
+        "uncond": PassSpec(view="uncond", fields=("logprob",), **common),
+        "noisy_cond": PassSpec(view="cond", fields=("logprob",), **common, **noise),
+        "noisy_uncond": PassSpec(view="uncond", fields=("logprob",), **common, **noise),
+    }
+
+    def compute(stats: dict, samples: list[Sample]) -> SignalTable:
+        cond, uncond = stats["cond"], stats["uncond"]
+        ids = [s.id for s in samples]
+        noisy = noisy_signals(ids, stats["noisy_cond"], stats["noisy_uncond"], int(copies), k)
+        status = merge_status(cond, uncond)
+        status = [c if c != "ok" else n for c, n in zip(status, noisy.pop("status"), strict=True)]
+        for i, s in enumerate(status):
+            if s != "ok":
+                continue
+            if not (np.isfinite(noisy["sifd_mean"][i]) and np.isfinite(noisy["avg_noisy_ifd"][i])):
+                status[i] = "nan_score"
+            elif noisy["avg_noisy_ifd"][i] >= 1:  # tshirt_select.py: `avg_ifd >= 1: continue`
+                status[i] = "filtered:avg_noisy_ifd>=1"
+        cols = {"ifd": ifd_ppl_ratio(cond.logprob, uncond.logprob), **noisy, **token_counts(cond, ""), "n_scored_uncond": uncond.n_scored}
+        return SignalTable(ids, cols, status, "sifd_mean")
+
+    def choose(table: SignalTable, budget: float | int, n_rows_read: int, seed_: int) -> Selection:
+        b = budget_count(budget, len(table.ids))
+        return hierarchical(table.ids, table.columns["sifd_mean"], table.columns["sifd_std"], b, gamma=gamma, keep=table.eligible)
+
+    params = dict(reproduce=reproduce, k=k, alpha=alpha, copies=copies, gamma=gamma, seed=seed, template=template, max_length=max_length, truncation=truncation)
+    return Plan("tshirt", params, passes, compute, choose, streamed=("noisy_cond", "noisy_uncond"))
+
+
+def noisy_signals(ids: list[str], cond: PassStore | TokenStats, uncond: PassStore | TokenStats, copies: int, k: float) -> dict:
+    """Per sample (in `ids` order): mean and std of the copies' IFD and S-IFD, and a status.
+
+    `cond` / `uncond` are the noisy passes, as stores (streamed) or loaded TokenStats (tests)."""
+    n = len(ids)
+    spill = Path(cond.dir).parent.parent / SPILL_DIR if isinstance(cond, PassStore) else None
+    work = _Spill(spill)
+    try:
+        c_rows, c_status = work.write("cond", _shards(cond), ids)
+        u_rows, u_status = work.write("uncond", _shards(uncond), ids)
+        status = [c if c != "ok" else u for c, u in zip(c_status, u_status, strict=True)]
+        out = {name: np.full(n, np.nan) for name in ("avg_noisy_ifd", "std_noisy_ifd", "sifd_mean", "sifd_std")}
+        d_rows: dict[int, tuple[int, int]] = {}  # sample -> (offset, tokens per copy) in the delta file
+        with work.appender("delta") as dfile:
+            for i in range(n):
+                if status[i] != "ok":
+                    continue
+                c, u = work.copies("cond", c_rows[i], copies), work.copies("uncond", u_rows[i], copies)
+                if c is None or u is None or c.shape[1] - u.shape[1] not in (0, 1):
+                    status[i] = "error:noisy_token_count_mismatch"
+                    continue
+                out["avg_noisy_ifd"][i], out["std_noisy_ifd"][i] = copy_moments(copy_ifd(c, u))
+                d_rows[i] = (dfile.tell() // 4, u.shape[1])
+                dfile.write(token_delta(c, u).tobytes())
+        work.drop("cond", "uncond")
+        delta = work.open("delta")
+        if not len(delta):  # no sample has a scored noisy token: nothing to threshold
+            return {**out, "sifd_threshold": np.full(n, np.nan), "status": status}
+        # ours: k = 1 keeps every token (S-IFD = IFD over the aligned tokens, METHODS §8.1); the
+        # reference's strict `> percentile(0)` would drop the smallest |delta| even then
+        chunks = lambda: (delta[a : a + CHUNK_VALUES] for a in range(0, len(delta), CHUNK_VALUES))  # noqa: E731
+        threshold = -np.inf if k >= 1 else abs_percentile(chunks, (1 - k) * 100)
+        for i, (off, t) in d_rows.items():
+            out["sifd_mean"][i], out["sifd_std"][i] = copy_moments(sifd(delta[off : off + copies * t].reshape(copies, t), threshold))
+        log.info("T-SHIRT threshold |delta| > %r (k=%s) over %d noisy token values", threshold, k, len(delta))
+        if spill is not None:
+            (spill.parent / THRESHOLD_FILE).write_text(json.dumps({"k": k, "threshold": threshold if np.isfinite(threshold) else None, "values": len(delta)}))
+        out["sifd_threshold"] = np.full(n, threshold)
+        return {**out, "status": status}
+    finally:
+        work.close()
+
+
+def _shards(p: PassStore | TokenStats):
+    return p.scan() if isinstance(p, PassStore) else iter([p])
+
+
+class _Spill:
+    """Append-only float32 files (in the run folder, or a temp dir for in-memory tests)."""
+
+    def __init__(self, folder: Path | None) -> None:
+        self.tmp = None if folder is not None else tempfile.mkdtemp(prefix="thresher-tshirt-")
+        self.dir = Path(folder or self.tmp)
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.dir.mkdir(parents=True)
+        self.maps: dict[str, np.ndarray] = {}
+
+    def appender(self, name: str):
+        return open(self.dir / f"{name}.f32", "wb")
+
+    def write(self, name: str, shards, ids: list[str]) -> tuple[dict[int, tuple[int, int]], list[str]]:
+        """Spill every ok row of a pass; returns sample -> (offset, length) and each sample's status."""
+        pos = {x: i for i, x in enumerate(ids)}
+        rows: dict[int, tuple[int, int]] = {}
+        status = ["error:missing_from_noisy_pass"] * len(ids)
+        with self.appender(name) as f:
+            for shard in shards:
+                for j, x in enumerate(shard.ids):
+                    i = pos[x]
+                    status[i] = shard.status[j]
+                    if status[i] == "ok":
+                        row = shard.logprob.row(j).astype(np.float32)
+                        rows[i] = (f.tell() // 4, len(row))
+                        f.write(row.tobytes())
+        return rows, status
+
+    def open(self, name: str) -> np.ndarray:
+        path = self.dir / f"{name}.f32"
+        if name not in self.maps:
+            self.maps[name] = np.memmap(path, dtype=np.float32, mode="r") if path.stat().st_size else np.zeros(0, np.float32)
+        return self.maps[name]
+
+    def copies(self, name: str, row: tuple[int, int] | None, m: int) -> np.ndarray | None:
+        if row is None or row[1] % m:
+            return None
+        off, length = row
+        return np.asarray(self.open(name)[off : off + length]).reshape(m, length // m)
+
+    def drop(self, *names: str) -> None:
+        for name in names:
+            self.maps.pop(name, None)
+            (self.dir / f"{name}.f32").unlink(missing_ok=True)
+
+    def close(self) -> None:
+        self.maps.clear()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+INFOS = (
+    MethodInfo(
+        "tshirt",
+        "Fu, Hamman, Dutta, T-SHIRT: Token-Selective Hierarchical Data Selection for Instruction Tuning, NeurIPS 2025",
+        "S-IFD over the top-k% informative tokens, mean and spread over noisy copies; drop mean noisy IFD >= 1; top 2b by mean, then the b steadiest",
+        "cond + uncond (as superfiltering) + noisy cond + noisy uncond (M copies each)",
+        "gpt2 (124M)",
+        True,
+        tshirt,
+    ),
+)

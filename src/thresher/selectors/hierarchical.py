@@ -1,0 +1,43 @@
+"""Hierarchical selection (T-SHIRT, METHODS §4.4): oversample by a mean, then keep the steadiest.
+
+1. Ŝ = the γ·b eligible rows with the highest μ̂ (ties by id).
+2. S = the b rows of Ŝ with the smallest σ̂ (NaN σ̂ never chosen; ties by id), in that order,
+   ascending σ̂, as the reference's `hierarchical_get_top_k_indices` returns them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from thresher.selectors.topk import Selection, top_k
+
+
+def hierarchical(
+    ids: Sequence[str],
+    mean: np.ndarray,
+    spread: np.ndarray,
+    budget: int,
+    *,
+    gamma: int = 2,
+    keep: np.ndarray | None = None,
+) -> Selection:
+    """The `budget` rows with the smallest `spread` among the `gamma * budget` highest `mean`."""
+    if isinstance(gamma, bool) or not isinstance(gamma, (int, np.integer)) or gamma < 1:
+        raise ValueError(f"gamma={gamma!r}: expected an int >= 1 (the oversampling factor; T-SHIRT uses 2)")
+    ids = list(ids)
+    spread = np.asarray(spread, dtype=np.float64)
+    if spread.shape != (len(ids),):
+        raise ValueError(f"spread has shape {spread.shape} but there are {len(ids)} ids: expected one value per id")
+    pool = top_k(ids, mean, int(gamma) * budget, descending=True, keep=keep)
+    pos = {i: k for k, i in enumerate(ids)}
+    rows = np.array([pos[i] for i in pool.ids], dtype=np.int64)
+    final = top_k([ids[r] for r in rows], spread[rows], budget, descending=False)
+    note = ""
+    if len(final.ids) < budget:
+        note = (
+            f"only {len(final.ids)} rows have a finite spread among the {len(pool.ids)} with the highest mean "
+            f"({pool.eligible} eligible of {len(ids)}); asked for {budget}"
+        )
+    return Selection(final.ids, budget, pool.eligible, note)

@@ -1,0 +1,106 @@
+"""Activation capture: the drift and frac_above pools against their naive definitions on every
+tokenizer family, the MLP activation tensor per architecture, and pass sharing by superset."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from thresher.backends.hf import HFBackend, decoder_layers, mlp_activation_module
+from thresher.cache import find_pass, key_material, pass_label, satisfies
+from thresher.data import Message, Sample
+from thresher.passes import PassSpec
+from thresher.templates import Renderer
+from tiny import FAMILIES
+
+SAMPLES = [
+    Sample("a", (Message("user", "Add 2 and 3."), Message("assistant", "2 + 3 = 5.")), "Add 2 and 3."),
+    Sample("b", (Message("user", "Sort 9, 4, 7 in ascending order."), Message("assistant", "4, 7, 9.")), "x"),
+]
+
+
+@pytest.fixture(params=list(FAMILIES), scope="module")
+def family(request):
+    make_tok, make_model = FAMILIES[request.param]
+    tok = make_tok()
+    return tok, make_model(tok)
+
+
+def naive_states(model, ids, field, layer):
+    """Per-token states of one sequence, batch 1, no padding: output_hidden_states for `hidden`
+    (layers before the last, whose entry is after the final norm), a hook for `mlp`."""
+    with torch.inference_mode():
+        if field == "hidden":
+            return model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states[layer + 1][0]
+        box = {}
+        h = mlp_activation_module(decoder_layers(model)[layer]).register_forward_hook(lambda m, i, o: box.setdefault("x", o[0].clone()))
+        model(input_ids=torch.tensor([ids]))
+        h.remove()
+        return box["x"]
+
+
+@pytest.mark.parametrize("field", ["hidden", "mlp"])
+@pytest.mark.parametrize("pool,span", [("drift", "all"), ("drift", "response"), ("frac_above", "prompt")])
+def test_pools_match_their_naive_definitions(family, field, pool, span):
+    tok, model = family
+    spec = PassSpec(model="tiny", fields=("logprob", field), layers=(0,), pool=pool, pool_span=span,
+                    pool_threshold=0.05 if pool == "frac_above" else None)
+    rows = [Renderer(tok, spec).render(s) for s in SAMPLES]
+    out = HFBackend(model, tok).run(rows, spec)  # batched, right-padded
+    for i, r in enumerate(rows):
+        x = naive_states(model, list(r.ids), field, 0)
+        a, b = (0, len(r.ids)) if span == "all" else r.spans[span]
+        want = x[a:b].mean(0) - x[0] if pool == "drift" else (x[a:b] > 0.05).float().mean(0)
+        np.testing.assert_allclose(out.activations[f"{field}.0"][i], want.numpy(), atol=3e-5, rtol=1e-4)
+
+
+def test_mlp_module_is_the_activation_of_each_architecture(family):
+    tok, model = family
+    act = mlp_activation_module(decoder_layers(model)[0])
+    name = type(model).__name__
+    # Llama/Gemma: act_fn(gate_proj x) (SiLU / GELU-tanh); GPT-2: act(c_fc x) (GELU)
+    assert act is (decoder_layers(model)[0].mlp.act if name.startswith("GPT2") else decoder_layers(model)[0].mlp.act_fn)
+    spec = PassSpec(model="tiny", fields=("mlp",), layers=(0,), pool="mean", pool_span="all")
+    width = HFBackend(model, tok).activation_widths(spec)["mlp.0"]
+    assert width == model.config.intermediate_size if not name.startswith("GPT2") else width == model.config.n_inner
+
+
+def test_frac_above_needs_its_threshold_and_keys_stay_stable():
+    with pytest.raises(ValueError, match="pool_threshold"):
+        PassSpec(model="m", fields=("mlp",), layers=(0,), pool="frac_above")
+    with pytest.raises(ValueError, match="pool_threshold"):
+        PassSpec(model="m", fields=("mlp",), layers=(0,), pool="mean", pool_threshold=0.5)
+    assert "pool_threshold" not in PassSpec(model="m").to_dict()  # earlier cache keys unchanged
+    spec = PassSpec(model="m", fields=("mlp",), layers=(0, 3), pool="frac_above", pool_threshold=0.5)
+    assert PassSpec.from_dict(spec.to_dict()) == spec
+
+
+def material(**kw):
+    spec = PassSpec(model="m", **kw)
+    return key_material(spec, {"hf_id": "m"}, "tpl", "data")
+
+
+def test_a_superset_pass_satisfies_a_subset_request():
+    ifd = material(fields=("logprob", "entropy"))
+    nait = material(fields=("logprob", "entropy", "hidden"), layers=(0, 1), pool="drift", pool_span="all")
+    assert satisfies(nait, ifd) and not satisfies(ifd, nait)
+    assert satisfies(nait, material(fields=("logprob", "hidden"), layers=(1,), pool="drift", pool_span="all"))
+    assert not satisfies(nait, material(fields=("hidden",), layers=(1,), pool="mean", pool_span="all"))  # other pooling
+    assert not satisfies(nait, material(fields=("hidden",), layers=(2,), pool="drift", pool_span="all"))  # other layer
+    assert not satisfies(nait, material(fields=("logprob",), max_length=256))
+    other_data = dict(ifd, data_hash="other")
+    assert not satisfies(nait, other_data)
+
+
+def test_find_pass_and_labels(tmp_path):
+    from thresher.cache import PassStore
+
+    nait_spec = PassSpec(model="m", fields=("logprob", "entropy", "hidden"), layers=(0, 1), pool="drift", pool_span="all")
+    ifd_spec = PassSpec(model="m", fields=("logprob", "entropy"))
+    assert pass_label(ifd_spec) == "cond.alpaca" and pass_label(nait_spec).startswith("cond.alpaca.hidden-")
+    assert find_pass(tmp_path, material(fields=("logprob",))) is None
+    m = key_material(nait_spec, {"hf_id": "m"}, "tpl", "data")
+    PassStore(tmp_path, nait_spec, m).open()
+    label, found = find_pass(tmp_path, key_material(ifd_spec, {"hf_id": "m"}, "tpl", "data"))
+    assert label == pass_label(nait_spec) and found == m

