@@ -5,6 +5,7 @@ SIGINT/SIGTERM, repeated SIGKILLs, and a resume whose inputs changed."""
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import signal
@@ -82,6 +83,27 @@ def test_a_failing_row_rejects_only_itself(model_dir, tmp_path, monkeypatch, cap
     assert "1 rejected" in capsys.readouterr().out
 
 
+def test_a_row_that_failed_is_scored_again_by_the_next_run(model_dir, tmp_path, monkeypatch, capsys):
+    """A fault is often transient (an out-of-memory batch): the rerun scores the failed row again,
+    once, and its new row replaces the failed one; finished rows are reused."""
+    rows = [*ROWS[:5], {"instruction": "Add 5 and 15.", "output": f"5 + 15 = 20 {POISON}."}, *ROWS[5:]]
+    data, out = _data(tmp_path / "d.jsonl", rows), tmp_path / "run"
+    with monkeypatch.context() as m:
+        _poison(m)
+        assert cli.main(_args(model_dir, data, out)) == 0
+    assert sum(s == "error:RuntimeError" for s, _ in _scores(out).values()) == 1
+    capsys.readouterr()
+    assert cli.main(_args(model_dir, data, out)) == 0  # the fault is gone
+    assert f"1 scored, {len(ROWS)} reused from cache" in capsys.readouterr().out
+    got = _scores(out)
+    assert len(got) == len(ROWS) + 1 and all(s == "ok" or s.startswith("filtered:") for s, _ in got.values())
+    assert not (out / "rejected.jsonl").read_text().strip()
+    stored = [i for p in out.glob("passes/cond*/shard-*.parquet") for i in pq.read_table(p).column("id").to_pylist()]
+    assert len(stored) == len(ROWS) + 2  # the failed row stays in its shard, superseded
+    assert cli.main(_args(model_dir, data, out)) == 0
+    assert f"0 scored, {len(ROWS) + 1} reused from cache" in capsys.readouterr().out
+
+
 def test_too_many_failed_rows_stop_the_run_with_a_clear_message(model_dir, tmp_path, monkeypatch, capsys):
     rows = [{**r, "output": r["output"] + POISON} if k % 3 else r for k, r in enumerate(ROWS[:12])]  # 8 of 12 fail
     _poison(monkeypatch)
@@ -128,6 +150,47 @@ def test_a_full_disk_names_the_path_and_keeps_finished_shards(model_dir, tmp_pat
     assert _scores(out) == _scores(tmp_path / "clean")
 
 
+def _mount_tmpfs(where: Path, size: int) -> bool:
+    opts = f"size={size}" if not os.path.ismount(where) else f"remount,size={size}"
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(where)], capture_output=True).returncode == 0
+
+
+@pytest.mark.slow
+def test_a_real_full_disk_names_the_path_wherever_it_fills(model_dir, tmp_path, capsys):
+    """A small real file system (tmpfs) fills at nine sizes between 10% and 90% of what a run
+    writes, so the disk runs out in a shard, in a marker or in the final outputs. Each failure
+    exits 1 naming a file in the output folder, every committed shard matches its marker, and once
+    the disk grows the same command finishes with the scores of a clean run."""
+    data = _data(tmp_path / "d.jsonl", ROWS)
+    assert cli.main(_args(model_dir, data, tmp_path / "clean")) == 0
+    need = sum(-(-p.stat().st_size // 4096) * 4096 for p in (tmp_path / "clean").rglob("*") if p.is_file())
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if not _mount_tmpfs(disk, need):
+        pytest.skip("cannot mount a tmpfs here (needs root): the simulated full disk above still runs")
+    named = set()
+    try:
+        for k in range(1, 10):
+            subprocess.run(["umount", str(disk)], check=True)
+            assert _mount_tmpfs(disk, need * k // 10 // 4096 * 4096)
+            out = disk / "run"
+            capsys.readouterr()
+            code = cli.main(_args(model_dir, data, out))
+            err = capsys.readouterr().err
+            if code != 0:
+                assert code == 1 and "No space left on device" in err and str(out) in err, err
+                named.add("shard" if ".parquet.tmp" in err else "marker" if ".done" in err else "output")
+            for marker in out.glob("passes/*/shard-*.done"):
+                shard = marker.with_suffix(".parquet")
+                assert hashlib.sha256(shard.read_bytes()).hexdigest() == json.loads(marker.read_text())["sha256"]
+            assert _mount_tmpfs(disk, 4 * need)  # the disk has room again: resume
+            assert cli.main(_args(model_dir, data, out)) == 0
+            assert _scores(out) == _scores(tmp_path / "clean")
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
+    assert named == {"shard", "marker", "output"}, named
+
+
 def test_an_output_folder_that_cannot_be_written_is_named(model_dir, tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
@@ -136,17 +199,26 @@ def test_an_output_folder_that_cannot_be_written_is_named(model_dir, tmp_path, c
     assert code == 1 and str(blocker) in err and "Traceback" not in err
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into a read-only folder")
 def test_a_read_only_output_folder_is_named(model_dir, tmp_path, capsys):
+    """A folder without write permission; as root (who may write anyway) a read-only mount."""
     ro = tmp_path / "ro"
     ro.mkdir()
-    ro.chmod(0o555)
+    if os.geteuid() != 0:
+        ro.chmod(0o555)
+        reason = "Permission denied"
+    elif _mount_tmpfs(ro, 1 << 20) and subprocess.run(["mount", "-o", "remount,ro", str(ro)]).returncode == 0:
+        reason = "Read-only file system"
+    else:
+        pytest.skip("running as root without the right to mount: root may write into any folder")
     try:
         code = cli.main(_args(model_dir, _data(tmp_path / "d.jsonl", ROWS[:4]), ro / "run"))
     finally:
-        ro.chmod(0o755)
+        if os.geteuid() != 0:
+            ro.chmod(0o755)
+        else:
+            subprocess.run(["umount", str(ro)], capture_output=True)
     err = capsys.readouterr().err
-    assert code == 1 and "Permission denied" in err and str(ro / "run") in err
+    assert code == 1 and reason in err and str(ro / "run") in err, err
 
 
 def test_a_crash_between_a_shard_and_its_marker_redoes_that_shard(model_dir, tmp_path, monkeypatch, capsys):
@@ -155,7 +227,7 @@ def test_a_crash_between_a_shard_and_its_marker_redoes_that_shard(model_dir, tmp
     data = _data(tmp_path / "d.jsonl", ROWS)
     assert cli.main(_args(model_dir, data, tmp_path / "clean")) == 0
     out = tmp_path / "crashed"
-    real, markers = cache._atomic_write, []
+    real, markers = cache.write_atomic, []
 
     def atomic_write(path, payload):
         if path.suffix == ".done":
@@ -165,7 +237,7 @@ def test_a_crash_between_a_shard_and_its_marker_redoes_that_shard(model_dir, tmp
         real(path, payload)
 
     with monkeypatch.context() as m:
-        m.setattr(cache, "_atomic_write", atomic_write)
+        m.setattr(cache, "write_atomic", atomic_write)
         assert cli.main(_args(model_dir, data, out)) == 130
     orphan = markers[2].with_suffix(".parquet")
     assert orphan.exists() and not markers[2].exists()
@@ -247,3 +319,20 @@ def test_sigint_sigterm_and_sigkills_keep_finished_shards_and_resume_exactly(mod
         ids = [i for p in d.glob("shard-*.parquet") for i in pq.read_table(p).column("id").to_pylist()]
         assert len(ids) == len(set(ids)) == 96, d.name
     assert _scores(out) == _scores(tmp_path / "clean")
+
+
+@pytest.mark.slow
+def test_seeded_sigkills_lose_nothing_and_change_no_score(tmp_path):
+    """bench/reliability.py with 5 seeded SIGKILLs at random points, each followed by a rerun:
+    rows lost 0, duplicate ids 0, max |delta score| 0 (fp32), subset Jaccard 1.0, kills landed."""
+    bench = Path(__file__).resolve().parents[1] / "bench" / "reliability.py"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, str(bench), "--kills", "5", "--rows", "48", "--seed", "3", "--work-dir", str(tmp_path)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    out = done.stdout
+    assert done.returncode == 0, out + done.stderr
+    figures = {line[:21].strip(): line[21:].strip() for line in out.splitlines()[1:]}  # "label   value" rows
+    assert figures["rows lost"] == "0" and figures["duplicate ids"] == "0" and figures["max |delta score|"] == "0"
+    assert figures["subset Jaccard"].startswith("1.000") and figures["targets"].startswith("met")
+    landed = int(figures["kills"].split()[0])
+    assert landed >= 3, out

@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from thresher.export import naming, write_atomic
 from thresher.passes import PASS_VERSION, PassSpec, Ragged, TokenStats
 
 KEY_FILE = "key.json"
@@ -65,7 +66,9 @@ def pass_label(spec: PassSpec) -> str:
         label += f".{spec.boundary}"
     acts = [f for f in spec.fields if f in ACTIVATION_FIELDS]
     if acts:  # passes with activations pooled differently must not share a folder
-        what = json.dumps([acts, list(spec.layers), spec.pool, spec.pool_span, spec.pool_threshold])
+        what = [acts, list(spec.layers), spec.pool, spec.pool_span, spec.pool_threshold]
+        what += [spec.mlp_tap] if spec.mlp_tap != "act" else []  # absent by default: earlier labels stay valid
+        what = json.dumps(what)
         label += f".{'+'.join(acts)}-{hashlib.sha256(what.encode()).hexdigest()[:8]}"
     if spec.noise_copies:  # T-SHIRT's perturbed copies never share the clean pass's folder
         label += f".noisy{spec.noise_copies}"
@@ -73,7 +76,7 @@ def pass_label(spec: PassSpec) -> str:
 
 
 ACTIVATION_FIELDS = ("hidden", "mlp")
-_POOLING = ("pool", "pool_span", "pool_threshold")
+_POOLING = ("pool", "pool_span", "pool_threshold", "mlp_tap")
 
 
 def satisfies(stored: dict[str, Any], wanted: dict[str, Any]) -> bool:
@@ -131,7 +134,7 @@ class PassStore:
                 )
         else:
             self.dir.mkdir(parents=True, exist_ok=True)
-            _atomic_write(key_path, json.dumps({"key": self.key, "material": self.material}, indent=1, sort_keys=True).encode())
+            write_atomic(key_path, json.dumps({"key": self.key, "material": self.material}, indent=1, sort_keys=True).encode())
         discarded = 0
         for p in self.dir.glob("shard-*.parquet"):
             if not p.with_suffix(".done").exists():
@@ -145,10 +148,41 @@ class PassStore:
         return sorted(p.with_suffix(".parquet") for p in self.dir.glob("shard-*.done"))
 
     def finished_ids(self) -> set[str]:
-        ids: set[str] = set()
+        """Ids with a committed row that is final: every status except `error:*`. A row that raised
+        (an out-of-memory batch, a transient fault) is scored again by the next run."""
+        return {i for i, (_, _, failed) in self._latest().items() if not failed}
+
+    def stored_ids(self) -> set[str]:
+        """Ids with any committed row, failed ones included."""
+        return set(self._latest())
+
+    def _latest(self) -> dict[str, tuple[Path, int, bool]]:
+        """Per id, the committed row that stands: (shard, row, failed). A retried row's new result
+        replaces its `error:*` row; two final rows of one id are an error, and so is a shard whose
+        bytes do not match its marker."""
+        best: dict[str, tuple[Path, int, bool]] = {}
         for p in self.committed():
-            ids.update(pq.read_table(p, columns=["id"]).column("id").to_pylist())
-        return ids
+            marker = json.loads(p.with_suffix(".done").read_text())
+            if hashlib.sha256(p.read_bytes()).hexdigest() != marker["sha256"]:
+                raise RuntimeError(f"shard {p} does not match its completion marker; delete both files and rerun")
+            t = pq.read_table(p, columns=["id", "status"])
+            for k, (i, s) in enumerate(zip(t.column("id").to_pylist(), t.column("status").to_pylist(), strict=True)):
+                failed = s.startswith("error:")
+                if i in best and not best[i][2] and not failed:
+                    raise RuntimeError(f"{self.dir} holds sample {i!r} twice; rerun with --overwrite")
+                if i not in best or best[i][2]:
+                    best[i] = (p, k, failed)
+        return best
+
+    def _shards(self) -> Iterator[pa.Table]:
+        """Each committed shard (checked against its marker) with only the rows that stand."""
+        keep: dict[Path, list[int]] = {}
+        for p, k, _ in self._latest().values():
+            keep.setdefault(p, []).append(k)
+        for p in sorted(keep):
+            t = pq.read_table(p)
+            rows = sorted(keep[p])
+            yield t if len(rows) == t.num_rows else t.take(pa.array(rows, type=pa.int64()))
 
     def write_shard(self, columns: dict[str, Any]) -> Path:
         """Commit one shard: parquet to a temp name, fsync, rename, then the marker."""
@@ -159,39 +193,25 @@ class PassStore:
         name = f"shard-{uuid.uuid4().hex[:16]}"
         final = self.dir / f"{name}.parquet"
         tmp = self.dir / f"{name}.parquet.tmp"
-        try:
+        with naming(tmp):
             pq.write_table(table, tmp)
-        except OSError as e:  # arrow's I/O errors (e.g. a full disk) do not name the file
-            raise OSError(e.errno, os.strerror(e.errno) if e.errno else str(e), str(tmp)) from e
-        _fsync(tmp)
-        os.replace(tmp, final)
+            _fsync(tmp)
+            os.replace(tmp, final)
         digest = hashlib.sha256(final.read_bytes()).hexdigest()
-        _atomic_write(final.with_suffix(".done"), json.dumps({"rows": table.num_rows, "sha256": digest}).encode())
+        write_atomic(final.with_suffix(".done"), json.dumps({"rows": table.num_rows, "sha256": digest}).encode())
         return final
 
     def scan(self) -> Iterator[TokenStats]:
         """The committed rows one shard at a time, so memory grows with a shard, not the pass."""
-        for p in self.committed():
-            marker = json.loads(p.with_suffix(".done").read_text())
-            if hashlib.sha256(p.read_bytes()).hexdigest() != marker["sha256"]:
-                raise RuntimeError(f"shard {p} does not match its completion marker; delete both files and rerun")
-            yield _from_table(pq.read_table(p))
+        for t in self._shards():
+            yield _from_table(t)
 
     def load(self) -> TokenStats:
         """All committed rows; a shard whose bytes do not match its marker is an error."""
-        tables = []
-        for p in self.committed():
-            marker = json.loads(p.with_suffix(".done").read_text())
-            if hashlib.sha256(p.read_bytes()).hexdigest() != marker["sha256"]:
-                raise RuntimeError(f"shard {p} does not match its completion marker; delete both files and rerun")
-            tables.append(pq.read_table(p))
+        tables = list(self._shards())
         if not tables:
             return _from_table(None)
-        table = pa.concat_tables(tables, promote_options="default")
-        ids = table.column("id").to_pylist()
-        if len(set(ids)) != len(ids):
-            raise RuntimeError(f"{self.dir} holds some sample ids twice; rerun with --overwrite")
-        return _from_table(table)
+        return _from_table(pa.concat_tables(tables, promote_options="default"))
 
 
 def _list_column(rows: list[np.ndarray]) -> pa.Array:
@@ -257,12 +277,3 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

@@ -23,6 +23,7 @@ import numpy as np
 
 from thresher import data as data_mod
 from thresher.data import Message, Sample
+from thresher.export import write_atomic
 from thresher.passes import PassSpec
 
 TASK_KINDS = ("nll", "mc", "gsm8k", "lm_eval")
@@ -440,5 +441,5 @@ def evaluate(target: str, tasks: list[str], *, template: str = "alpaca", limit: 
     dest = Path(out) if out else (run_dir / "eval.json" if run_dir is not None else None)
     if dest is not None:
         record = {"target": target, "model": model_name, "tasks": [r.to_dict() for r in results]}
-        dest.write_text(json.dumps(record, indent=1, allow_nan=True))
+        write_atomic(dest, json.dumps(record, indent=1, allow_nan=True).encode())
     return results

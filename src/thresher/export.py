@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +17,30 @@ if TYPE_CHECKING:  # data.py imports this module; samples are only read here
     from thresher.data import Sample
 
 LLAMAFACTORY_ROLES = {"user": "human", "assistant": "gpt"}  # LLaMA-Factory's default ShareGPT tags
+
+
+@contextmanager
+def naming(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Re-raise an OSError that names no file with `path`: a disk that fills while writing, and
+    Arrow's I/O errors, say only "No space left on device", so the user would not learn where."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is not None:
+            raise
+        raise OSError(e.errno, os.strerror(e.errno) if e.errno else str(e), str(path)) from e
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write `data` to a temp file beside `path`, fsync, and rename it into place."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with naming(tmp):
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
 
 
 def write_jsonl(rows: Iterable[dict[str, Any]], path: str | os.PathLike[str]) -> int:
@@ -29,7 +54,7 @@ def write_jsonl(rows: Iterable[dict[str, Any]], path: str | os.PathLike[str]) ->
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     count = 0
     try:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+        with naming(tmp), open(tmp, "w", encoding="utf-8", newline="\n") as f:
             for row in rows:
                 try:
                     f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
@@ -107,10 +132,5 @@ def write_llamafactory(samples: list[Sample], folder: str | os.PathLike[str], na
     if not isinstance(info, dict):
         raise ValueError(f"{info_path}: expected a JSON object of dataset entries, found {type(info).__name__}; move it away or fix it")
     info[name] = entry
-    tmp = info_path.with_name(f".{info_path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(info, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, info_path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(info_path, (json.dumps(info, ensure_ascii=False, indent=2) + "\n").encode())
     return entry

@@ -13,6 +13,7 @@ import dataclasses
 import importlib.metadata
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,7 +195,10 @@ def write_outputs(result: ScoreResult, sel: Selection | None, cfg: RunConfig, *,
         cols[name] = pa.array(arr, from_pandas=True) if arr.dtype.kind == "f" else pa.array(arr)
     cols["selected"] = pa.array([i in rank for i in t.ids])
     cols["rank"] = pa.array([rank.get(i) for i in t.ids], type=pa.int64())
-    pq.write_table(pa.table(cols), out / "scores.parquet")
+    tmp = out / "scores.parquet.tmp"
+    with export.naming(tmp):
+        pq.write_table(pa.table(cols), tmp)
+        os.replace(tmp, out / "scores.parquet")
     data_mod.write_rejected(result.rejected, out / "rejected.jsonl")
     by_id = {s.id: s for s in result.samples}
     chosen = [by_id[i] for i in sel.ids] if sel else []
@@ -223,7 +227,7 @@ def write_outputs(result: ScoreResult, sel: Selection | None, cfg: RunConfig, *,
         "timings_s": timings or {},
         "versions": _versions(),
     }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1, default=_json_default))
+    export.write_atomic(out / "manifest.json", json.dumps(manifest, indent=1, default=_json_default).encode())
     if cfg.output.report:
         from thresher.report import write_report
 

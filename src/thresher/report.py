@@ -19,6 +19,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from thresher.export import write_atomic
+
 NOT_SIGNALS = {"id", "line", "status", "selected", "rank"}
 BINS = 30  # ours: enough to show shape for pools of a few hundred rows and up
 MAX_POINTS = 3000  # ours: keeps the PCA map's SVG small; every selected row is always drawn
@@ -307,5 +309,5 @@ def write_report(run_dirs: list[str | Path], out: str | Path | None = None) -> P
         raise ValueError("no run folders given: pass one or more --out folders of finished runs")
     runs = [read_run(d) for d in run_dirs]
     dest = Path(out) if out else (runs[0].dir / "report.html" if len(runs) == 1 else Path("report.html"))
-    dest.write_text(render(runs), encoding="utf-8")
+    write_atomic(dest, render(runs).encode("utf-8"))
     return dest

@@ -21,7 +21,6 @@ import copy
 import dataclasses
 import json
 import logging
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from thresher.data import Sample
+from thresher.export import write_atomic
 from thresher.passes import PassSpec
 from thresher.templates import Renderer
 
@@ -207,9 +207,7 @@ def train(
     seconds = time.perf_counter() - t0
     res = TrainResult(out, len(examples), rejected, sum(len(e["input_ids"]) for e in examples), sum(sum(x != -100 for x in e["labels"]) for e in examples), steps, seconds, train_seconds, False)
     meta = {**record, "rows": res.rows, "rejected": rejected, "tokens": res.tokens, "loss_tokens": res.loss_tokens, "steps": steps, "seconds": seconds, "train_seconds": train_seconds, "versions": _versions()}
-    tmp = done.with_suffix(".tmp")
-    tmp.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp, done)
+    write_atomic(done, json.dumps(meta, indent=1).encode())
     if not keep_checkpoints:
         shutil.rmtree(ckpt, ignore_errors=True)
     return res

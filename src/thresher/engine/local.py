@@ -70,7 +70,7 @@ def plan_shards(samples: list[Sample], rendered: list[Rendered], done: set[str],
 def finish_pass(samples: list[Sample], store: PassStore, done: set[str], n_scored: int, discarded: int, load_stats: bool = True) -> PassResult:
     """Load every committed row of the pass, aligned to `samples` (only check the ids if not `load_stats`)."""
     if not load_stats:
-        ids = store.finished_ids()
+        ids = store.stored_ids()
         wanted = {s.id for s in samples}
         if ids != wanted:
             raise RuntimeError(f"{store.dir} holds {len(ids - wanted)} ids not in this dataset and lacks {len(wanted - ids)}: rerun with --overwrite")

@@ -24,6 +24,7 @@ import numpy as np
 
 from thresher.cache import PassStore
 from thresher.data import Sample
+from thresher.export import naming
 from thresher.methods.base import MethodInfo, Plan, SignalTable, merge_status, token_counts
 from thresher.passes import PassSpec, TokenStats
 from thresher.selectors.hierarchical import hierarchical
@@ -105,7 +106,7 @@ def noisy_signals(ids: list[str], cond: PassStore | TokenStats, uncond: PassStor
         status = [c if c != "ok" else u for c, u in zip(c_status, u_status, strict=True)]
         out = {name: np.full(n, np.nan) for name in ("avg_noisy_ifd", "std_noisy_ifd", "sifd_mean", "sifd_std")}
         d_rows: dict[int, tuple[int, int]] = {}  # sample -> (offset, tokens per copy) in the delta file
-        with work.appender("delta") as dfile:
+        with naming(work.dir / "delta.f32"), work.appender("delta") as dfile:
             for i in range(n):
                 if status[i] != "ok":
                     continue
@@ -157,7 +158,7 @@ class _Spill:
         pos = {x: i for i, x in enumerate(ids)}
         rows: dict[int, tuple[int, int]] = {}
         status = ["error:missing_from_noisy_pass"] * len(ids)
-        with self.appender(name) as f:
+        with naming(self.dir / f"{name}.f32"), self.appender(name) as f:
             for shard in shards:
                 for j, x in enumerate(shard.ids):
                     i = pos[x]
