@@ -192,3 +192,18 @@ def test_superfiltering_reproduce_leaves_first_token_unscored_without_bos():
     assert u.ids == tuple(resp) and u.scored == (1, len(resp))  # T - 1 tokens, as the reference
     clean = Renderer(tok, spec(view="uncond", template="plain")).render(SAMPLE)
     assert clean.n_scored == len(resp)  # the clean mode scores all T
+
+
+def test_chat_template_keeps_one_bos_through_truncation_and_one_shot():
+    """A chat template that writes BOS (Gemma's) keeps it first when the prompt is cut, and a
+    one-shot demonstration rendered by the same template does not bring a second one."""
+    tok = tok_of("gemma")
+    bos = tok.bos_token_id
+    long_prompt = Sample("c", (Message("user", "word " * 200), Message("assistant", "The answer is 42.")), "word " * 200)
+    cut = Renderer(tok, spec(template="chat", max_length=40)).render(long_prompt)
+    assert cut.status == "ok" and cut.truncated == "prompt" and len(cut.ids) == 40
+    assert cut.ids[0] == bos and list(cut.ids).count(bos) == 1
+    one = Renderer(tok, spec(template="chat", view="oneshot", max_length=4096)).render(SAMPLE, long_prompt)
+    assert one.ids[0] == bos and list(one.ids).count(bos) == 1 and one.spans["demo"][0] == 1
+    cond = Renderer(tok, spec(template="chat")).render(SAMPLE)
+    assert one.ids[one.spans["prompt"][0] :] == cond.ids[1:]  # the target follows the demo as in cond

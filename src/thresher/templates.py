@@ -188,15 +188,17 @@ class Renderer:
             response = self.template.response(sample, self.tok)
         except TemplateError as e:
             return _rejected(e.reason)
-        lead = [] if self.template.name == "chat" else self.bos
-        p_ids = lead + self.enc(prompt)
+        # a chat template writes its own BOS into the text (Gemma, Llama 3): it is then the
+        # prompt's first id, which truncation keeps and a one-shot demonstration does not repeat
+        p_ids = (self.bos if self.template.name != "chat" else []) + self.enc(prompt)
+        n_lead = self._leading_bos(p_ids)
         r_ids = self.enc(response) + self.eos
         if not r_ids:
             return _rejected("empty_response")
         view = self.spec.view
         if view == "instruction":
-            return self._instruction(p_ids, len(lead))
-        keep = self._fit(len(p_ids), len(r_ids), len(lead))
+            return self._instruction(p_ids, n_lead)
+        keep = self._fit(len(p_ids), len(r_ids), n_lead)
         if isinstance(keep, str):
             return _rejected(keep)
         p_keep, r_keep = keep
@@ -204,17 +206,23 @@ class Renderer:
         # response, conditions it most
         cut = len(p_ids) - p_keep
         truncated = "+".join(x for x, c in (("prompt", cut > 0), ("response", r_keep < len(r_ids))) if c)
-        p_ids = p_ids[: len(lead)] + p_ids[len(lead) + cut :]
+        p_ids = p_ids[:n_lead] + p_ids[n_lead + cut :]
         r_ids = r_ids[:r_keep]
         if view == "cond":
             ids = p_ids + r_ids
             resp = (len(p_ids), len(ids))
-            return Rendered(tuple(ids), resp, {"prompt": (len(lead), len(p_ids)), "response": resp}, len(p_ids), len(r_ids), truncated)
+            return Rendered(tuple(ids), resp, {"prompt": (n_lead, len(p_ids)), "response": resp}, len(p_ids), len(r_ids), truncated)
         if view == "uncond":
             ids = self.doc_start + r_ids
             resp = (1, len(ids))
             return Rendered(tuple(ids), resp, {"prompt": (1, 1), "response": resp}, 0, len(r_ids), truncated)
-        return self._oneshot(sample, demo, p_ids, r_ids, len(lead), truncated)
+        return self._oneshot(sample, demo, p_ids, r_ids, n_lead, truncated)
+
+    def _leading_bos(self, ids: list[int]) -> int:
+        """1 when `ids` start with the BOS of a tokenizer that adds one (added by us, or written by a
+        chat template). A `bos_token` the tokenizer never adds is no document start: SmolLM2's is
+        `<|im_start|>`, the marker of every chat turn."""
+        return int(self.adds_bos and bool(ids) and ids[0] == self.tok.bos_token_id)
 
     def _fit(self, n_p: int, n_r: int, n_lead: int) -> tuple[int, int] | str:
         """How many prompt and response tokens the cond view keeps under the truncation policy."""
@@ -255,6 +263,7 @@ class Renderer:
         except TemplateError as e:
             return _rejected(e.reason)
         d_ids = self.enc(d_text)
+        d_ids = d_ids[self._leading_bos(d_ids) :]  # one BOS, at the very start
         target = p_ids[n_lead:] + r_ids
         room = self.spec.max_length - n_lead - len(target)
         if room < len(d_ids):
