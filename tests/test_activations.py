@@ -66,6 +66,25 @@ def test_mlp_module_is_the_activation_of_each_architecture(family):
     assert width == model.config.intermediate_size if not name.startswith("GPT2") else width == model.config.n_inner
 
 
+def test_down_proj_input_is_the_gated_product(family):
+    """mlp_tap="down_proj_input" pools what the down projection reads: act(gate x) * (up x) in
+    gated MLPs (Llama, Gemma), act(c_fc x) in GPT-2, computed here from the weights by hand."""
+    tok, model = family
+    spec = PassSpec(model="tiny", fields=("mlp",), layers=(0,), pool="mean", pool_span="all", mlp_tap="down_proj_input")
+    r = Renderer(tok, spec).render(SAMPLES[0])
+    got = HFBackend(model, tok).run([r], spec).activations["mlp.0"][0]
+    block = decoder_layers(model)[0]
+    box = {}
+    h = block.mlp.register_forward_hook(lambda m, i, o: box.setdefault("x", i[0][0].clone()))
+    with torch.inference_mode():
+        model(input_ids=torch.tensor([list(r.ids)]))
+        h.remove()
+        mlp, x = block.mlp, box["x"]
+        want = mlp.act(mlp.c_fc(x)) if type(model).__name__.startswith("GPT2") else mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x)
+    np.testing.assert_allclose(got, want.mean(0).numpy(), atol=3e-5, rtol=1e-4)
+    assert pass_label(spec) != pass_label(PassSpec(model="tiny", fields=("mlp",), layers=(0,), pool="mean", pool_span="all"))
+
+
 def test_frac_above_needs_its_threshold_and_keys_stay_stable():
     with pytest.raises(ValueError, match="pool_threshold"):
         PassSpec(model="m", fields=("mlp",), layers=(0,), pool="frac_above")

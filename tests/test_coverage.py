@@ -49,21 +49,30 @@ def test_exact_budget_no_duplicates_and_keep(strategy, seed):
 
 
 @pytest.mark.parametrize("pick", [complexity_first, greedy_max_coverage])
-def test_covered_weight_never_decreases_within_a_pass(pick):
+def test_covered_weight_grows_with_every_pick_and_a_pass_ends_only_when_nothing_adds(pick):
+    """Within a pass every pick adds weight (so the covered weight strictly grows); U is reset
+    only when no unselected row adds any; greedy picks the largest gain, so its gains never grow
+    within a pass. A selector returning the sorted order, coverage ignored, fails here."""
     ids, tags, w = random_case(3)
     order = np.lexsort((np.array(ids), -np.array([len(t) for t in tags])))
     chosen = pick(tags, w, 50, order)
     covered = np.zeros(len(w), dtype=bool)
-    last = 0.0
+    taken = np.zeros(len(tags), dtype=bool)
+    gain = lambda j: w[tags[j][~covered[tags[j]]]].sum()  # noqa: E731
+    gains: list[float] = []
     for i in chosen:
-        gain = w[tags[i][~covered[tags[i]]]].sum()
-        if gain == 0:  # a new pass (U reset) or the fill: start counting again
+        if gain(i) == 0:  # a reset, which must follow an exhausted pass
+            assert max((gain(j) for j in range(len(tags)) if not taken[j]), default=0) == 0
             covered[:] = False
-            last = 0.0
+            gains = []
+        if pick is greedy_max_coverage:
+            assert gain(i) == max(gain(j) for j in range(len(tags)) if not taken[j])
+            assert not gains or gain(i) <= gains[-1]
+        before = w[covered].sum()
+        gains.append(gain(i))
         covered[tags[i]] = True
-        now = w[covered].sum()
-        assert now >= last
-        last = now
+        taken[i] = True
+        assert w[covered].sum() > before or gains[-1] == 0  # zero only in the final fill
 
 
 def test_first_pass_is_the_sorted_order_restricted_to_samples_adding_coverage():

@@ -93,6 +93,10 @@ def test_mads_end_to_end_with_diagnostics_and_reselection(tiny_model_dir, tmp_pa
     assert {"tag_coverage_subset", "mean_tags_subset", "mean_tags_pool", "length_quartiles_subset", "length_quartiles_pool"} <= set(diag)
     assert 0 < diag["tag_coverage_subset"] <= diag["tag_coverage_pool"] == 1.0
     assert "tag_coverage_subset" in summary(result, sel, manifest)
+    # topk: exactly 4 of each layer's neurons are strongly activated in every sample (MADS Fig. 2)
+    width = json.loads((tiny_model_dir / "config.json").read_text())["intermediate_size"]
+    assert diag["strong_share_pool.0"] == diag["strong_share_pool.1"] == 4 / width
+    assert diag["truncated_rate_pool"] == 0.0 and diag["tags_with_df_1"] >= 0 and len(diag["tag_df_quantiles"]) == 5
     # tags live in scores.parquet: select again without a model, same rows
     cfg2, r2 = load_run(tmp_path / "run")
     assert select(r2, cfg2).ids == sel.ids

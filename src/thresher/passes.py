@@ -28,6 +28,9 @@ FIELDS = ("logprob", "entropy", "hidden", "mlp")
 # frac_above: fraction of span tokens whose activation exceeds `pool_threshold` (MADS §6.2)
 POOLS = ("mean", "max", "first", "last", "drift", "frac_above")
 POOL_SPANS = ("prompt", "response", "all")
+# where the `mlp` field reads a block's MLP: "act" = the activation function's output (SiLU(gate_proj x)
+# in Llama-style MLPs); "down_proj_input" = what the down projection reads (SiLU(gate) * up when gated)
+MLP_TAPS = ("act", "down_proj_input")
 TRUNCATIONS = ("prompt_first", "right", "reject")
 # "exact": prompt and response tokenized separately, ids concatenated (the default).
 # The others follow a reference implementation's string-based boundary rule (reproduce mode).
@@ -61,6 +64,7 @@ class PassSpec:
     noise_copies: int = 0
     noise_seed: int = 42
     pool_threshold: float | None = None  # only for pool="frac_above"
+    mlp_tap: str = "act"  # one of MLP_TAPS; only read with fields containing "mlp"
 
     def __post_init__(self) -> None:
         _check_choice("view", self.view, VIEWS)
@@ -68,6 +72,7 @@ class PassSpec:
             _check_choice("fields", f, FIELDS)
         _check_choice("pool", self.pool, POOLS)
         _check_choice("pool_span", self.pool_span, POOL_SPANS)
+        _check_choice("mlp_tap", self.mlp_tap, MLP_TAPS)
         _check_choice("truncation", self.truncation, TRUNCATIONS)
         _check_choice("boundary", self.boundary, BOUNDARIES)
         if self.max_length < 4:
@@ -106,6 +111,8 @@ class PassSpec:
         d = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
         if d["pool_threshold"] is None:  # absent unless used, so earlier cache keys stay valid
             del d["pool_threshold"]
+        if d["mlp_tap"] == "act":
+            del d["mlp_tap"]
         if not self.noise_copies:  # likewise for the T-SHIRT noise settings of a clean pass
             for k in ("noise_alpha", "noise_copies", "noise_seed"):
                 del d[k]

@@ -58,6 +58,17 @@ def mlp_activation_module(layer: Any) -> torch.nn.Module:
     raise ValueError(f"cannot find the activation module of {type(mlp).__name__} (act_fn or act)")
 
 
+def mlp_input_module(layer: Any) -> torch.nn.Module:
+    """The MLP's output projection, whose input is the neuron vector it mixes: SiLU(gate x) * up x
+    in gated MLPs (`down_proj`), GELU(c_fc x) in GPT-2 (`c_proj`)."""
+    mlp = layer.mlp
+    for name in ("down_proj", "c_proj"):
+        mod = getattr(mlp, name, None)
+        if isinstance(mod, torch.nn.Module):
+            return mod
+    raise ValueError(f"cannot find the output projection of {type(mlp).__name__} (down_proj or c_proj)")
+
+
 def _softcap(model: Any) -> float | None:
     return getattr(model.config, "final_logit_softcapping", None)
 
@@ -178,20 +189,24 @@ class HFBackend:
         weights, valid, first, last = _pool_index(rows, spec.pool_span, width)
         layers = decoder_layers(self.model)
 
-        def make(name: str):
-            def hook(_module: Any, _inputs: Any, output: Any) -> None:
-                x = output[0] if isinstance(output, tuple) else output
-                out[name] = _pool(x.float(), spec.pool, weights.to(x.device), valid.to(x.device), first, last, spec.pool_threshold)
+        def pool(name: str, x: torch.Tensor) -> None:
+            out[name] = _pool(x.float(), spec.pool, weights.to(x.device), valid.to(x.device), first, last, spec.pool_threshold)
 
-            return hook
+        def after(name: str):  # a module's output
+            return lambda _module, _inputs, output: pool(name, output[0] if isinstance(output, tuple) else output)
+
+        def before(name: str):  # a module's input
+            return lambda _module, inputs: pool(name, inputs[0])
 
         handles = []
         for layer in spec.layers:
             block = layers[layer]
             if "hidden" in kinds:
-                handles.append(block.register_forward_hook(make(f"hidden.{layer}")))
-            if "mlp" in kinds:
-                handles.append(mlp_activation_module(block).register_forward_hook(make(f"mlp.{layer}")))
+                handles.append(block.register_forward_hook(after(f"hidden.{layer}")))
+            if "mlp" in kinds and spec.mlp_tap == "act":
+                handles.append(mlp_activation_module(block).register_forward_hook(after(f"mlp.{layer}")))
+            elif "mlp" in kinds:
+                handles.append(mlp_input_module(block).register_forward_pre_hook(before(f"mlp.{layer}")))
         return handles
 
 

@@ -88,10 +88,12 @@ def merge_status(*passes: TokenStats) -> list[str]:
 
 
 def token_counts(stats: TokenStats, prefix: str) -> dict[str, np.ndarray]:
+    """Token counts after truncation, and what truncation cut ("" or e.g. "prompt+response")."""
     return {
         f"{prefix}n_prompt_tokens": stats.n_prompt_tokens,
         f"{prefix}n_response_tokens": stats.n_response_tokens,
         f"{prefix}n_scored": stats.n_scored,
+        f"{prefix}truncated": np.array(stats.truncated, dtype=object),
     }
 
 

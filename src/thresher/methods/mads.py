@@ -27,7 +27,9 @@ from thresher.signals import mads as sig
 
 PAPER_LAYERS = (1, 8, 15, 20, 27)  # MADS Fig. 3/10: layers 1, 8, 15 (main) and 20, 27 (appendix) of a 28-layer model
 SCOPES = {"instruction": "prompt", "full": "all", "response": "response"}
-NEURONS = {"act": "mlp", "hidden": "hidden"}
+# neuron -> (pass field, MLP tap): the activation function's output, the down projection's input
+# (SiLU(gate) * up in gated MLPs), or the residual stream
+NEURONS = {"act": ("mlp", "act"), "down_proj_input": ("mlp", "down_proj_input"), "hidden": ("hidden", "act")}
 
 
 def resolve_layers(layers: str | list[int], n_layers: int) -> tuple[int, ...]:
@@ -49,7 +51,7 @@ def mads(
     layers: str | list[int] = "paper",  # MADS captions: layers 1, 8, 15, 20, 27 analysed [stated]; using all five is inferred
     layer_strategy: str = "union",  # inferred: the paper compares two strategies without naming the winner; "single" = one layer
     text_scope: str = "instruction",  # inferred (§6.2.2): pool over the instruction; "full" or "response" as options
-    neuron: str = "act",  # inferred (§6.2.3): the MLP activation SiLU(gate_proj); "hidden" = residual stream
+    neuron: str = "act",  # inferred (§6.2.3): the MLP activation SiLU(gate_proj); "down_proj_input" = SiLU(gate) * up; "hidden" = residual stream
     pool: str = "mean",  # inferred (§6.2.5): mean over the scope's tokens; "max" and "frac_above" as options
     pool_threshold: float | None = None,  # for pool="frac_above" only: the activation level tau counted
     tag_rule: str = "quantile",  # term "strongly activated neurons" stated; rule inferred (§6.2.6)
@@ -76,10 +78,10 @@ def mads(
         raise ValueError("tag_rule='absolute' needs tau, the activation level that makes a tag, e.g. method.params.tau=0.5")
     if layer_strategy == "single" and (layers == "paper" or len(layers) != 1):
         raise ValueError(f"layer_strategy='single' tags one layer: give exactly one, e.g. layers=[8] (got {layers!r})")
-    field = NEURONS[neuron]
+    field, tap = NEURONS[neuron]
     probe = (0,) if isinstance(layers, str) else tuple(int(x) for x in layers)
     spec = PassSpec(model=model, view="cond", template=template, fields=("logprob", "entropy", field), layers=probe, max_length=max_length,
-                    truncation=truncation, pool=pool, pool_span=SCOPES[text_scope], pool_threshold=pool_threshold)
+                    truncation=truncation, pool=pool, pool_span=SCOPES[text_scope], pool_threshold=pool_threshold, mlp_tap=tap)
     passes = {"cond": spec}
 
     def prepare(ctx: RunContext) -> dict[str, dict[str, Any]]:
@@ -89,18 +91,21 @@ def mads(
 
     def compute(stats: dict[str, TokenStats], samples: list[Sample]) -> SignalTable:
         cond = stats["cond"]
-        per_layer, widths = [], set()
+        per_layer, layer_widths = [], []
         for li, layer in enumerate(passes["cond"].layers):
             x = cond.activations[f"{field}.{layer}"]
-            widths.add(x.shape[1])
+            layer_widths.append(x.shape[1])
             t = sig.tag_thresholds(x, q, quantile_sample, seed=li) if tag_rule == "quantile" else tau
             per_layer.append(sig.layer_tags(x, tag_rule, tau=t, k=k, z0=z0))
-        tags = sig.merge_layers(per_layer, max(widths))
+        tags = sig.merge_layers(per_layer, max(layer_widths))
         finite = np.all([np.isfinite(cond.activations[f"{field}.{layer}"]).all(axis=1) for layer in passes["cond"].layers], axis=0)
         status = [("nan_activation" if st == "ok" and not f else st) for st, f in zip(cond.status, finite, strict=True)]
         col = np.empty(len(tags), dtype=object)
         col[:] = [t.astype(np.int32) for t in tags]
-        cols = {"mads_tags": col, "mads_n_tags": np.array([len(t) for t in tags], dtype=np.float64), **token_counts(cond, "")}
+        # the share of each layer's neurons that are strongly activated, per sample (MADS Fig. 2)
+        shares = {f"mads_share.{layer}": np.array([len(t) / x_width for t in tl], dtype=np.float64)
+                  for layer, tl, x_width in zip(passes["cond"].layers, per_layer, layer_widths, strict=True)}
+        cols = {"mads_tags": col, "mads_n_tags": np.array([len(t) for t in tags], dtype=np.float64), **shares, **token_counts(cond, "")}
         return SignalTable([s.id for s in samples], cols, status, "mads_n_tags")
 
     def prepared(table: SignalTable) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
@@ -122,7 +127,15 @@ def mads(
         pool = np.flatnonzero(eligible)
         n_tags = np.array([len(t) for t in tags], dtype=np.float64)
         length = table.columns["n_prompt_tokens"] + table.columns["n_response_tokens"]
+        df = sig.document_frequency([tags[i] for i in pool], len(kept)) if len(kept) else np.zeros(0, np.int64)
+        carried = df[df > 0]
+        shares = {f"strong_share_pool.{k.split('.', 1)[1]}": float(np.mean(v[pool])) if len(pool) else float("nan")
+                  for k, v in table.columns.items() if k.startswith("mads_share.")}
         return {
+            "truncated_rate_pool": float(np.mean([bool(table.columns["truncated"][i]) for i in pool])) if len(pool) and "truncated" in table.columns else float("nan"),
+            **shares,
+            "tag_df_quantiles": _quartiles(carried),  # min, 25%, 50%, 75%, max of df over the tags kept (MADS Fig. 6)
+            "tags_with_df_1": int((carried == 1).sum()),
             "tag_universe": int(kept.sum()),
             "tag_coverage_subset": sig.coverage_rate(tags, chosen, kept),
             "tag_coverage_pool": sig.coverage_rate(tags, list(pool), kept),
