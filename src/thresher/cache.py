@@ -237,7 +237,8 @@ def _to_table(c: dict[str, Any]) -> pa.Table:
     if c.get("entropy") is not None:
         cols["entropy"] = _list_column(c["entropy"])
     for name, arr in c.get("activations", {}).items():
-        arr = np.asarray(arr, dtype=np.float16)
+        # float32, not float16: Gemma's residual stream holds values past float16's 65,504
+        arr = np.asarray(arr, dtype=np.float32)
         cols[name] = pa.FixedSizeListArray.from_arrays(pa.array(arr.reshape(-1)), arr.shape[1])
     return pa.table(cols)
 

@@ -20,7 +20,8 @@ import numpy as np
 
 # Bump when the meaning of a stored pass changes (new rendering rule, new reduction...):
 # every cache key includes it, so old shards are refused instead of silently mixed.
-PASS_VERSION = 1
+# 2: pooled activations stored as float32 (float16 overflowed on Gemma-3's hidden states)
+PASS_VERSION = 2
 
 VIEWS = ("cond", "uncond", "oneshot", "instruction")
 FIELDS = ("logprob", "entropy", "hidden", "mlp")
