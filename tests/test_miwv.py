@@ -122,6 +122,17 @@ def test_oneshot_key_changes_with_the_neighbour_assignment(dirs, tmp_path):
         run(_config(dirs, ROWS, out, skip_above=0.999))
 
 
+def test_a_sample_without_a_neighbour_is_rejected_not_a_crash(dirs, tmp_path):
+    """A pool of three exact duplicates with skip_above=0.999: every row excludes the others, so
+    none has a demonstration. Each is rejected as `no_demonstration`, with its line; no crash."""
+    cfg = _config(dirs, [ROWS[0]] * 3, tmp_path / "run", skip_above=0.999)
+    cfg.score.max_rejected_fraction = 1.0
+    result, sel, _ = run(cfg)
+    assert result.table.status == ["no_demonstration"] * 3 and not any(result.table.columns["demo_id"])
+    assert sorted((r.line, r.reason) for r in result.rejected) == [(n, "no_demonstration") for n in (1, 2, 3)]
+    assert sel.ids == () and sel.eligible == 0
+
+
 def test_icl_ifd_variant_runs(dirs, tmp_path):
     result, sel, _ = run(_config(dirs, ROWS, tmp_path / "v", variant="icl_ifd"))
     assert result.table.score == "icl_ifd" and np.isfinite(result.table.columns["icl_ifd"]).all() and len(sel.ids) == 3

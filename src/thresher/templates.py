@@ -256,8 +256,8 @@ class Renderer:
         return Rendered(tuple(p_ids), (start, len(p_ids)), {"prompt": span, "response": (len(p_ids), len(p_ids))}, len(p_ids), 0, truncated)
 
     def _oneshot(self, sample: Sample, demo: Sample | None, p_ids: list[int], r_ids: list[int], n_lead: int, truncated: str) -> Rendered:
-        if demo is None:
-            raise ValueError(f"the oneshot view needs a demonstration for sample {sample.id!r}")
+        if demo is None:  # e.g. a one-row pool, or every other sample excluded as a near-duplicate
+            return _rejected("no_demonstration")
         try:
             d_text = self.template.prompt(demo, self.tok) + self.template.response(demo, self.tok) + ONESHOT_SEPARATOR
         except TemplateError as e:
