@@ -66,3 +66,29 @@ def test_random_runs_without_a_model(data, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "1 read = 1 scored + 0 rejected" in text and "selected  1 of 1 requested" in text
     assert json.loads((out / "selected.jsonl").read_text()) == {"instruction": "a", "output": "b"}
+
+
+def test_validate_rejects_what_would_only_fail_later(data, tmp_path, capsys):
+    """A column or role typo, a missing file, an impossible budget and a misspelt choice all fail
+    in `validate`, before any model loads, each naming what was given and what is expected."""
+    cases = [
+        (["--column", "outptu=answer"], "did you mean 'output'"),
+        (["--role", "bot=assistent"], "roles['bot'] = 'assistent'"),
+        (["--fraction", "2.0"], "outside (0, 1]"),
+        (["method.params.truncation=prompt-first"], "did you mean 'prompt_first'"),
+        (["--format", "sharegtp"], "did you mean 'sharegpt'"),
+    ]
+    for extra, message in cases:
+        assert main(["validate", "--data", str(data), "--method", "ifd", *extra]) == 2, extra
+        assert message in capsys.readouterr().err, extra
+    assert main(["validate", "--data", str(tmp_path / "missing" / "d.jsonl"), "--method", "ifd"]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
+
+
+def test_overrides_after_target_files_are_overrides(data, tmp_path, capsys):
+    from thresher.cli import config_from_args
+
+    target = tmp_path / "t.jsonl"
+    target.write_text(json.dumps({"question": "q", "answer": "a"}) + "\n")
+    cfg = config_from_args(_parser().parse_args(["run", "--data", str(data), "--method", "nait", "--target", str(target), "select.count=5"]))
+    assert cfg.method.params["target"] == [str(target)] and cfg.select.count == 5

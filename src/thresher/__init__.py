@@ -34,6 +34,7 @@ __all__ = [
     "score",
     "select",
     "validate",
+    "write_outputs",
 ]
 
 
@@ -72,6 +73,14 @@ def run(cfg: RunConfig, **kw: Any) -> Any:
     from thresher import pipeline
 
     return pipeline.run(cfg, **kw)
+
+
+def write_outputs(result: Any, selection: Any, cfg: RunConfig) -> Any:
+    """Write scores.parquet, selected.jsonl, the exports, rejected.jsonl and manifest.json (what
+    `thresher score` and `thresher select` write after `score` / `select`); returns the manifest."""
+    from thresher import pipeline
+
+    return pipeline.write_outputs(result, selection, cfg)
 
 
 def load_run(run_dir: str, overrides: list[str] | None = None) -> Any:

@@ -201,8 +201,10 @@ def config_from_args(a: argparse.Namespace) -> RunConfig:
         cfg.method.params["template"] = a.template
     if a.max_length:
         cfg.method.params["max_length"] = a.max_length
-    if a.target:
-        cfg.method.params["target"] = list(a.target)
+    if a.target:  # `--target a.jsonl b.jsonl select.count=5`: the dotted overrides after the files are overrides
+        files = [t for t in a.target if "=" not in t or Path(t).exists()]
+        a.overrides = [*a.overrides, *(t for t in a.target if t not in files)]
+        cfg.method.params["target"] = files
     if a.then:
         cfg.method.then = a.then
     cfg.method.reproduce |= a.reproduce

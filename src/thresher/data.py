@@ -37,6 +37,7 @@ from thresher.formats import (
     map_columns,
     row_format,
 )
+from thresher.passes import check_choice
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ log = logging.getLogger(__name__)
 
 DETECT_ROWS = 100  # ours: enough rows to see a file's shape, few enough to stay instant
 RAW_TEXT_CHARS = 2000  # ours: keeps rejected.jsonl readable when a whole file is one bad line
+READABLE_SUFFIXES = (".json", ".jsonl", ".parquet")
 FILE_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".tsv", ".arrow", ".txt", ".gz", ".zst")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -136,8 +138,8 @@ def read(
     column), else from a hash of the content. `limit` counts rows read, rejected ones included.
     """
     source = str(source)
-    if format is not None and format not in FORMATS:
-        raise ValueError(f"format={format!r} is not one of {list(FORMATS)}")
+    if format is not None:
+        check_choice("format", format, FORMATS)
     if limit is not None and limit < 0:
         raise ValueError(f"limit={limit}: expected a row count >= 0, or None for every row")
     schema = make_schema(columns, roles)
@@ -241,22 +243,34 @@ def _detect(objects: list[Row], schema: Schema, source: str, items: list[Any]) -
     )
 
 
-def _rows(source: str, split: str, limit: int | None) -> Iterator[Row | Rejected]:
+def check_source(source: str) -> str:
+    """What `source` is ("dir", "file" or "hub"), reading nothing: a local path that does not exist
+    or a file type no reader takes is an error here, before any model loads."""
     path = Path(source)
     if path.is_dir():
+        return "dir"
+    if path.is_file():
+        if path.suffix.lower() not in READABLE_SUFFIXES:
+            raise ValueError(f"{source}: unsupported file type {path.suffix.lower()!r}; expected .json, .jsonl or .parquet, a save_to_disk folder, or a hub dataset id")
+        return "file"
+    if path.suffix.lower() in FILE_SUFFIXES or (("/" in source or os.sep in source) and not HUB_ID.match(source)):
+        raise FileNotFoundError(f"{source}: no such file or folder")
+    return "hub"
+
+
+def _rows(source: str, split: str, limit: int | None) -> Iterator[Row | Rejected]:
+    path = Path(source)
+    kind = check_source(source)
+    if kind == "dir":
         yield from _numbered(_dataset_dir(path, split), limit)
-    elif path.is_file():
+    elif kind == "file":
         suffix = path.suffix.lower()
         if suffix == ".jsonl" or (suffix == ".json" and not _starts_with_bracket(path)):
             yield from _json_lines(path, limit)
         elif suffix == ".json":
             yield from _numbered(_json_array(path), limit)
-        elif suffix == ".parquet":
-            yield from _numbered(_parquet(path, limit), limit)
         else:
-            raise ValueError(f"{source}: unsupported file type {suffix!r}; expected .json, .jsonl or .parquet, a save_to_disk folder, or a hub dataset id")
-    elif path.suffix.lower() in FILE_SUFFIXES or (("/" in source or os.sep in source) and not HUB_ID.match(source)):
-        raise FileNotFoundError(f"{source}: no such file or folder")
+            yield from _numbered(_parquet(path, limit), limit)
     else:
         yield from _numbered(_hub(source, split), limit)
 

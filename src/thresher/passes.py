@@ -13,6 +13,7 @@ This module imports no torch: it is shared by signals (pure numpy) and backends.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 from dataclasses import dataclass, field
 
@@ -68,14 +69,14 @@ class PassSpec:
     mlp_tap: str = "act"  # one of MLP_TAPS; only read with fields containing "mlp"
 
     def __post_init__(self) -> None:
-        _check_choice("view", self.view, VIEWS)
+        check_choice("view", self.view, VIEWS)
         for f in self.fields:
-            _check_choice("fields", f, FIELDS)
-        _check_choice("pool", self.pool, POOLS)
-        _check_choice("pool_span", self.pool_span, POOL_SPANS)
-        _check_choice("mlp_tap", self.mlp_tap, MLP_TAPS)
-        _check_choice("truncation", self.truncation, TRUNCATIONS)
-        _check_choice("boundary", self.boundary, BOUNDARIES)
+            check_choice("fields", f, FIELDS)
+        check_choice("pool", self.pool, POOLS)
+        check_choice("pool_span", self.pool_span, POOL_SPANS)
+        check_choice("mlp_tap", self.mlp_tap, MLP_TAPS)
+        check_choice("truncation", self.truncation, TRUNCATIONS)
+        check_choice("boundary", self.boundary, BOUNDARIES)
         if self.max_length < 4:
             raise ValueError(f"max_length={self.max_length} is too small: expected at least 4 tokens")
         if ("hidden" in self.fields or "mlp" in self.fields) and not self.layers:
@@ -128,9 +129,11 @@ class PassSpec:
         return f"{self.view}/{self.template}" + (f"/noisy{self.noise_copies}" if self.noise_copies else "")
 
 
-def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
+def check_choice(what: str, value: str, choices: tuple[str, ...] | list[str]) -> None:
+    """Raise naming the value, the choices and the nearest one when `value` is not a choice."""
     if value not in choices:
-        raise ValueError(f"{what}={value!r} is not one of {list(choices)}")
+        close = difflib.get_close_matches(str(value), list(choices), n=1, cutoff=0.5)
+        raise ValueError(f"{what}={value!r} is not one of {list(choices)}" + (f"; did you mean {close[0]!r}?" if close else ""))
 
 
 @dataclass

@@ -32,9 +32,10 @@ from thresher.config import RunConfig
 from thresher.data import ReadResult, Rejected, Sample
 from thresher.engine.local import run_pass
 from thresher.engine.scorer import Scorer
+from thresher.formats import make_schema
 from thresher.methods import Plan, RunContext, SignalTable
-from thresher.passes import PassSpec
-from thresher.selectors.topk import Selection
+from thresher.passes import PassSpec, check_choice
+from thresher.selectors.topk import Selection, budget_count
 from thresher.templates import get_template
 
 log = logging.getLogger(__name__)
@@ -76,16 +77,17 @@ def validate(cfg: RunConfig, *, need_budget: bool = True) -> Plan:
     """Check a config fully before any model loads; returns the method's plan."""
     from thresher.models import resolve_model
 
-    if cfg.score.engine not in ENGINES:
-        raise ValueError(f"score.engine={cfg.score.engine!r} is not one of {list(ENGINES)}")
+    check_choice("score.engine", cfg.score.engine, ENGINES)
     if cfg.score.engine == "ray":
         from thresher.engine.ray import require_ray
 
         require_ray()
-    if cfg.data.format is not None and cfg.data.format not in data_mod.FORMATS:
-        raise ValueError(f"data.format={cfg.data.format!r} is not one of {list(data_mod.FORMATS)}")
+    if cfg.data.format is not None:
+        check_choice("data.format", cfg.data.format, data_mod.FORMATS)
     if not cfg.data.path:
         raise ValueError("no data given: set data.path (or --data) to a .json/.jsonl/.parquet file, a save_to_disk folder or a hub id")
+    data_mod.check_source(cfg.data.path)
+    make_schema(cfg.data.columns or None, cfg.data.roles or None)  # a typo in --column / --role fails here
     plan = plan_for(cfg)
     if plan.passes:
         resolve_model(cfg.model.name)
@@ -95,8 +97,8 @@ def validate(cfg: RunConfig, *, need_budget: bool = True) -> Plan:
             raise ValueError(f"the {role} pass asks for {missing}, which the hf backend cannot produce ({list(CAPABILITIES)})")
         if spec.template != "chat":
             get_template(spec.template)
-    if need_budget:
-        cfg.select.budget()
+    if need_budget or cfg.select.fraction is not None or cfg.select.count is not None:
+        budget_count(cfg.select.budget(), 0)  # the budget's type and range, whatever the pool size
     return plan
 
 

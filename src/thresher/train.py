@@ -29,7 +29,7 @@ from typing import Any
 
 from thresher.data import Sample
 from thresher.export import write_atomic
-from thresher.passes import PassSpec
+from thresher.passes import PassSpec, check_choice
 from thresher.templates import Renderer
 
 log = logging.getLogger(__name__)
@@ -67,8 +67,7 @@ class TrainConfig:
     threads: int | None = None  # torch threads; None leaves torch's default
 
     def __post_init__(self) -> None:
-        if self.scheduler not in SCHEDULERS:
-            raise ValueError(f"scheduler={self.scheduler!r} is not one of {list(SCHEDULERS)}")
+        check_choice("scheduler", self.scheduler, SCHEDULERS)
         if self.batch_size < 1 or self.micro_batch < 1 or self.batch_size % self.micro_batch:
             raise ValueError(
                 f"batch_size={self.batch_size}, micro_batch={self.micro_batch}: expected positive "
@@ -100,6 +99,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # "--model_max_length 2048", no weight decay (HF's 0); it formats with the vicuna_v1.1
     # conversation template, which is not built in here (pass --template)
     "tshirt": dict(learning_rate=2e-5, batch_size=128, epochs=3, warmup_ratio=0.03, weight_decay=0.0, max_length=2048),
+    # NAIT App. D: LLaMA-2-7B full FT, "3 epochs, batch 128, lr 2e-5 cosine to 0, Adam(0.9, 0.999),
+    # warmup 0.03, weight decay 0.1, cutoff 2048"
+    "nait": dict(learning_rate=2e-5, batch_size=128, epochs=3, warmup_ratio=0.03, weight_decay=0.1, max_length=2048),
     # ours: a few-minute CPU run for small models and smoke tests: batch 8, 1 epoch, LoRA-sized lr
     "cpu": dict(learning_rate=1e-4, batch_size=8, epochs=1, warmup_ratio=0.03, weight_decay=0.0, max_length=512),
 }

@@ -6,7 +6,7 @@ import numpy as np
 
 from thresher.data import Sample
 from thresher.methods.base import MethodInfo, Plan, SignalTable, token_counts
-from thresher.passes import PassSpec, TokenStats
+from thresher.passes import PassSpec, TokenStats, check_choice
 from thresher.selectors.random import random_k
 from thresher.selectors.topk import Selection, budget_count, middle_k, top_k
 from thresher.signals.basic import mean_entropy, perplexity, response_length
@@ -15,8 +15,7 @@ _VARIANTS = ("min", "mid", "max")
 
 
 def _cond_rank_plan(name: str, model: str, template: str, max_length: int, truncation: str, variant: str, signal: str) -> Plan:
-    if variant not in _VARIANTS:
-        raise ValueError(f"variant={variant!r} is not one of {list(_VARIANTS)}")
+    check_choice("variant", variant, _VARIANTS)
     passes = {"cond": PassSpec(model=model, view="cond", template=template, fields=("logprob", "entropy"), max_length=max_length, truncation=truncation)}
 
     def compute(stats: dict[str, TokenStats], samples: list[Sample]) -> SignalTable:

@@ -30,7 +30,7 @@ from thresher.methods.base import (
     merge_status,
     token_counts,
 )
-from thresher.passes import PassSpec, TokenStats
+from thresher.passes import PassSpec, TokenStats, check_choice
 from thresher.selectors.topk import Selection, budget_count
 from thresher.selectors.trim import BUDGET_UNITS, lowest_within_budget, trim_both_ends
 from thresher.signals.instructdiff import (
@@ -62,8 +62,7 @@ def instructdiff(
     """ΔH among the middle of ΔNLL, from the base model and a warm-up-calibrated copy."""
     from thresher.train import preset
 
-    if budget_unit not in BUDGET_UNITS:
-        raise ValueError(f"budget_unit={budget_unit!r} is not one of {list(BUDGET_UNITS)}")
+    check_choice("budget_unit", budget_unit, BUDGET_UNITS)
     if not isinstance(iterations, int) or iterations < 1:
         raise ValueError(f"iterations={iterations!r}: expected an int >= 1 (K rounds of calibrate, score, select)")
     if not 0.0 <= gamma < 0.5:

@@ -20,7 +20,7 @@ import numpy as np
 
 from thresher.data import Sample
 from thresher.methods.base import MethodInfo, Plan, RunContext, SignalTable, token_counts
-from thresher.passes import PassSpec, TokenStats
+from thresher.passes import PassSpec, TokenStats, check_choice
 from thresher.selectors.coverage import STRATEGIES, select_coverage
 from thresher.selectors.topk import Selection, budget_count
 from thresher.signals import mads as sig
@@ -72,8 +72,7 @@ def mads(
     checks = {"layer_strategy": (layer_strategy, ("union", "single")), "text_scope": (text_scope, tuple(SCOPES)), "neuron": (neuron, tuple(NEURONS)),
               "tag_rule": (tag_rule, sig.TAG_RULES), "weight": (weight, sig.WEIGHTS), "strategy": (strategy, STRATEGIES)}
     for name, (value, choices) in checks.items():
-        if value not in choices:
-            raise ValueError(f"mads {name}={value!r} is not one of {list(choices)}")
+        check_choice(f"mads {name}", value, choices)
     if tag_rule == "absolute" and tau is None:
         raise ValueError("tag_rule='absolute' needs tau, the activation level that makes a tag, e.g. method.params.tau=0.5")
     if layer_strategy == "single" and (layers == "paper" or len(layers) != 1):

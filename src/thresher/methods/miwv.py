@@ -25,7 +25,7 @@ from thresher.methods.base import (
     merge_status,
     token_counts,
 )
-from thresher.passes import PassSpec, TokenStats
+from thresher.passes import PassSpec, TokenStats, check_choice
 from thresher.selectors.topk import Selection, budget_count, top_k
 from thresher.signals.miwv import VARIANTS, icl_ifd, miwv, prompt_loss, response_loss
 
@@ -55,8 +55,7 @@ def miwv_method(
     skip_above: float | None = None,  # ours: None keeps exact duplicates as demonstrations (argmax over j != i, METHODS §3.3)
 ) -> Plan:
     """MIWV = L(y | x, C) − L(y | x) with C the nearest other sample; top-b, highest first."""
-    if variant not in VARIANTS:
-        raise ValueError(f"variant={variant!r} is not one of {list(VARIANTS)}")
+    check_choice("variant", variant, VARIANTS)
     resolve_embedder(embedder)  # a packaged alias whose wheel is missing fails here, before any model loads
     common = dict(model=model, template=template, max_length=max_length, truncation=truncation)
     passes = {

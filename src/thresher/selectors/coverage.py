@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from thresher.passes import check_choice
 from thresher.selectors.topk import Selection, _check_count, _check_ids, _keep_mask, _shortfall
 
 STRATEGIES = ("complexity_first", "greedy_max_coverage")
@@ -95,8 +96,7 @@ def select_coverage(
 ) -> Selection:
     """Exactly `budget` eligible rows by coverage of their tags (fewer only when fewer are
     eligible, with a note). Rows are ordered by |T_i| descending, ties by id ascending."""
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy={strategy!r} is not one of {list(STRATEGIES)}")
+    check_choice("strategy", strategy, STRATEGIES)
     ids_arr = _check_ids(ids)
     _check_count(budget)
     if len(tags) != len(ids_arr):

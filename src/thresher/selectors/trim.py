@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from thresher.passes import check_choice
 from thresher.selectors.topk import Selection, _as_float, _check_count, _check_ids, _keep_mask
 
 BUDGET_UNITS = ("samples", "tokens")
@@ -46,8 +47,7 @@ def lowest_within_budget(
     """Rows by `values` ascending (ties by id). `unit="samples"`: the first `budget` rows.
     `unit="tokens"`: rows are added until their summed `tokens` reach `budget` (the row that
     crosses it is included), as InstructDiff's `select_lowest_diff_entropy`."""
-    if unit not in BUDGET_UNITS:
-        raise ValueError(f"unit={unit!r} is not one of {list(BUDGET_UNITS)}")
+    check_choice("unit", unit, BUDGET_UNITS)
     ids_arr = _check_ids(ids)
     _check_count(budget)
     v = _as_float(values, len(ids_arr))

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from thresher.passes import check_choice
+
 TAG_RULES = ("quantile", "topk", "zscore", "absolute")
 WEIGHTS = ("none", "idf")
 
@@ -30,8 +32,7 @@ def layer_tags(pooled: np.ndarray, rule: str, *, tau: float | None = None, k: in
     quantile / absolute: p >= tau; topk: the k largest (ties by lower index), exactly k;
     zscore: per-neuron z over the rows >= z0 (a neuron with zero spread is never tagged).
     """
-    if rule not in TAG_RULES:
-        raise ValueError(f"tag_rule={rule!r} is not one of {list(TAG_RULES)}")
+    check_choice("tag_rule", rule, TAG_RULES)
     x = np.asarray(pooled, dtype=np.float64)
     ok = np.all(np.isfinite(x), axis=1)
     if rule in ("quantile", "absolute"):
@@ -82,8 +83,7 @@ def filter_tags(tags: list[np.ndarray], kept: np.ndarray) -> list[np.ndarray]:
 
 def tag_weights(df: np.ndarray, n_samples: int, weight: str) -> np.ndarray:
     """w(t): 1 for `none`; log(N / df) for `idf` (0 for tags nobody carries)."""
-    if weight not in WEIGHTS:
-        raise ValueError(f"weight={weight!r} is not one of {list(WEIGHTS)}")
+    check_choice("weight", weight, WEIGHTS)
     if weight == "none":
         return np.ones(len(df))
     with np.errstate(divide="ignore"):
