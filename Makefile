@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.thresher-installed
-# CPU wheels only: torch is pinned in the same pip call as transformers and datasets.
+# torch is pinned in the same pip call as everything that depends on it, so no dependency pulls another (CUDA) build.
 PIP_FLAGS := --disable-pip-version-check --progress-bar off
 
 .PHONY: install demo test test-unit test-integration lint bench clean
