@@ -12,10 +12,12 @@ three variants of the `cond` pass (alpaca template, max_length 512, log-prob + e
 
 Each variant is warmed up, then timed `--repeats` times in rotating order; the figure is the
 median, and the cost of activation capture is the ratio to `plain` within this run (the
-machine may be shared and noisy). Memory: the bytes each row adds to the pass shards (fp16,
-measured from the parquet files written) and to the loaded pass (fp32 arrays), and the peak
-RSS of the process after each variant; each extrapolated to 52,002 rows (Alpaca-GPT4) by
-multiplying the per-row figure.
+machine may be shared and noisy). Memory: the bytes each row adds to the pass shards (float32,
+measured from the parquet files written) and to the loaded pass (float32 arrays). The peak memory
+of each variant is measured in a child process of its own that runs the whole pass through the
+local engine (shards written, then loaded, as `thresher run` does): peak RSS minus the RSS after
+the model loaded. A pass streams shard by shard, so at 52,002 rows (Alpaca-GPT4) its peak is the
+measured working set (the peak without the loaded pass) plus the loaded pass at 52K rows.
 
 Examples:
     python bench/activations.py
@@ -29,6 +31,7 @@ import dataclasses
 import json
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -59,14 +62,40 @@ def variants(n_layers: int) -> dict[str, PassSpec]:
     }
 
 
+def rss_mb() -> float:
+    """Current resident set size (Linux /proc)."""
+    return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize() / 2**20
+
+
+def child_peak(a: argparse.Namespace, variant: str) -> float:
+    """Run one variant's whole pass in this process; return peak RSS over the RSS after loading (MB)."""
+    from thresher.engine.local import run_pass
+
+    torch.set_num_threads(a.threads)
+    lm = load_model("smollm2-135m")
+    read = data_mod.read(a.data, limit=a.rows)
+    spec = variants(lm.info.n_layers)[variant]
+    scorer = Scorer(spec, lm.model, lm.tokenizer, batch_tokens=a.batch_tokens)
+    loaded = rss_mb()
+    with tempfile.TemporaryDirectory() as tmp:
+        store = PassStore(tmp, spec, key_material(spec, dataclasses.asdict(lm.info), get_template("alpaca", lm.tokenizer).text, read.content_hash))
+        res = run_pass(read.samples, scorer, store, progress=False)
+        assert len(res.stats) == len(read.samples)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - loaded
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", type=int, default=200)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--batch-tokens", type=int, default=2048)
-    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "alpaca_en_demo.json"))
+    ap.add_argument("--rows", type=int, default=200, help="rows of --data (default: 200)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed repeats per variant, in rotating order (default: 3)")
+    ap.add_argument("--batch-tokens", type=int, default=2048, help="rows x padded length per forward (default: 2048)")
+    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "alpaca_en_demo.json"), help="default: alpaca_en_demo.json beside the project")
+    ap.add_argument("--child", choices=["plain", "nait", "mads"], help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.child:
+        print(json.dumps({"peak_mb": child_peak(a, a.child)}))
+        return
     torch.set_num_threads(a.threads)
     lm = load_model("smollm2-135m")
     read = data_mod.read(a.data, limit=a.rows)
@@ -78,7 +107,6 @@ def main() -> None:
     for k, sc in scorers.items():  # warm-up
         sc.score_rendered(ids[:4], rendered[k][:4])
     times: dict[str, list[float]] = {k: [] for k in specs}
-    rss: dict[str, float] = {}
     cols = {}
     names = list(specs)
     for r in range(a.repeats):
@@ -86,11 +114,12 @@ def main() -> None:
             t0 = time.perf_counter()
             cols[k] = scorers[k].score_rendered(ids, rendered[k])
             times[k].append(time.perf_counter() - t0)
-            rss[k] = max(rss.get(k, 0.0), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    argv = [sys.executable, __file__, "--rows", str(a.rows), "--threads", str(a.threads), "--batch-tokens", str(a.batch_tokens), "--data", a.data]
+    peak = {k: json.loads(subprocess.run([*argv, "--child", k], capture_output=True, text=True, check=True).stdout.splitlines()[-1])["peak_mb"] for k in specs}
     text = get_template("alpaca", lm.tokenizer).text
     info = dataclasses.asdict(lm.info)
     print(f"smollm2-135m, {len(samples)} rows, {a.threads} threads, batch_tokens {a.batch_tokens}, median of {a.repeats}")
-    print(f"{'variant':<7} {'s':>7} {'rows/s':>7} {'x plain':>8} {'act cols':>8} {'shard B/row':>11} {'loaded B/row':>12} {'52K shards':>10} {'52K loaded':>10} {'peak RSS MB':>11}")
+    print(f"{'variant':<7} {'s':>7} {'rows/s':>7} {'x plain':>8} {'act cols':>8} {'shard B/row':>11} {'loaded B/row':>12} {'52K shards':>10} {'52K loaded':>10} {'peak MB':>8} {'52K peak MB':>11}")
     with tempfile.TemporaryDirectory() as tmp:
         shard_bytes = {}
         for k, spec in specs.items():
@@ -105,9 +134,13 @@ def main() -> None:
         acts = cols[k]["activations"]
         loaded = sum(v.shape[1] * 4 for v in acts.values())
         extra = shard_bytes[k] - shard_bytes["plain"]
+        # the loaded pass also holds each row's log-probs and entropies (float64 ragged arrays)
+        per_row = loaded + 16 * sum(len(x) for x in cols[k]["logprob"]) / len(samples)
+        at_full = peak[k] + per_row * (FULL - len(samples)) / 2**20
         print(f"{k:<7} {t:7.2f} {len(samples) / t:7.1f} {t / base:8.2f} {len(acts):8d} {shard_bytes[k]:11.0f} {loaded:12d} "
-              f"{shard_bytes[k] * FULL / 1e9:8.2f}GB {loaded * FULL / 1e9:8.2f}GB {rss[k]:11.0f}")
-        result[k] = {"seconds": t, "ratio_to_plain": t / base, "shard_bytes_per_row": shard_bytes[k], "activation_shard_bytes_per_row": extra, "loaded_activation_bytes_per_row": loaded}
+              f"{shard_bytes[k] * FULL / 1e9:8.2f}GB {loaded * FULL / 1e9:8.2f}GB {peak[k]:8.0f} {at_full:11.0f}")
+        result[k] = {"seconds": t, "ratio_to_plain": t / base, "shard_bytes_per_row": shard_bytes[k], "activation_shard_bytes_per_row": extra,
+                     "loaded_activation_bytes_per_row": loaded, "peak_mb_over_loaded_model": peak[k], "peak_mb_at_52k": at_full}
     print(json.dumps(result))
 
 

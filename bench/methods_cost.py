@@ -1,10 +1,13 @@
 """Cost of `miwv` and `tshirt` relative to `ifd` alone, on the same rows and model, in one run.
 
 Prints, per method: the passes it adds to what is already in the run folder, the seconds those
-took, and forward FLOPs estimated as 2 x parameters x tokens fed (+ the embedder for MIWV),
-each as a ratio to IFD's. Then the peak Python-heap memory (tracemalloc) of T-SHIRT's
-threshold step measured at two dataset sizes, the per-sample slope, and its extrapolation to
-52K rows, next to what holding every |delta| in RAM would take.
+took, and forward FLOPs as 2 x parameters x tokens fed (the tokens counted by rendering each
+view, the one-shot view with each sample's demonstration; + the embedder for MIWV), each as a
+ratio to IFD's. `superfiltering` runs before `tshirt`, so T-SHIRT's row holds its noisy passes
+alone; its total at the paper's M = 30 is the clean passes plus the noisy ones scaled by 30 / M
+(the noisy passes cost the same per copy). Then the peak Python-heap memory (tracemalloc) of
+T-SHIRT's threshold step at two dataset sizes, the per-row slope between them, and both
+extrapolations to 52K rows, next to what holding every |delta| in RAM would take.
 
     python bench/methods_cost.py --data ../shared/data/alpaca_en_demo.json --rows 200 --copies 4
 """
@@ -36,15 +39,13 @@ from thresher.templates import Renderer
 N_FULL = 52_002  # Alpaca(-GPT4) rows
 
 
-def tokens_fed(plan, samples, tok) -> dict[str, int]:
-    """Tokens each pass feeds the model (copies included); the oneshot view gets no demos here,
-    so it is measured from the run instead."""
+def tokens_fed(plan, samples, tok, demos: dict | None = None) -> dict[str, int]:
+    """Tokens each pass feeds the model (copies included; the oneshot view with `demos`)."""
     out = {}
     for role, spec in plan.passes.items():
-        if spec.view == "oneshot":
-            continue
         r = Renderer(tok, spec)
-        out[role] = sum(len(x.ids) for x in (r.render(s) for s in samples) if x.status == "ok") * max(spec.noise_copies, 1)
+        rendered = (r.render(s, (demos or {}).get(s.id)) if spec.view == "oneshot" else r.render(s) for s in samples)
+        out[role] = sum(len(x.ids) for x in rendered if x.status == "ok") * max(spec.noise_copies, 1)
     return out
 
 
@@ -82,11 +83,11 @@ def per_row_index_bytes(n: int) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca_en_demo.json"))
-    ap.add_argument("--rows", type=int, default=200)
-    ap.add_argument("--copies", type=int, default=4, help="T-SHIRT copies (the paper's 30 costs 7.5x the default 4 in the noisy passes)")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca_en_demo.json"), help="an instruction dataset (default: alpaca_en_demo.json beside the project)")
+    ap.add_argument("--rows", type=int, default=200, help="rows read from --data (default: 200)")
+    ap.add_argument("--copies", type=int, default=4, help="T-SHIRT copies measured; M = 30 is extrapolated (default: 4)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
+    ap.add_argument("--model", default="smollm2-135m", help="scoring model (default: smollm2-135m)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     lm = load_model(a.model)
@@ -95,7 +96,7 @@ def main() -> None:
     out = Path(tempfile.mkdtemp(prefix="thresher-bench-"))
     print(f"{len(samples)} rows of {a.data}, {a.model} ({n_params / 1e6:.0f}M params), {a.threads} thread(s), T-SHIRT copies={a.copies}")
     rows, seconds, flops = [], {}, {}
-    for method, params in (("ifd", {}), ("miwv", {}), ("tshirt", {"copies": a.copies})):
+    for method, params in (("ifd", {}), ("miwv", {}), ("superfiltering", {}), ("tshirt", {"copies": a.copies})):
         cfg = RunConfig()
         cfg.data.path, cfg.data.limit, cfg.method.name, cfg.method.params = a.data, a.rows, method, params
         cfg.model.name, cfg.output.dir, cfg.score.progress, cfg.select.fraction = a.model, str(out), False, 0.1
@@ -103,12 +104,11 @@ def main() -> None:
         result, _, _ = run(cfg, loaded=lm)
         seconds[method] = time.perf_counter() - t0
         plan = build(method, a.model, params)
-        fed = tokens_fed(plan, samples, lm.tokenizer)
+        by_id = {s.id: s for s in samples}
+        demos = {i: by_id[d] for i, d in zip(result.table.ids, result.table.columns.get("demo_id", []), strict=False) if d}
+        fed = tokens_fed(plan, samples, lm.tokenizer, demos)
         new = [r for r, p in result.passes.items() if p["scored"]]
         if method == "miwv":
-            t = result.table.columns
-            # demo (a neighbour's prompt + response, about one cond view) + the target's cond view
-            fed["oneshot"] = int(2 * (sum(t["n_prompt_tokens"]) + sum(t["n_response_tokens"])))
             emb = Embedder("all-minilm-l6-v2")
             e_params = sum(p.numel() for p in emb.model.parameters())
             e_tokens = sum(len(emb.tok(instruction_text(s)).input_ids) for s in samples)
@@ -116,10 +116,14 @@ def main() -> None:
         else:
             flops[method] = 2 * n_params * sum(fed[r] for r in new)
         rows.append((method, new))
-    print(f"\n{'method':<8} {'passes added':<52} {'seconds':>8} {'x ifd':>6} {'GFLOP':>8} {'x ifd':>6}")
+    scale = 30 / a.copies
+    seconds["tshirt, M=30"] = seconds["superfiltering"] + scale * seconds["tshirt"]
+    flops["tshirt, M=30"] = flops["superfiltering"] + scale * flops["tshirt"]
+    rows.append(("tshirt, M=30", [f"superfiltering's 2 + noisy passes x {scale:g} (extrapolated)"]))
+    print(f"\n{'method':<15} {'passes added':<52} {'seconds':>8} {'x ifd':>6} {'GFLOP':>8} {'x ifd':>6}")
     for method, new in rows:
-        print(f"{method:<8} {', '.join(new) or '-':<52} {seconds[method]:8.1f} {seconds[method] / seconds['ifd']:6.2f} {flops[method] / 1e9:8.1f} {flops[method] / flops['ifd']:6.2f}")
-    print("(miwv's cond pass is ifd's; tshirt's clean passes are superfiltering's plain/1024 ones, not ifd's alpaca/512)")
+        print(f"{method:<15} {', '.join(new) or '-':<52} {seconds[method]:8.1f} {seconds[method] / seconds['ifd']:6.2f} {flops[method] / 1e9:8.1f} {flops[method] / flops['ifd']:6.2f}")
+    print(f"(miwv's cond pass is ifd's; superfiltering's plain/1024 passes are tshirt's clean ones; the tshirt row is its M={a.copies} noisy passes)")
 
     plan = build("tshirt", a.model, {"copies": a.copies})
     ids = [s.id for s in samples]
@@ -141,8 +145,10 @@ def main() -> None:
     print("\nT-SHIRT threshold step (tracemalloc peak of the Python heap; spill files are on disk):")
     for n in (n1, n2):
         print(f"  {n:>4} rows: {values[n]:>8} noisy |delta| values, peak {peaks[n] / 2**20:6.2f} MiB")
+    slope = (peaks[n2] - peaks[n1]) / (n2 - n1)
+    print(f"  slope between them {slope / 1024:.1f} KiB per row -> linear extrapolation to {N_FULL} rows: {(peaks[n2] + slope * (N_FULL - n2)) / 2**20:.0f} MiB")
     print(f"  the peak is one shard + one chunk (<= {CHUNK_VALUES * 4 / 2**20:.0f} MiB) + per-row indexes; the indexes measured at {N_FULL} rows: {index / 2**20:.1f} MiB")
-    print(f"  -> bound at {N_FULL} rows: {max(peaks.values()) / 2**20 + CHUNK_VALUES * 4 / 2**20 + index / 2**20:.0f} MiB")
+    print(f"  -> bound at {N_FULL} rows (peak at {n2} + a full chunk + the indexes): {peaks[n2] / 2**20 + CHUNK_VALUES * 4 / 2**20 + index / 2**20:.0f} MiB")
     print(f"  {N_FULL} rows at M=30: {big / 1e6:.0f}M |delta| values; spill disk at peak (cond + uncond + delta files) {big * 4 * 3 / 2**30:.1f} GiB;")
     print(f"  holding them in RAM instead: {big * 4 / 2**30:.1f} GiB as float32, {big * 32 / 2**30:.0f} GiB as the reference's list of Python floats")
     shutil.rmtree(out, ignore_errors=True)
