@@ -24,3 +24,17 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data folder not found beside the project ({SHARED_DATA.name}/)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A folder holding the 2-layer ChatML-style Llama of tests/tiny.py and its tokenizer, as
+    `--model DIR` loads it; built once per test session and only ever read."""
+    from tiny import FAMILIES
+
+    make_tok, make_model = FAMILIES["chatml"]
+    tok = make_tok()
+    d = tmp_path_factory.mktemp("tiny-llama")
+    make_model(tok).save_pretrained(d)
+    tok.save_pretrained(d)
+    return d

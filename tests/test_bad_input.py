@@ -10,11 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
-import pytest
 
 from thresher.config import RunConfig
 from thresher.pipeline import run
-from tiny import FAMILIES
 
 CORPUS = Path(__file__).parent / "data" / "bad_input.jsonl"
 
@@ -41,19 +39,9 @@ SCORED = {"ok-1": 1, "ok-2": 2, "response-partly-cut": 9, "control-chars": 20, "
 ROWS_READ = 21
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    make_tok, make_model = FAMILIES["chatml"]
-    tok = make_tok()
-    d = tmp_path_factory.mktemp("tiny-llama")
-    make_model(tok).save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
-
-
-def _cfg(model_dir, out, **params) -> RunConfig:
+def _cfg(tiny_model_dir, out, **params) -> RunConfig:
     cfg = RunConfig()
-    cfg.model.name = str(model_dir)
+    cfg.model.name = str(tiny_model_dir)
     cfg.data.path = str(CORPUS)
     cfg.method.name = "ifd"
     cfg.method.params = {"max_length": 128, "truncation": "right", **params}
@@ -83,9 +71,9 @@ def _check_accounting(result, out):
     return {r["line"]: r["reason"] for r in rejected}, dict(zip(table["id"], zip(table["line"], table["status"], strict=True), strict=True))
 
 
-def test_every_bad_row_is_rejected_with_its_reason_and_line(model_dir, tmp_path):
+def test_every_bad_row_is_rejected_with_its_reason_and_line(tiny_model_dir, tmp_path):
     out = tmp_path / "alpaca"
-    cfg = _cfg(model_dir, out)
+    cfg = _cfg(tiny_model_dir, out)
     cfg.data.format = "alpaca"
     result, sel, _ = run(cfg)
     reasons, scored = _check_accounting(result, out)
@@ -98,14 +86,14 @@ def test_every_bad_row_is_rejected_with_its_reason_and_line(model_dir, tmp_path)
     assert len(sel.ids) <= len(SCORED)
 
 
-def test_mixed_formats_and_a_chat_template_without_generation_markers(model_dir, tmp_path):
+def test_mixed_formats_and_a_chat_template_without_generation_markers(tiny_model_dir, tmp_path):
     """With allow_mixed the ShareGPT row is read too; the chat template has no
     `{% generation %}` markers, so the response span comes from the prefix diff and rows score."""
-    tok_config = json.loads((model_dir / "tokenizer_config.json").read_text())
-    template = tok_config.get("chat_template") or (model_dir / "chat_template.jinja").read_text()
+    tok_config = json.loads((tiny_model_dir / "tokenizer_config.json").read_text())
+    template = tok_config.get("chat_template") or (tiny_model_dir / "chat_template.jinja").read_text()
     assert "generation %}" not in template
     out = tmp_path / "chat"
-    cfg = _cfg(model_dir, out, template="chat")
+    cfg = _cfg(tiny_model_dir, out, template="chat")
     cfg.data.allow_mixed = True
     result, _, manifest = run(cfg)
     reasons, scored = _check_accounting(result, out)

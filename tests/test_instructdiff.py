@@ -75,16 +75,6 @@ def test_build_checks_parameters_before_any_model_loads():
 ROWS = [{"instruction": f"Add {a} and {b}.", "input": "", "output": f"{a} + {b} = {a + b}."} for a in range(6) for b in range(5)]
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    make_tok, make_model = FAMILIES["chatml"]
-    tok = make_tok()
-    d = tmp_path_factory.mktemp("tiny-llama")
-    make_model(tok).save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
-
-
 def _cfg(model_dir, tmp_path, **params) -> RunConfig:
     data = tmp_path / "pool.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
@@ -101,8 +91,8 @@ def _cfg(model_dir, tmp_path, **params) -> RunConfig:
 
 
 @pytest.mark.slow
-def test_tiny_end_to_end_warmup_two_passes_selection(tiny_dir, tmp_path):
-    cfg = _cfg(tiny_dir, tmp_path)
+def test_tiny_end_to_end_warmup_two_passes_selection(tiny_model_dir, tmp_path):
+    cfg = _cfg(tiny_model_dir, tmp_path)
     _, sel, manifest = run(cfg)
     t = pq.read_table(tmp_path / "run" / "scores.parquet").to_pandas()
     assert set(manifest["passes"]) == {"cond", "calibrated"}
@@ -132,8 +122,8 @@ def test_tiny_end_to_end_warmup_two_passes_selection(tiny_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_token_budget_and_two_iterations(tiny_dir, tmp_path):
-    cfg = _cfg(tiny_dir, tmp_path, budget_unit="tokens", iterations=2)
+def test_token_budget_and_two_iterations(tiny_model_dir, tmp_path):
+    cfg = _cfg(tiny_model_dir, tmp_path, budget_unit="tokens", iterations=2)
     _, sel, _ = run(cfg)
     t = pq.read_table(tmp_path / "run" / "scores.parquet").to_pandas().set_index("id")
     total = int(t.loc[t["status"].isin(["ok", "filtered:dnll_tail"]), "n_response_tokens"].sum())
@@ -148,14 +138,14 @@ def test_token_budget_and_two_iterations(tiny_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_weak_to_strong_calibrator_must_share_the_tokenizer(tiny_dir, tmp_path):
+def test_weak_to_strong_calibrator_must_share_the_tokenizer(tiny_model_dir, tmp_path):
     from tiny import tiny_gpt2, tiny_llama
 
     tok = FAMILIES["chatml"][0]()
     small = tmp_path / "small"
     tiny_llama(tok, layers=1, hidden=16, heads=2, kv_heads=1, intermediate=32).save_pretrained(small)
     tok.save_pretrained(small)
-    _, sel, manifest = run(_cfg(tiny_dir, tmp_path, calibrator=str(small)))
+    _, sel, manifest = run(_cfg(tiny_model_dir, tmp_path, calibrator=str(small)))
     assert len(sel.ids) == 6 and manifest["passes"]["calibrated"]["label"] == "cond.alpaca@calibrated"
     meta = json.loads(next((tmp_path / "run" / "calibrators").glob("round0-*/thresher-train.json")).read_text())
     assert meta["model"] == str(small)
@@ -163,7 +153,7 @@ def test_weak_to_strong_calibrator_must_share_the_tokenizer(tiny_dir, tmp_path):
     gtok = FAMILIES["gpt2"][0]()
     tiny_gpt2(gtok).save_pretrained(other)
     gtok.save_pretrained(other)
-    cfg = _cfg(tiny_dir, tmp_path, calibrator=str(other))
+    cfg = _cfg(tiny_model_dir, tmp_path, calibrator=str(other))
     cfg.output.dir = str(tmp_path / "run2")
     with pytest.raises(ValueError, match="must share the tokenizer"):
         run(cfg)

@@ -66,18 +66,6 @@ ROWS = [{"instruction": f"Task {i}: {w}", "input": "", "output": f"Answer {i} is
     ["add two numbers", "write a poem", "sort a list", "name a colour", "translate hello", "count to ten", "spell cat", "list fruits", "define gravity", "reverse stone"])]
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    from tiny import FAMILIES
-
-    make_tok, make_model = FAMILIES["chatml"]
-    tok = make_tok()
-    d = tmp_path_factory.mktemp("tiny-llama-mads")
-    make_model(tok).save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
-
-
 def test_mads_end_to_end_with_diagnostics_and_reselection(tiny_model_dir, tmp_path):
     from test_pipeline import config
     from thresher.pipeline import load_run, run, select, summary

@@ -122,18 +122,6 @@ def test_nait_runs_end_to_end_and_keeps_targets_out_of_the_pool(tiny_model_dir, 
     assert r2.passes["cond"]["scored"] == 0 and r2.passes["cond"]["label"] == result.passes["cond"]["label"]
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    from tiny import FAMILIES
-
-    make_tok, make_model = FAMILIES["chatml"]
-    tok = make_tok()
-    d = tmp_path_factory.mktemp("tiny-llama-nait")
-    make_model(tok).save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
-
-
 def test_nait_needs_a_target():
     from thresher.methods import build
 

@@ -24,16 +24,6 @@ ROWS = [
 
 
 @pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    make_tok, make_model = FAMILIES["chatml"]
-    tok = make_tok()
-    d = tmp_path_factory.mktemp("tiny-llama")
-    make_model(tok).save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
-
-
-@pytest.fixture(scope="module")
 def uniform_model_dir(tmp_path_factory):
     tok = FAMILIES["chatml"][0]()
     d = tmp_path_factory.mktemp("uniform-llama")
@@ -107,7 +97,7 @@ def test_shared_cond_pass_between_methods(tiny_model_dir, data_file, tmp_path):
     assert np.all(np.isfinite(result.table.columns["entropy"][result.table.eligible]))
 
 
-def test_changed_template_is_refused(tiny_model_dir, data_file, tmp_path):
+def test_changed_max_length_is_refused(tiny_model_dir, data_file, tmp_path):
     out = tmp_path / "run"
     run(config(tiny_model_dir, data_file, out))
     cfg = config(tiny_model_dir, data_file, out)

@@ -26,23 +26,13 @@ ROWS = [{"instruction": f"Add {i} and {i * 3 % 17}.", "output": f"{i} + {i * 3 %
 POISON = "ZEBRA"  # a row whose text holds this fails inside the backend (see `_poison`)
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    make_tok, make_model = FAMILIES["chatml"]
-    tok = make_tok()
-    d = tmp_path_factory.mktemp("tiny-llama")
-    make_model(tok).save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
-
-
 def _data(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
 
-def _args(model_dir, data, out, *extra: str, shard_rows: int = 4) -> list[str]:
-    return ["score", "--model", str(model_dir), "--data", str(data), "--out", str(out), "--no-progress", *extra, f"score.shard_rows={shard_rows}"]
+def _args(tiny_model_dir, data, out, *extra: str, shard_rows: int = 4) -> list[str]:
+    return ["score", "--model", str(tiny_model_dir), "--data", str(data), "--out", str(out), "--no-progress", *extra, f"score.shard_rows={shard_rows}"]
 
 
 def _scores(out: Path) -> dict[str, tuple[str, float]]:
@@ -65,13 +55,13 @@ def _poison(monkeypatch) -> list[int]:
     return seen
 
 
-def test_a_failing_row_rejects_only_itself(model_dir, tmp_path, monkeypatch, capsys):
+def test_a_failing_row_rejects_only_itself(tiny_model_dir, tmp_path, monkeypatch, capsys):
     clean = tmp_path / "clean"
-    assert cli.main(_args(model_dir, _data(tmp_path / "clean.jsonl", ROWS), clean, "--batch-tokens", "100000")) == 0
+    assert cli.main(_args(tiny_model_dir, _data(tmp_path / "clean.jsonl", ROWS), clean, "--batch-tokens", "100000")) == 0
     rows = [*ROWS[:5], {"instruction": "Add 5 and 15.", "output": f"5 + 15 = 20 {POISON}."}, *ROWS[5:]]
     seen = _poison(monkeypatch)
     out = tmp_path / "poisoned"
-    assert cli.main(_args(model_dir, _data(tmp_path / "poisoned.jsonl", rows), out, "--batch-tokens", "100000")) == 0
+    assert cli.main(_args(tiny_model_dir, _data(tmp_path / "poisoned.jsonl", rows), out, "--batch-tokens", "100000")) == 0
     assert max(seen) > 1  # the poisoned row shared a batch, which was then retried row by row
     rejected = [json.loads(x) for x in (out / "rejected.jsonl").read_text().splitlines()]
     assert [(r["line"], r["reason"]) for r in rejected] == [(6, "error:RuntimeError")]
@@ -83,32 +73,32 @@ def test_a_failing_row_rejects_only_itself(model_dir, tmp_path, monkeypatch, cap
     assert "1 rejected" in capsys.readouterr().out
 
 
-def test_a_row_that_failed_is_scored_again_by_the_next_run(model_dir, tmp_path, monkeypatch, capsys):
+def test_a_row_that_failed_is_scored_again_by_the_next_run(tiny_model_dir, tmp_path, monkeypatch, capsys):
     """A fault is often transient (an out-of-memory batch): the rerun scores the failed row again,
     once, and its new row replaces the failed one; finished rows are reused."""
     rows = [*ROWS[:5], {"instruction": "Add 5 and 15.", "output": f"5 + 15 = 20 {POISON}."}, *ROWS[5:]]
     data, out = _data(tmp_path / "d.jsonl", rows), tmp_path / "run"
     with monkeypatch.context() as m:
         _poison(m)
-        assert cli.main(_args(model_dir, data, out)) == 0
+        assert cli.main(_args(tiny_model_dir, data, out)) == 0
     assert sum(s == "error:RuntimeError" for s, _ in _scores(out).values()) == 1
     capsys.readouterr()
-    assert cli.main(_args(model_dir, data, out)) == 0  # the fault is gone
+    assert cli.main(_args(tiny_model_dir, data, out)) == 0  # the fault is gone
     assert f"1 scored, {len(ROWS)} reused from cache" in capsys.readouterr().out
     got = _scores(out)
     assert len(got) == len(ROWS) + 1 and all(s == "ok" or s.startswith("filtered:") for s, _ in got.values())
     assert not (out / "rejected.jsonl").read_text().strip()
     stored = [i for p in out.glob("passes/cond*/shard-*.parquet") for i in pq.read_table(p).column("id").to_pylist()]
     assert len(stored) == len(ROWS) + 2  # the failed row stays in its shard, superseded
-    assert cli.main(_args(model_dir, data, out)) == 0
+    assert cli.main(_args(tiny_model_dir, data, out)) == 0
     assert f"0 scored, {len(ROWS) + 1} reused from cache" in capsys.readouterr().out
 
 
-def test_too_many_failed_rows_stop_the_run_with_a_clear_message(model_dir, tmp_path, monkeypatch, capsys):
+def test_too_many_failed_rows_stop_the_run_with_a_clear_message(tiny_model_dir, tmp_path, monkeypatch, capsys):
     rows = [{**r, "output": r["output"] + POISON} if k % 3 else r for k, r in enumerate(ROWS[:12])]  # 8 of 12 fail
     _poison(monkeypatch)
     out = tmp_path / "run"
-    code = cli.main(_args(model_dir, _data(tmp_path / "d.jsonl", rows), out, "score.max_rejected_fraction=0.5"))
+    code = cli.main(_args(tiny_model_dir, _data(tmp_path / "d.jsonl", rows), out, "score.max_rejected_fraction=0.5"))
     err = capsys.readouterr().err
     assert code == 1
     assert "8 of 12 rows were rejected (67% > score.max_rejected_fraction=0.5)" in err and "error:RuntimeError" in err
@@ -132,19 +122,19 @@ def _fill_disk_after(monkeypatch, shards: int) -> None:
     monkeypatch.setattr(cache.pq, "write_table", write_table)
 
 
-def test_a_full_disk_names_the_path_and_keeps_finished_shards(model_dir, tmp_path, monkeypatch, capsys):
+def test_a_full_disk_names_the_path_and_keeps_finished_shards(tiny_model_dir, tmp_path, monkeypatch, capsys):
     data = _data(tmp_path / "d.jsonl", ROWS)
-    assert cli.main(_args(model_dir, data, tmp_path / "clean")) == 0
+    assert cli.main(_args(tiny_model_dir, data, tmp_path / "clean")) == 0
     capsys.readouterr()
     out = tmp_path / "full"
     with monkeypatch.context() as m:
         _fill_disk_after(m, 3)
-        assert cli.main(_args(model_dir, data, out)) == 1
+        assert cli.main(_args(tiny_model_dir, data, out)) == 1
     err = capsys.readouterr().err
     assert "No space left on device" in err and str(out / "passes") in err and ".parquet.tmp" in err
     kept = sorted(p.name for p in out.glob("passes/*/shard-*.done"))
     assert len(kept) == 3
-    assert cli.main(_args(model_dir, data, out)) == 0  # the disk has room again: resume
+    assert cli.main(_args(tiny_model_dir, data, out)) == 0  # the disk has room again: resume
     assert "12 reused from cache" in capsys.readouterr().out
     assert set(kept) <= {p.name for p in out.glob("passes/*/shard-*.done")}
     assert _scores(out) == _scores(tmp_path / "clean")
@@ -156,13 +146,13 @@ def _mount_tmpfs(where: Path, size: int) -> bool:
 
 
 @pytest.mark.slow
-def test_a_real_full_disk_names_the_path_wherever_it_fills(model_dir, tmp_path, capsys):
+def test_a_real_full_disk_names_the_path_wherever_it_fills(tiny_model_dir, tmp_path, capsys):
     """A small real file system (tmpfs) fills at nine sizes between 10% and 90% of what a run
     writes, so the disk runs out in a shard, in a marker or in the final outputs. Each failure
     exits 1 naming a file in the output folder, every committed shard matches its marker, and once
     the disk grows the same command finishes with the scores of a clean run."""
     data = _data(tmp_path / "d.jsonl", ROWS)
-    assert cli.main(_args(model_dir, data, tmp_path / "clean")) == 0
+    assert cli.main(_args(tiny_model_dir, data, tmp_path / "clean")) == 0
     need = sum(-(-p.stat().st_size // 4096) * 4096 for p in (tmp_path / "clean").rglob("*") if p.is_file())
     disk = tmp_path / "disk"
     disk.mkdir()
@@ -175,7 +165,7 @@ def test_a_real_full_disk_names_the_path_wherever_it_fills(model_dir, tmp_path, 
             assert _mount_tmpfs(disk, need * k // 10 // 4096 * 4096)
             out = disk / "run"
             capsys.readouterr()
-            code = cli.main(_args(model_dir, data, out))
+            code = cli.main(_args(tiny_model_dir, data, out))
             err = capsys.readouterr().err
             if code != 0:
                 assert code == 1 and "No space left on device" in err and str(out) in err, err
@@ -184,22 +174,22 @@ def test_a_real_full_disk_names_the_path_wherever_it_fills(model_dir, tmp_path, 
                 shard = marker.with_suffix(".parquet")
                 assert hashlib.sha256(shard.read_bytes()).hexdigest() == json.loads(marker.read_text())["sha256"]
             assert _mount_tmpfs(disk, 4 * need)  # the disk has room again: resume
-            assert cli.main(_args(model_dir, data, out)) == 0
+            assert cli.main(_args(tiny_model_dir, data, out)) == 0
             assert _scores(out) == _scores(tmp_path / "clean")
     finally:
         subprocess.run(["umount", str(disk)], capture_output=True)
     assert named == {"shard", "marker", "output"}, named
 
 
-def test_an_output_folder_that_cannot_be_written_is_named(model_dir, tmp_path, capsys):
+def test_an_output_folder_that_cannot_be_written_is_named(tiny_model_dir, tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    code = cli.main(_args(model_dir, _data(tmp_path / "d.jsonl", ROWS[:4]), blocker / "run"))
+    code = cli.main(_args(tiny_model_dir, _data(tmp_path / "d.jsonl", ROWS[:4]), blocker / "run"))
     err = capsys.readouterr().err
     assert code == 1 and str(blocker) in err and "Traceback" not in err
 
 
-def test_a_read_only_output_folder_is_named(model_dir, tmp_path, capsys):
+def test_a_read_only_output_folder_is_named(tiny_model_dir, tmp_path, capsys):
     """A folder without write permission; as root (who may write anyway) a read-only mount."""
     ro = tmp_path / "ro"
     ro.mkdir()
@@ -211,7 +201,7 @@ def test_a_read_only_output_folder_is_named(model_dir, tmp_path, capsys):
     else:
         pytest.skip("running as root without the right to mount: root may write into any folder")
     try:
-        code = cli.main(_args(model_dir, _data(tmp_path / "d.jsonl", ROWS[:4]), ro / "run"))
+        code = cli.main(_args(tiny_model_dir, _data(tmp_path / "d.jsonl", ROWS[:4]), ro / "run"))
     finally:
         if os.geteuid() != 0:
             ro.chmod(0o755)
@@ -221,11 +211,11 @@ def test_a_read_only_output_folder_is_named(model_dir, tmp_path, capsys):
     assert code == 1 and reason in err and str(ro / "run") in err, err
 
 
-def test_a_crash_between_a_shard_and_its_marker_redoes_that_shard(model_dir, tmp_path, monkeypatch, capsys):
+def test_a_crash_between_a_shard_and_its_marker_redoes_that_shard(tiny_model_dir, tmp_path, monkeypatch, capsys):
     """The third shard is renamed into place, then the process dies before its marker: the rerun
     deletes it (and a half-written temp file) and scores its rows again, once."""
     data = _data(tmp_path / "d.jsonl", ROWS)
-    assert cli.main(_args(model_dir, data, tmp_path / "clean")) == 0
+    assert cli.main(_args(tiny_model_dir, data, tmp_path / "clean")) == 0
     out = tmp_path / "crashed"
     real, markers = cache.write_atomic, []
 
@@ -238,12 +228,12 @@ def test_a_crash_between_a_shard_and_its_marker_redoes_that_shard(model_dir, tmp
 
     with monkeypatch.context() as m:
         m.setattr(cache, "write_atomic", atomic_write)
-        assert cli.main(_args(model_dir, data, out)) == 130
+        assert cli.main(_args(tiny_model_dir, data, out)) == 130
     orphan = markers[2].with_suffix(".parquet")
     assert orphan.exists() and not markers[2].exists()
     (orphan.parent / "shard-halfwritten.parquet.tmp").write_bytes(b"PAR1 half")
     capsys.readouterr()
-    assert cli.main(_args(model_dir, data, out)) == 0
+    assert cli.main(_args(tiny_model_dir, data, out)) == 0
     summary = capsys.readouterr().out
     assert "8 reused from cache, 1 unfinished shards redone" in summary
     assert not orphan.exists() and not list(out.glob("passes/*/*.tmp"))
@@ -252,11 +242,11 @@ def test_a_crash_between_a_shard_and_its_marker_redoes_that_shard(model_dir, tmp
     assert _scores(out) == _scores(tmp_path / "clean")
 
 
-def test_resume_refuses_a_changed_model_template_or_input(model_dir, tmp_path, capsys):
+def test_resume_refuses_a_changed_model_template_or_input(tiny_model_dir, tmp_path, capsys):
     data = _data(tmp_path / "d.jsonl", ROWS[:8])
     out = tmp_path / "run"
     t1, t2 = "--template=Q: {instruction}\nA: ", "--template=Question: {instruction}\nAnswer: "
-    assert cli.main(_args(model_dir, data, out, t1)) == 0
+    assert cli.main(_args(tiny_model_dir, data, out, t1)) == 0
     other_model = tmp_path / "other-model"
     make_tok, make_model = FAMILIES["chatml"]
     tok = make_tok()
@@ -265,8 +255,8 @@ def test_resume_refuses_a_changed_model_template_or_input(model_dir, tmp_path, c
     changed_data = _data(tmp_path / "d2.jsonl", [*ROWS[:7], ROWS[9]])
     cases = [
         (_args(other_model, data, out, t1), "model.weights_sha256"),
-        (_args(model_dir, data, out, t2), "template_sha256"),
-        (_args(model_dir, changed_data, out, t1), "data_hash"),
+        (_args(tiny_model_dir, data, out, t2), "template_sha256"),
+        (_args(tiny_model_dir, changed_data, out, t1), "data_hash"),
     ]
     for args, changed in cases:
         capsys.readouterr()
@@ -278,9 +268,9 @@ def test_resume_refuses_a_changed_model_template_or_input(model_dir, tmp_path, c
 # --- subprocesses: real signals ---------------------------------------------------------------
 
 
-def _spawn(model_dir, data, out) -> subprocess.Popen:
+def _spawn(tiny_model_dir, data, out) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "thresher.cli", *_args(model_dir, data, out, "--threads", "1", shard_rows=2)]
+    cmd = [sys.executable, "-m", "thresher.cli", *_args(tiny_model_dir, data, out, "--threads", "1", shard_rows=2)]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -292,17 +282,17 @@ def _wait_for_shards(proc: subprocess.Popen, out: Path, n: int) -> None:
 
 
 @pytest.mark.slow
-def test_sigint_sigterm_and_sigkills_keep_finished_shards_and_resume_exactly(model_dir, tmp_path, capsys):
+def test_sigint_sigterm_and_sigkills_keep_finished_shards_and_resume_exactly(tiny_model_dir, tmp_path, capsys):
     """One output folder, interrupted four times in turn (SIGINT, SIGTERM, SIGKILL, SIGKILL), each
     after a few more shards, then rerun to the end: exit codes 130 / 143, finished shards kept,
     nothing lost, nothing twice, and the same scores as an uninterrupted run. The 20-kill
     figures come from bench/reliability.py."""
     data = _data(tmp_path / "d.jsonl", ROWS * 4)  # ids repeat with a suffix: 96 distinct rows
-    assert cli.main(_args(model_dir, data, tmp_path / "clean", shard_rows=2)) == 0
+    assert cli.main(_args(tiny_model_dir, data, tmp_path / "clean", shard_rows=2)) == 0
     out = tmp_path / "run"
     for sig, code in [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGKILL, -9), (signal.SIGKILL, -9)]:
         before = {p.name for p in out.glob("passes/*/shard-*.done")}
-        proc = _spawn(model_dir, data, out)
+        proc = _spawn(tiny_model_dir, data, out)
         _wait_for_shards(proc, out, len(before) + 3)
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
@@ -311,7 +301,7 @@ def test_sigint_sigterm_and_sigkills_keep_finished_shards_and_resume_exactly(mod
             assert "finished shards are kept" in err
         assert before <= {p.name for p in out.glob("passes/*/shard-*.done")}  # nothing finished is lost
         assert not (out / "scores.parquet").exists()
-    proc = _spawn(model_dir, data, out)
+    proc = _spawn(tiny_model_dir, data, out)
     stdout, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert "reused from cache" in stdout

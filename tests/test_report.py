@@ -14,31 +14,20 @@ from thresher import report
 from thresher.cli import main
 from thresher.config import RunConfig
 from thresher.pipeline import run
-from tiny import FAMILIES
 
 ROWS = [{"instruction": f"Add {a} and {b}.", "input": "", "output": f"{a} + {b} = {a + b}." * (1 + a % 3)} for a in range(8) for b in range(3)]
 ROWS.append({"instruction": "Say nothing.", "input": "", "output": ""})
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    make_tok, make_model = FAMILIES["chatml"]
-    tok = make_tok()
-    d = tmp_path_factory.mktemp("tiny-llama")
-    make_model(tok).save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
-
-
-@pytest.fixture(scope="module")
-def runs(model_dir, tmp_path_factory):
+def runs(tiny_model_dir, tmp_path_factory):
     base = tmp_path_factory.mktemp("runs")
     data = base / "pool.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
     out = {}
     for method in ("ifd", "random"):
         cfg = RunConfig()
-        cfg.model.name, cfg.data.path, cfg.method.name = str(model_dir), str(data), method
+        cfg.model.name, cfg.data.path, cfg.method.name = str(tiny_model_dir), str(data), method
         cfg.output.dir, cfg.score.progress, cfg.select.fraction = str(base / method), False, 0.25
         run(cfg)
         out[method] = base / method
@@ -113,11 +102,11 @@ def test_report_cli_compares_runs_with_jaccard(runs, tmp_path, capsys):
     assert f">{j:.2f}</text>" in page
 
 
-def test_no_report_flag_and_config(model_dir, tmp_path):
+def test_no_report_flag_and_config(tiny_model_dir, tmp_path):
     data = tmp_path / "pool.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in ROWS[:6]))
     out = tmp_path / "run"
-    assert main(["run", "--data", str(data), "--model", str(model_dir), "--method", "random", "--count", "2", "--out", str(out), "--no-report", "--no-progress"]) == 0
+    assert main(["run", "--data", str(data), "--model", str(tiny_model_dir), "--method", "random", "--count", "2", "--out", str(out), "--no-report", "--no-progress"]) == 0
     assert (out / "manifest.json").exists() and not (out / "report.html").exists()
     assert json.loads((out / "manifest.json").read_text())["config"]["output"]["report"] is False
 
