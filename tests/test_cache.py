@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
+from thresher import cache
 from thresher.cache import CacheMismatch, PassStore, cache_key, key_material, pass_label
 from thresher.passes import PASS_VERSION, PassSpec
 
@@ -76,7 +78,13 @@ def test_corrupt_shard_is_an_error(tmp_path):
     store = PassStore(tmp_path, PassSpec(model="m"), material())
     store.open()
     path = store.write_shard(columns(["a"]))
-    path.write_bytes(path.read_bytes()[:-8] + b"garbage!")
+    path.write_bytes(path.read_bytes()[:-8] + b"garbage!")  # a broken footer: not even readable
+    with pytest.raises(RuntimeError, match="cannot be read"):
+        store.load()
+    path.unlink()
+    path.with_suffix(".done").unlink()
+    path = store.write_shard(columns(["b"]))
+    pq.write_table(cache._to_table(columns(["b"], n=3)), path)  # readable, but not the bytes committed
     with pytest.raises(RuntimeError, match="does not match its completion marker"):
         store.load()
 
@@ -100,3 +108,21 @@ def test_pass_labels():
     assert pass_label(PassSpec(model="m")) == "cond.alpaca"
     assert pass_label(PassSpec(model="m", view="uncond", template="plain", boundary="superfiltering")) == "uncond.plain.superfiltering"
     assert pass_label(PassSpec(model="m", template="Q: {instruction}", fields=())) == "cond.custom.tokens"
+
+
+def test_a_retried_row_supersedes_its_failure_in_commit_order(tmp_path):
+    store = PassStore(tmp_path, PassSpec(model="m"), material())
+    store.open()
+    for k, status in enumerate(("error:RuntimeError", "error:MemoryError")):
+        cols = columns(["a", f"x{k}"])
+        cols["status"][0] = status
+        store.write_shard(cols)
+    assert "a" not in store.finished_ids() and "a" in store.stored_ids()
+    assert store.load().status[store.load().ids.index("a")] == "error:MemoryError"  # the newest failure stands
+    store.write_shard(columns(["a"], n=3))
+    got = store.load()
+    assert got.ids.count("a") == 1 and got.status[got.ids.index("a")] == "ok" and len(got.logprob.row(got.ids.index("a"))) == 3
+    assert "a" in store.finished_ids()
+    with pytest.raises(RuntimeError, match="holds sample 'a' twice"):
+        store.write_shard(columns(["a"]))
+        store.load()

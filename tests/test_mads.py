@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -84,7 +85,16 @@ def test_mads_end_to_end_with_diagnostics_and_reselection(tiny_model_dir, tmp_pa
     # topk: exactly 4 of each layer's neurons are strongly activated in every sample (MADS Fig. 2)
     width = json.loads((tiny_model_dir / "config.json").read_text())["intermediate_size"]
     assert diag["strong_share_pool.0"] == diag["strong_share_pool.1"] == 4 / width
-    assert diag["truncated_rate_pool"] == 0.0 and diag["tags_with_df_1"] >= 0 and len(diag["tag_df_quantiles"]) == 5
+    eligible = result.table.eligible
+    df = Counter(int(t) for tags, ok in zip(result.table.columns["mads_tags"], eligible, strict=True) if ok for t in tags)
+    kept = [v for v in df.values() if v <= 0.5 * eligible.sum()]  # max_df_frac=0.5 drops the near-universal tags
+    assert diag["tags_with_df_1"] == sum(v == 1 for v in kept) and diag["tag_df_quantiles"][-1] == max(kept)
+    assert diag["truncated_rate_pool"] == 0.0
+    # the down projection's input is another tensor: other tags, the same exact budget
+    cfg3 = config(tiny_model_dir, data, tmp_path / "run-down", method="mads", count=4)
+    cfg3.method.params.update(layers=[0, 1], tag_rule="topk", k=4, neuron="down_proj_input")
+    r3, sel3, _ = run(cfg3)
+    assert len(sel3.ids) == 4 and any(a.tolist() != b.tolist() for a, b in zip(r3.table.columns["mads_tags"], result.table.columns["mads_tags"], strict=True))
     # tags live in scores.parquet: select again without a model, same rows
     cfg2, r2 = load_run(tmp_path / "run")
     assert select(r2, cfg2).ids == sel.ids

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -148,8 +149,9 @@ class PassStore:
         return sorted(p.with_suffix(".parquet") for p in self.dir.glob("shard-*.done"))
 
     def finished_ids(self) -> set[str]:
-        """Ids with a committed row that is final: every status except `error:*`. A row that raised
-        (an out-of-memory batch, a transient fault) is scored again by the next run."""
+        """Ids with a committed row that is final: every status except `error:*` (an exception in
+        the forward pass: an out-of-memory batch, a transient fault), which the next run scores
+        again."""
         return {i for i, (_, _, failed) in self._latest().items() if not failed}
 
     def stored_ids(self) -> set[str]:
@@ -157,15 +159,15 @@ class PassStore:
         return set(self._latest())
 
     def _latest(self) -> dict[str, tuple[Path, int, bool]]:
-        """Per id, the committed row that stands: (shard, row, failed). A retried row's new result
-        replaces its `error:*` row; two final rows of one id are an error, and so is a shard whose
-        bytes do not match its marker."""
+        """Per id, the committed row that stands: (shard, row, failed). Shards are read in the order
+        they were committed, so a retried row's result replaces its `error:*` row (the newest error
+        stands while it keeps failing); two final rows of one id are an error."""
         best: dict[str, tuple[Path, int, bool]] = {}
-        for p in self.committed():
-            marker = json.loads(p.with_suffix(".done").read_text())
-            if hashlib.sha256(p.read_bytes()).hexdigest() != marker["sha256"]:
-                raise RuntimeError(f"shard {p} does not match its completion marker; delete both files and rerun")
-            t = pq.read_table(p, columns=["id", "status"])
+        for p in self._in_commit_order():
+            try:
+                t = pq.read_table(p, columns=["id", "status"])
+            except (OSError, pa.ArrowException) as e:
+                raise RuntimeError(f"shard {p} cannot be read ({e}); delete it and its .done marker and rerun") from e
             for k, (i, s) in enumerate(zip(t.column("id").to_pylist(), t.column("status").to_pylist(), strict=True)):
                 failed = s.startswith("error:")
                 if i in best and not best[i][2] and not failed:
@@ -174,13 +176,23 @@ class PassStore:
                     best[i] = (p, k, failed)
         return best
 
+    def _in_commit_order(self) -> list[Path]:
+        def committed_at(p: Path) -> tuple[int, str]:  # markers before this field sort first, by name
+            return json.loads(p.with_suffix(".done").read_text()).get("ns", 0), p.name
+
+        return sorted(self.committed(), key=committed_at)
+
     def _shards(self) -> Iterator[pa.Table]:
-        """Each committed shard (checked against its marker) with only the rows that stand."""
+        """Each committed shard with only the rows that stand; its bytes are checked against the
+        marker's checksum and parsed from the same read."""
         keep: dict[Path, list[int]] = {}
         for p, k, _ in self._latest().values():
             keep.setdefault(p, []).append(k)
         for p in sorted(keep):
-            t = pq.read_table(p)
+            data = p.read_bytes()
+            if hashlib.sha256(data).hexdigest() != json.loads(p.with_suffix(".done").read_text())["sha256"]:
+                raise RuntimeError(f"shard {p} does not match its completion marker; delete both files and rerun")
+            t = pq.read_table(pa.BufferReader(data))
             rows = sorted(keep[p])
             yield t if len(rows) == t.num_rows else t.take(pa.array(rows, type=pa.int64()))
 
@@ -198,7 +210,8 @@ class PassStore:
             _fsync(tmp)
             os.replace(tmp, final)
         digest = hashlib.sha256(final.read_bytes()).hexdigest()
-        write_atomic(final.with_suffix(".done"), json.dumps({"rows": table.num_rows, "sha256": digest}).encode())
+        marker = {"rows": table.num_rows, "sha256": digest, "ns": time.time_ns()}  # ns: the commit order
+        write_atomic(final.with_suffix(".done"), json.dumps(marker).encode())
         return final
 
     def scan(self) -> Iterator[TokenStats]:

@@ -203,6 +203,8 @@ def config_from_args(a: argparse.Namespace) -> RunConfig:
         cfg.method.params["max_length"] = a.max_length
     if a.target:  # `--target a.jsonl b.jsonl select.count=5`: the dotted overrides after the files are overrides
         files = [t for t in a.target if "=" not in t or Path(t).exists()]
+        if not files:
+            raise ValueError(f"--target {' '.join(a.target)}: expected at least one in-domain file before any key=value override")
         a.overrides = [*a.overrides, *(t for t in a.target if t not in files)]
         cfg.method.params["target"] = files
     if a.then:

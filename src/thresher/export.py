@@ -31,16 +31,29 @@ def naming(path: str | os.PathLike[str]) -> Iterator[None]:
         raise OSError(e.errno, os.strerror(e.errno) if e.errno else str(e), str(path)) from e
 
 
-def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write `data` to a temp file beside `path`, fsync, and rename it into place."""
+@contextmanager
+def replacing(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """A temp path beside `path` (unique per process, ending in `.tmp`) for the caller to write;
+    on success it is fsynced and renamed onto `path`, on failure deleted. Errors name the file."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with naming(tmp):
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with naming(tmp):
+            yield tmp
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write `data` to `path` so that a reader sees the old file or the whole new one."""
+    with replacing(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def write_jsonl(rows: Iterable[dict[str, Any]], path: str | os.PathLike[str]) -> int:
@@ -51,19 +64,14 @@ def write_jsonl(rows: Iterable[dict[str, Any]], path: str | os.PathLike[str]) ->
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     count = 0
-    try:
-        with naming(tmp), open(tmp, "w", encoding="utf-8", newline="\n") as f:
-            for row in rows:
-                try:
-                    f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
-                except UnicodeEncodeError:
-                    f.write(json.dumps(row, ensure_ascii=True, default=str) + "\n")
-                count += 1
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with replacing(path) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as f:
+        for row in rows:
+            try:
+                f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+            except UnicodeEncodeError:
+                f.write(json.dumps(row, ensure_ascii=True, default=str) + "\n")
+            count += 1
     return count
 
 

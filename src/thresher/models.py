@@ -378,7 +378,7 @@ def _sha256_text(text: str) -> str:
 
 
 def _write_json(path: Path, obj: dict[str, Any]) -> None:
+    from thresher.export import write_atomic
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
-    os.replace(tmp, path)  # readers see the old file or the new one, never half of one
+    write_atomic(path, json.dumps(obj, indent=2, sort_keys=True).encode())  # readers see the old file or the new one

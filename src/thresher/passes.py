@@ -84,6 +84,8 @@ class PassSpec:
                 f"fields={list(self.fields)} asks for activations but layers=() is empty: "
                 "name the decoder layers to pool, e.g. layers=(0, 5, 11)"
             )
+        if self.mlp_tap != "act" and "mlp" not in self.fields:
+            raise ValueError(f"mlp_tap={self.mlp_tap!r} says where to read the MLP, but fields={list(self.fields)} has no 'mlp'")
         if (self.pool == "frac_above") != (self.pool_threshold is not None):
             raise ValueError(
                 f"pool={self.pool!r} with pool_threshold={self.pool_threshold!r}: pool_threshold is "

@@ -13,7 +13,6 @@ import dataclasses
 import importlib.metadata
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,10 +196,8 @@ def write_outputs(result: ScoreResult, sel: Selection | None, cfg: RunConfig, *,
         cols[name] = pa.array(arr, from_pandas=True) if arr.dtype.kind == "f" else pa.array(arr)
     cols["selected"] = pa.array([i in rank for i in t.ids])
     cols["rank"] = pa.array([rank.get(i) for i in t.ids], type=pa.int64())
-    tmp = out / "scores.parquet.tmp"
-    with export.naming(tmp):
+    with export.replacing(out / "scores.parquet") as tmp:
         pq.write_table(pa.table(cols), tmp)
-        os.replace(tmp, out / "scores.parquet")
     data_mod.write_rejected(result.rejected, out / "rejected.jsonl")
     by_id = {s.id: s for s in result.samples}
     chosen = [by_id[i] for i in sel.ids] if sel else []

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from thresher.data import Sample
-from thresher.export import write_atomic
+from thresher.export import naming, write_atomic
 from thresher.passes import PassSpec, check_choice
 from thresher.templates import Renderer
 
@@ -204,8 +204,9 @@ def train(
     final = trainer.model.merge_and_unload() if cfg.lora else trainer.model
     final.eval()
     final.config.use_cache = True
-    final.save_pretrained(out)
-    lm.tokenizer.save_pretrained(out)  # the original tokenizer, not TRL's padded copy
+    with naming(out):  # a full disk while saving names the folder
+        final.save_pretrained(out)
+        lm.tokenizer.save_pretrained(out)  # the original tokenizer, not TRL's padded copy
     seconds = time.perf_counter() - t0
     res = TrainResult(out, len(examples), rejected, sum(len(e["input_ids"]) for e in examples), sum(sum(x != -100 for x in e["labels"]) for e in examples), steps, seconds, train_seconds, False)
     meta = {**record, "rows": res.rows, "rejected": rejected, "tokens": res.tokens, "loss_tokens": res.loss_tokens, "steps": steps, "seconds": seconds, "train_seconds": train_seconds, "versions": _versions()}

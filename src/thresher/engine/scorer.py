@@ -123,7 +123,7 @@ class Scorer:
         for k, i in enumerate(batch):
             lp = out.logprob[k]
             if not np.all(np.isfinite(lp)):
-                status[i] = "error:non_finite_logprob"
+                status[i] = "non_finite_logprob"  # deterministic: final, unlike an exception (error:*), which the next run retries
                 continue
             logprob[i] = lp
             if entropy is not None and out.entropy is not None:

@@ -94,6 +94,8 @@ def nait(
         raise ValueError("nait needs an in-domain target set: pass --target FILE [FILE ...] (or method.params.target), e.g. --target gsm8k_train.jsonl")
     if form == "pc1" and n_components != 1:
         raise ValueError(f"form='pc1' projects on one component but n_components={n_components}; use form='centroid' for d > 1")
+    for path in paths:  # a missing target fails here, in `validate`, before any model loads
+        data_mod.check_source(path)
     names = target_names(paths)
     # drift = token-mean state minus the first token's (NAIT Eq. 3-4, METHODS §5.3 reading (a));
     # layers=(0,) stands in until prepare knows the model's depth

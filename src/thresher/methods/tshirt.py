@@ -24,7 +24,7 @@ import numpy as np
 
 from thresher.cache import PassStore
 from thresher.data import Sample
-from thresher.export import naming
+from thresher.export import naming, write_atomic
 from thresher.methods.base import MethodInfo, Plan, SignalTable, merge_status, token_counts
 from thresher.passes import PassSpec, TokenStats
 from thresher.selectors.hierarchical import hierarchical
@@ -106,7 +106,7 @@ def noisy_signals(ids: list[str], cond: PassStore | TokenStats, uncond: PassStor
         status = [c if c != "ok" else u for c, u in zip(c_status, u_status, strict=True)]
         out = {name: np.full(n, np.nan) for name in ("avg_noisy_ifd", "std_noisy_ifd", "sifd_mean", "sifd_std")}
         d_rows: dict[int, tuple[int, int]] = {}  # sample -> (offset, tokens per copy) in the delta file
-        with naming(work.dir / "delta.f32"), work.appender("delta") as dfile:
+        with work.appender("delta") as dfile:
             for i in range(n):
                 if status[i] != "ok":
                     continue
@@ -116,7 +116,8 @@ def noisy_signals(ids: list[str], cond: PassStore | TokenStats, uncond: PassStor
                     continue
                 out["avg_noisy_ifd"][i], out["std_noisy_ifd"][i] = copy_moments(copy_ifd(c, u))
                 d_rows[i] = (dfile.tell() // 4, u.shape[1])
-                dfile.write(token_delta(c, u).tobytes())
+                with naming(work.dir / "delta.f32"):
+                    dfile.write(token_delta(c, u).tobytes())
         work.drop("cond", "uncond")
         delta = work.open("delta")
         if not len(delta):  # no sample has a scored noisy token: nothing to threshold
@@ -129,7 +130,7 @@ def noisy_signals(ids: list[str], cond: PassStore | TokenStats, uncond: PassStor
             out["sifd_mean"][i], out["sifd_std"][i] = copy_moments(sifd(delta[off : off + copies * t].reshape(copies, t), threshold))
         log.info("T-SHIRT threshold |delta| > %r (k=%s) over %d noisy token values", threshold, k, len(delta))
         if spill is not None:
-            (spill.parent / THRESHOLD_FILE).write_text(json.dumps({"k": k, "threshold": threshold if np.isfinite(threshold) else None, "values": len(delta)}))
+            write_atomic(spill.parent / THRESHOLD_FILE, json.dumps({"k": k, "threshold": threshold if np.isfinite(threshold) else None, "values": len(delta)}).encode())
         out["sifd_threshold"] = np.full(n, threshold)
         return {**out, "status": status}
     finally:
@@ -158,7 +159,7 @@ class _Spill:
         pos = {x: i for i, x in enumerate(ids)}
         rows: dict[int, tuple[int, int]] = {}
         status = ["error:missing_from_noisy_pass"] * len(ids)
-        with naming(self.dir / f"{name}.f32"), self.appender(name) as f:
+        with self.appender(name) as f:
             for shard in shards:
                 for j, x in enumerate(shard.ids):
                     i = pos[x]
@@ -166,7 +167,8 @@ class _Spill:
                     if status[i] == "ok":
                         row = shard.logprob.row(j).astype(np.float32)
                         rows[i] = (f.tell() // 4, len(row))
-                        f.write(row.tobytes())
+                        with naming(self.dir / f"{name}.f32"):
+                            f.write(row.tobytes())
         return rows, status
 
     def open(self, name: str) -> np.ndarray:
