@@ -50,23 +50,22 @@ def decoder_layers(model: Any) -> torch.nn.ModuleList:
 def mlp_activation_module(layer: Any) -> torch.nn.Module:
     """The module whose output is the MLP's neuron activation: SiLU(gate_proj x) in Llama-style
     gated MLPs (`act_fn`), GELU(c_fc x) in GPT-2 (`act`)."""
-    mlp = layer.mlp
-    for name in ("act_fn", "act"):
-        mod = getattr(mlp, name, None)
-        if isinstance(mod, torch.nn.Module):
-            return mod
-    raise ValueError(f"cannot find the activation module of {type(mlp).__name__} (act_fn or act)")
+    return _mlp_part(layer, ("act_fn", "act"), "activation module")
 
 
 def mlp_input_module(layer: Any) -> torch.nn.Module:
     """The MLP's output projection, whose input is the neuron vector it mixes: SiLU(gate x) * up x
     in gated MLPs (`down_proj`), GELU(c_fc x) in GPT-2 (`c_proj`)."""
+    return _mlp_part(layer, ("down_proj", "c_proj"), "output projection")
+
+
+def _mlp_part(layer: Any, names: tuple[str, ...], what: str) -> torch.nn.Module:
     mlp = layer.mlp
-    for name in ("down_proj", "c_proj"):
+    for name in names:
         mod = getattr(mlp, name, None)
         if isinstance(mod, torch.nn.Module):
             return mod
-    raise ValueError(f"cannot find the output projection of {type(mlp).__name__} (down_proj or c_proj)")
+    raise ValueError(f"cannot find the {what} of {type(mlp).__name__} ({' or '.join(names)})")
 
 
 def _softcap(model: Any) -> float | None:
