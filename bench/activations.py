@@ -16,8 +16,9 @@ machine may be shared and noisy). Memory: the bytes each row adds to the pass sh
 measured from the parquet files written) and to the loaded pass (float32 arrays). The peak memory
 of each variant is measured in a child process of its own that runs the whole pass through the
 local engine (shards written, then loaded, as `thresher run` does): peak RSS minus the RSS after
-the model loaded. A pass streams shard by shard, so at 52,002 rows (Alpaca-GPT4) its peak is the
-measured working set (the peak without the loaded pass) plus the loaded pass at 52K rows.
+the model loaded (the peak is reset after loading, so the load's own spike is not counted). A pass
+streams shard by shard, so at 52,002 rows (Alpaca-GPT4) its peak is the measured working set
+(the peak without the loaded pass) plus the loaded pass at 52K rows.
 
 Examples:
     python bench/activations.py
@@ -67,6 +68,18 @@ def rss_mb() -> float:
     return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize() / 2**20
 
 
+def peak_mb() -> float:
+    """Peak resident set size since the last `reset_peak()` (VmHWM, Linux /proc)."""
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
+
+
+def reset_peak() -> None:
+    """Start a new peak: writing 5 to clear_refs resets VmHWM (Linux), so the model load's own
+    peak (its temporary copies) is not counted as the pass's."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
 def child_peak(a: argparse.Namespace, variant: str) -> float:
     """Run one variant's whole pass in this process; return peak RSS over the RSS after loading (MB)."""
     from thresher.engine.local import run_pass
@@ -77,11 +90,12 @@ def child_peak(a: argparse.Namespace, variant: str) -> float:
     spec = variants(lm.info.n_layers)[variant]
     scorer = Scorer(spec, lm.model, lm.tokenizer, batch_tokens=a.batch_tokens)
     loaded = rss_mb()
+    reset_peak()
     with tempfile.TemporaryDirectory() as tmp:
         store = PassStore(tmp, spec, key_material(spec, dataclasses.asdict(lm.info), get_template("alpaca", lm.tokenizer).text, read.content_hash))
         res = run_pass(read.samples, scorer, store, progress=False)
         assert len(res.stats) == len(read.samples)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - loaded
+    return peak_mb() - loaded
 
 
 def main() -> None:

@@ -320,10 +320,20 @@ def test_json_array_lines_are_element_indexes(tmp_path: Path) -> None:
     assert [(x.line, x.reason) for x in r.rejected] == [(2, "empty_response"), (3, "not_an_object")]
 
 
+def test_json_array_bad_utf8_rejects_only_its_rows(tmp_path: Path) -> None:
+    src = tmp_path / "latin1.json"
+    src.write_bytes(b'[{"instruction": "q", "output": "a"}, {"instruction": "caf\xe9", "output": "a"}, {"instruction": "r", "output": "b"}]')
+    r = read(str(src))
+    assert [s.instruction for s in r.samples] == ["q", "r"]
+    assert [(x.line, x.reason) for x in r.rejected] == [(2, "bad_utf8")]
+    write_rejected(r.rejected, tmp_path / "rejected.jsonl")  # the bad byte is kept, escaped, not lost
+    assert json.loads((tmp_path / "rejected.jsonl").read_text(encoding="utf-8"))["record"]["instruction"] == "caf\udce9"
+
+
 def test_whole_file_json_errors_name_the_file(tmp_path: Path) -> None:
     bad_bytes = tmp_path / "latin1.json"
-    bad_bytes.write_bytes(b'[{"instruction": "caf\xe9", "output": "a"}]')
-    with pytest.raises(ValueError, match=re.escape(f"{bad_bytes}: not valid UTF-8 (byte offset 21)")):
+    bad_bytes.write_bytes(b'[{"instruction": "q", "output": "a"}\xe9]')  # outside any string: not JSON
+    with pytest.raises(ValueError, match=re.escape(f"{bad_bytes}: not valid JSON")):
         read(str(bad_bytes))
     broken = tmp_path / "broken.json"
     broken.write_text('[{"instruction": "q", "output": "a"},', encoding="utf-8")

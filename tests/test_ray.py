@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import sys
 
 import numpy as np
@@ -13,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from thresher.config import RunConfig
-from thresher.engine.ray import RayOptions, decode_rendered, encode_rendered
+from thresher.engine.ray import RayOptions, check_reachable, decode_rendered, encode_rendered
 from thresher.pipeline import run, validate
 from thresher.templates import Rendered
 from tiny import FAMILIES
@@ -84,6 +85,17 @@ def test_ray_options_reject_nonsense():
         RayOptions(concurrency=0)
     with pytest.raises(ValueError, match="ray_num_gpus=-1"):
         RayOptions(num_gpus=-1)
+
+
+def test_an_unreachable_ray_address_fails_fast_and_says_what_to_do():
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}", "auto", "local", ""):
+            check_reachable(address)  # something listens, or the address is Ray's to resolve
+    with pytest.raises(RuntimeError, match=rf"RAY_ADDRESS='ray://127.0.0.1:{port}': can't connect to 127.0.0.1:{port}.*unset RAY_ADDRESS"):
+        check_reachable(f"ray://127.0.0.1:{port}")  # closed now
 
 
 @pytest.fixture(scope="module")

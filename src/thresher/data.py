@@ -313,12 +313,13 @@ def _starts_with_bracket(path: Path) -> bool:
 
 
 def _json_array(path: Path) -> list[Any]:
-    """A whole-file JSON array; it can't be split into rows, so a bad file raises instead."""
-    data = path.read_bytes().removeprefix(codecs.BOM_UTF8)
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not valid UTF-8 (byte offset {e.start}); re-encode it as UTF-8, or write it as JSON lines (.jsonl) so only the bad rows are rejected") from e
+    """A whole-file JSON array; it can't be split into rows, so a file that is not JSON raises.
+
+    Bytes that are not UTF-8 are decoded as lone surrogates (`surrogateescape`): inside a string
+    they reject only the rows holding them (`bad_utf8`, as for JSON lines); outside one the file is
+    not JSON.
+    """
+    text = path.read_bytes().removeprefix(codecs.BOM_UTF8).decode("utf-8", errors="surrogateescape")
     try:
         return json.loads(text)
     except (ValueError, RecursionError) as e:

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -89,7 +91,24 @@ def init_ray() -> None:
     """Start a local Ray instance, or join `RAY_ADDRESS`, unless this process already has one."""
     ray = require_ray()
     if not ray.is_initialized():
+        check_reachable(os.environ.get("RAY_ADDRESS", ""))
         ray.init(logging_level=logging.WARNING)
+
+
+def check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """Fail fast when `RAY_ADDRESS` names a host:port nothing listens on, where `ray.init` keeps
+    retrying the connection instead of failing. `auto`, `local` and an empty address are left to
+    Ray."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise RuntimeError(
+            f"RAY_ADDRESS={address!r}: can't connect to {host}:{port} ({e}); start the cluster (`ray start --head`), "
+            "fix the address, or unset RAY_ADDRESS to start a local Ray instance"
+        ) from e
 
 
 def encode_rendered(r: Rendered) -> str:
