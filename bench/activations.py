@@ -16,7 +16,8 @@ machine may be shared and noisy). Memory: the bytes each row adds to the pass sh
 measured from the parquet files written) and to the loaded pass (float32 arrays). The peak memory
 of each variant is measured in a child process of its own that runs the whole pass through the
 local engine (shards written, then loaded, as `thresher run` does): peak RSS minus the RSS after
-the model loaded (the peak is reset after loading, so the load's own spike is not counted). A pass
+the model loaded and scored one row (the memory-mapped weights are paged in by the first forward),
+with the peak reset there, so neither the load's own spike nor the weights count. A pass
 streams shard by shard, so at 52,002 rows (Alpaca-GPT4) its peak is the measured working set
 (the peak without the loaded pass) plus the loaded pass at 52K rows.
 
@@ -89,6 +90,9 @@ def child_peak(a: argparse.Namespace, variant: str) -> float:
     read = data_mod.read(a.data, limit=a.rows)
     spec = variants(lm.info.n_layers)[variant]
     scorer = Scorer(spec, lm.model, lm.tokenizer, batch_tokens=a.batch_tokens)
+    # the weights are memory-mapped: the first forward pages them in (135M float32 parameters), which
+    # belongs to the loaded model, not to the pass, so one row is scored before the baseline
+    scorer.score_rendered([read.samples[0].id], scorer.render(read.samples[:1]))
     loaded = rss_mb()
     reset_peak()
     with tempfile.TemporaryDirectory() as tmp:

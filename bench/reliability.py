@@ -89,9 +89,12 @@ def _table(out: Path) -> dict[str, dict]:
 
 
 def _shard_ids(out: Path) -> dict[str, list[str]]:
+    """Per pass, the ids of the committed rows that stand: a row that failed with an exception
+    (`error:*`) is retried by the next run, so the retry supersedes it and is not a duplicate."""
     by_pass: dict[str, list[str]] = {}
     for p in out.glob("passes/*/shard-*.done"):
-        by_pass.setdefault(p.parent.name, []).extend(pq.read_table(p.with_suffix(".parquet"), columns=["id"]).column("id").to_pylist())
+        t = pq.read_table(p.with_suffix(".parquet"), columns=["id", "status"]).to_pydict()
+        by_pass.setdefault(p.parent.name, []).extend(i for i, s in zip(t["id"], t["status"], strict=True) if not s.startswith("error:"))
     return by_pass
 
 

@@ -92,3 +92,10 @@ def test_overrides_after_target_files_are_overrides(data, tmp_path, capsys):
     target.write_text(json.dumps({"question": "q", "answer": "a"}) + "\n")
     cfg = config_from_args(_parser().parse_args(["run", "--data", str(data), "--method", "nait", "--target", str(target), "select.count=5"]))
     assert cfg.method.params["target"] == [str(target)] and cfg.select.count == 5
+
+
+def test_capture_flag_sets_the_config(data):
+    from thresher.cli import config_from_args
+
+    assert config_from_args(_parser().parse_args(["run", "--data", str(data), "--method", "ifd", "--capture", "nait"])).score.capture == "nait"
+    assert config_from_args(_parser().parse_args(["run", "--data", str(data), "--method", "ifd"])).score.capture is None

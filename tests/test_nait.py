@@ -122,6 +122,41 @@ def test_nait_runs_end_to_end_and_keeps_targets_out_of_the_pool(tiny_model_dir, 
     assert r2.passes["cond"]["scored"] == 0 and r2.passes["cond"]["label"] == result.passes["cond"]["label"]
 
 
+def test_capture_lets_ifd_pay_for_nait_and_ppl_for_mads(tiny_model_dir, tmp_path):
+    from test_pipeline import config
+    from thresher.pipeline import run, validate
+
+    data = write_jsonl(tmp_path / "pool.jsonl", ROWS)
+    target = write_jsonl(tmp_path / "qa.jsonl", TARGET)
+    cfg = config(tiny_model_dir, data, tmp_path / "run", method="ifd", count=3)
+    cfg.score.capture = "nait"
+    first, _, _ = run(cfg)
+    assert first.passes["cond"]["scored"] == len(ROWS)
+    later = config(tiny_model_dir, data, tmp_path / "run", method="nait", count=3)
+    later.method.params["target"] = [str(target)]
+    r, sel, _ = run(later)
+    assert r.passes["cond"]["scored"] == 0 and r.passes["cond"]["label"] == first.passes["cond"]["label"]
+    fresh = config(tiny_model_dir, data, tmp_path / "fresh", method="nait", count=3)  # the same scores as a nait-first run
+    fresh.method.params["target"] = [str(target)]
+    rf, self_, _ = run(fresh)
+    assert np.array_equal(r.table.columns["nait"], rf.table.columns["nait"]) and sel.ids == self_.ids
+    # one folder, two captures: mads pools differently, so it gets a cond pass of its own
+    cfg = config(tiny_model_dir, data, tmp_path / "run", method="ppl", count=3)
+    cfg.score.capture = "mads"
+    assert run(cfg)[0].passes["cond"]["scored"] == len(ROWS)
+    r, _, _ = run(config(tiny_model_dir, data, tmp_path / "run", method="mads", count=3))
+    assert r.passes["cond"]["scored"] == 0
+    # nowhere to capture: superfiltering's passes use the plain template; a misspelt method
+    cfg = config(tiny_model_dir, data, tmp_path / "x", method="superfiltering", count=3)
+    cfg.score.capture = "nait"
+    with pytest.raises(ValueError, match=r"score.capture='nait' adds activations to a cond pass.*'superfiltering' has none"):
+        validate(cfg)
+    cfg = config(tiny_model_dir, data, tmp_path / "x", method="ifd", count=3)
+    cfg.score.capture = "niat"
+    with pytest.raises(ValueError, match=r"niat.*nait"):
+        validate(cfg)
+
+
 def test_nait_needs_a_target():
     from thresher.methods import build
 

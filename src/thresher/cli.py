@@ -163,6 +163,7 @@ def _add_run_flags(sp: argparse.ArgumentParser, with_budget: bool) -> None:
     sp.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     sp.add_argument("--batch-tokens", type=int, help="rows x padded length per forward batch")
     sp.add_argument("--engine", choices=["local", "ray"], help="where passes run (default: local; ray needs thresher[ray])")
+    sp.add_argument("--capture", metavar="METHOD", help="nait | mads: also pool that method's activations in this run's cond pass, so running it later in --out needs no new pass")
     sp.add_argument("--no-progress", action="store_true", help="hide progress bars")
     sp.add_argument("--no-report", action="store_true", help="do not write report.html")
     if with_budget:
@@ -186,7 +187,7 @@ def config_from_args(a: argparse.Namespace) -> RunConfig:
     flags: dict[str, Any] = {
         "data.path": a.data, "data.format": a.format, "data.id_column": a.id_column, "data.limit": a.limit,
         "model.name": a.model, "model.threads": a.threads, "method.name": a.method,
-        "output.dir": a.out, "score.batch_tokens": a.batch_tokens, "score.engine": a.engine,
+        "output.dir": a.out, "score.batch_tokens": a.batch_tokens, "score.engine": a.engine, "score.capture": a.capture,
         "select.fraction": getattr(a, "fraction", None), "select.count": getattr(a, "count", None), "select.seed": getattr(a, "seed", None),
     }
     for key, value in flags.items():

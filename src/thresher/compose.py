@@ -9,11 +9,13 @@ kept), narrow enough that the first score still decides what is eligible.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
+from thresher.cache import ACTIVATION_FIELDS
 from thresher.data import Sample
 from thresher.methods import Plan, RunContext, SignalTable, build
-from thresher.passes import TokenStats
+from thresher.passes import PassSpec, TokenStats, check_choice
 from thresher.selectors.topk import Selection, budget_count
 
 NARROW_FACTOR = 3.0  # ours: see the module docstring
@@ -86,3 +88,30 @@ def chain(first: Plan, second: Plan, narrow_factor: float = NARROW_FACTOR) -> Pl
                         {"method": second.method, "params": second.params, "keeps": "the budget"}], "narrow_factor": narrow_factor}
     streamed = tuple(p1 + r for r in first.streamed) + tuple(p2 + r for r in second.streamed)
     return Plan(f"{first.method}+{second.method}", params, passes, compute, choose, prepare=prepare, diagnostics=diagnostics, streamed=streamed)
+
+
+# `score.capture`: the pool pass of an activation method, built by its `pool_pass(model, n_layers)`
+CAPTURES = ("nait", "mads")
+_POOLING = {"fields", "layers", "pool", "pool_span", "pool_threshold", "mlp_tap"}
+
+
+def capture_pass(name: str, model: str, n_layers: int | None) -> PassSpec:
+    """The `cond` pass that `name` (one of CAPTURES, with its default parameters) would run."""
+    from thresher.methods import mads, nait
+
+    check_choice("score.capture", name, CAPTURES)
+    return {"nait": nait.pool_pass, "mads": mads.pool_pass}[name](model, n_layers)
+
+
+def capturing_roles(passes: dict[str, PassSpec], extra: PassSpec) -> list[str]:
+    """The passes that can also pool `extra`'s activations: a `cond` pass of the same model,
+    template, length and truncation that pools none of its own."""
+    fixed = {k: v for k, v in dataclasses.asdict(extra).items() if k not in _POOLING}
+    return [role for role, spec in passes.items()
+            if not set(ACTIVATION_FIELDS) & set(spec.fields) and {k: v for k, v in dataclasses.asdict(spec).items() if k not in _POOLING} == fixed]
+
+
+def with_capture(spec: PassSpec, extra: PassSpec) -> PassSpec:
+    """`spec` keeping its own fields and adding `extra`'s pooled activations: the pass the
+    activation method will find stored, so it runs no new forward pass of the pool."""
+    return dataclasses.replace(extra, fields=tuple(dict.fromkeys(spec.fields + extra.fields)))

@@ -53,6 +53,9 @@ class ScoreConfig:
     overwrite: bool = False
     progress: bool = True
     max_rejected_fraction: float = 0.5  # ours: more than half the rows failing means a wrong setup
+    # ours: "nait" or "mads" adds that method's pooled activations (its default parameters) to
+    # this run's cond pass, so the method run later in the same folder needs no new forward pass
+    capture: str | None = None
     # engine=ray only (see engine/ray.py RayOptions for the reasons behind each default)
     ray_concurrency: int = 2
     ray_num_gpus: float = 0.0

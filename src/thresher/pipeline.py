@@ -26,7 +26,7 @@ from thresher import data as data_mod
 from thresher import export
 from thresher.backends.hf import CAPABILITIES
 from thresher.cache import PassStore, find_pass, key_material, pass_label
-from thresher.compose import plan_for
+from thresher.compose import capture_pass, capturing_roles, plan_for, with_capture
 from thresher.config import RunConfig
 from thresher.data import ReadResult, Rejected, Sample
 from thresher.engine.local import run_pass
@@ -90,6 +90,12 @@ def validate(cfg: RunConfig, *, need_budget: bool = True) -> Plan:
     plan = plan_for(cfg)
     if plan.passes:
         resolve_model(cfg.model.name)
+    if cfg.score.capture is not None and not capturing_roles(plan.passes, capture_pass(cfg.score.capture, cfg.model.name, None)):
+        raise ValueError(
+            f"score.capture={cfg.score.capture!r} adds activations to a cond pass without any, of the same template, max_length "
+            f"and truncation as {cfg.score.capture} (alpaca, 512, prompt_first), but {cfg.method.name!r} has none: capture with "
+            f"ifd, ppl, entropy or miwv at their defaults, or run --method {cfg.score.capture} first"
+        )
     for role, spec in plan.passes.items():
         missing = [f for f in spec.fields if f not in CAPABILITIES]
         if missing:
@@ -124,6 +130,10 @@ def score(cfg: RunConfig, *, loaded: Any = None) -> ScoreResult:
     if plan.passes:
         set_threads(cfg.model.threads)
     extra = plan.prepare(RunContext(run_dir, samples, get_model, cfg, cfg.score.progress, read.content_hash)) if plan.prepare else {}
+    if cfg.score.capture is not None:
+        wanted = capture_pass(cfg.score.capture, cfg.model.name, get_model(cfg.model.name).info.n_layers)
+        for role in capturing_roles(plan.passes, wanted):
+            plan.passes[role] = with_capture(plan.passes[role], wanted)
     for role, spec in plan.passes.items():
         if "model" in extra.get(role, {}):  # a model `prepare` made, e.g. a calibrated copy
             spec = dataclasses.replace(spec, model=extra[role]["model"])

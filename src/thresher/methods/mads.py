@@ -13,7 +13,6 @@ scores.parquet, so `thresher select` re-selects without the model.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import numpy as np
@@ -43,6 +42,30 @@ def resolve_layers(layers: str | list[int], n_layers: int) -> tuple[int, ...]:
     if bad:
         raise ValueError(f"layers {bad} do not exist: the model has {n_layers} decoder layers (0..{n_layers - 1})")
     return tuple(int(layer) for layer in layers)
+
+
+def pool_pass(
+    model: str,
+    n_layers: int | None,
+    *,
+    layers: str | list[int] = "paper",
+    text_scope: str = "instruction",
+    neuron: str = "act",
+    pool: str = "mean",
+    pool_threshold: float | None = None,
+    template: str = "alpaca",
+    max_length: int = 512,
+    truncation: str = "prompt_first",
+) -> PassSpec:
+    """The pool's `cond` pass with MADS's pooled activations (defaults as in `mads`). With
+    `n_layers=None` (the depth is not known before the model loads) layers="paper" stands in as (0,)."""
+    field, tap = NEURONS[neuron]
+    if n_layers is not None:
+        chosen = resolve_layers(layers, n_layers)
+    else:
+        chosen = (0,) if isinstance(layers, str) else tuple(int(x) for x in layers)
+    return PassSpec(model=model, view="cond", template=template, fields=("logprob", "entropy", field), layers=chosen, max_length=max_length,
+                    truncation=truncation, pool=pool, pool_span=SCOPES[text_scope], pool_threshold=pool_threshold, mlp_tap=tap)
 
 
 def mads(
@@ -77,15 +100,13 @@ def mads(
         raise ValueError("tag_rule='absolute' needs tau, the activation level that makes a tag, e.g. method.params.tau=0.5")
     if layer_strategy == "single" and (layers == "paper" or len(layers) != 1):
         raise ValueError(f"layer_strategy='single' tags one layer: give exactly one, e.g. layers=[8] (got {layers!r})")
-    field, tap = NEURONS[neuron]
-    probe = (0,) if isinstance(layers, str) else tuple(int(x) for x in layers)
-    spec = PassSpec(model=model, view="cond", template=template, fields=("logprob", "entropy", field), layers=probe, max_length=max_length,
-                    truncation=truncation, pool=pool, pool_span=SCOPES[text_scope], pool_threshold=pool_threshold, mlp_tap=tap)
-    passes = {"cond": spec}
+    field = NEURONS[neuron][0]
+    pool_args = dict(layers=layers, text_scope=text_scope, neuron=neuron, pool=pool, pool_threshold=pool_threshold,
+                     template=template, max_length=max_length, truncation=truncation)
+    passes = {"cond": pool_pass(model, None, **pool_args)}
 
     def prepare(ctx: RunContext) -> dict[str, dict[str, Any]]:
-        n_layers = ctx.load_model(model).info.n_layers
-        passes["cond"] = dataclasses.replace(passes["cond"], layers=resolve_layers(layers, n_layers))
+        passes["cond"] = pool_pass(model, ctx.load_model(model).info.n_layers, **pool_args)
         return {}
 
     def compute(stats: dict[str, TokenStats], samples: list[Sample]) -> SignalTable:

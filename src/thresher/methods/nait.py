@@ -74,6 +74,27 @@ def run_target_pass(ctx: RunContext, spec: PassSpec, samples: list[Sample], cont
     return run_pass(samples, scorer, store, shard_rows=s.shard_rows, overwrite=s.overwrite, progress=ctx.progress).stats
 
 
+def pool_pass(
+    model: str,
+    n_layers: int | None,
+    *,
+    layers: str | list[int] = "all",
+    pool_span: str = "all",
+    template: str = "alpaca",
+    max_length: int = 512,
+    truncation: str = "prompt_first",
+) -> PassSpec:
+    """The pool's `cond` pass with NAIT's pooled activations (defaults as in `nait`): drift = the
+    token-mean state minus the first token's (NAIT Eq. 3-4, METHODS §5.3 reading (a)). With
+    `n_layers=None` (the depth is not known before the model loads) layers="all" stands in as (0,)."""
+    if n_layers is not None:
+        chosen = resolve_layers(layers, n_layers)
+    else:
+        chosen = (0,) if layers == "all" else tuple(int(x) for x in layers)
+    return PassSpec(model=model, view="cond", template=template, fields=("logprob", "entropy", "hidden"), layers=chosen,
+                    max_length=max_length, truncation=truncation, pool="drift", pool_span=pool_span)
+
+
 def nait(
     model: str,
     *,
@@ -97,17 +118,12 @@ def nait(
     for path in paths:  # a missing target fails here, in `validate`, before any model loads
         data_mod.check_source(path)
     names = target_names(paths)
-    # drift = token-mean state minus the first token's (NAIT Eq. 3-4, METHODS §5.3 reading (a));
-    # layers=(0,) stands in until prepare knows the model's depth
-    probe_layers = (0,) if layers == "all" else tuple(int(x) for x in layers)
-    spec = PassSpec(model=model, view="cond", template=template, fields=("logprob", "entropy", "hidden"), layers=probe_layers,
-                    max_length=max_length, truncation=truncation, pool="drift", pool_span=pool_span)
-    passes = {"cond": spec}
+    pool_args = dict(layers=layers, pool_span=pool_span, template=template, max_length=max_length, truncation=truncation)
+    passes = {"cond": pool_pass(model, None, **pool_args)}
     targets: dict[str, TokenStats] = {}
 
     def prepare(ctx: RunContext) -> dict[str, dict[str, Any]]:
-        lm = ctx.load_model(model)
-        resolved = dataclasses.replace(passes["cond"], layers=resolve_layers(layers, lm.info.n_layers))
+        resolved = pool_pass(model, ctx.load_model(model).info.n_layers, **pool_args)
         passes["cond"] = resolved
         for path, name in zip(paths, names, strict=True):
             read = read_target(path, target_limit)
