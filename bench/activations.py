@@ -13,13 +13,16 @@ three variants of the `cond` pass (alpaca template, max_length 512, log-prob + e
 Each variant is warmed up, then timed `--repeats` times in rotating order; the figure is the
 median, and the cost of activation capture is the ratio to `plain` within this run (the
 machine may be shared and noisy). Memory: the bytes each row adds to the pass shards (float32,
-measured from the parquet files written) and to the loaded pass (float32 arrays). The peak memory
+measured from the parquet files written) and what a row holds in memory afterwards: the float32
+activations of a loaded pass (`mads`), or one projection per layer for `nait`, which streams its
+pool pass shard by shard as `thresher run --method nait` does. The peak memory
 of each variant is measured in a child process of its own that runs the whole pass through the
 local engine (shards written, then loaded, as `thresher run` does): peak RSS minus the RSS after
 the model loaded and scored one row (the memory-mapped weights are paged in by the first forward),
 with the peak reset there, so neither the load's own spike nor the weights count. A pass
 streams shard by shard, so at 52,002 rows (Alpaca-GPT4) its peak is the measured working set
-(the peak without the loaded pass) plus the loaded pass at 52K rows.
+plus what the rows hold at 52K rows, loaded activations counted at the peak-over-bytes ratio
+that loading a synthetic 4,000-row pass measures.
 
 Examples:
     python bench/activations.py
@@ -39,17 +42,20 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from thresher import data as data_mod  # noqa: E402
-from thresher.cache import PassStore, key_material  # noqa: E402
+from thresher.cache import PassStore, activation_columns, key_material  # noqa: E402
 from thresher.engine.scorer import Scorer  # noqa: E402
 from thresher.methods.mads import resolve_layers  # noqa: E402
+from thresher.methods.nait import pool_projections  # noqa: E402
 from thresher.models import load_model  # noqa: E402
 from thresher.passes import PassSpec  # noqa: E402
+from thresher.signals.nait import fit_directions  # noqa: E402
 from thresher.templates import get_template  # noqa: E402
 
 FULL = 52_002
@@ -97,9 +103,39 @@ def child_peak(a: argparse.Namespace, variant: str) -> float:
     reset_peak()
     with tempfile.TemporaryDirectory() as tmp:
         store = PassStore(tmp, spec, key_material(spec, dataclasses.asdict(lm.info), get_template("alpaca", lm.tokenizer).text, read.content_hash))
-        res = run_pass(read.samples, scorer, store, progress=False)
-        assert len(res.stats) == len(read.samples)
+        ids = [s.id for s in read.samples]
+        if variant == "nait":  # as `thresher run --method nait`: the pool pass streams into projections
+            run_pass(read.samples, scorer, store, progress=False, load_stats=False)
+            keys = activation_columns(spec)
+            first = next(store.scan(keys))  # stand-in target set (the cost does not depend on which rows)
+            cond, proj = pool_projections(store, ids, keys, {"t": fit_directions({k: first.activations[k] for k in keys})}, "pc1")
+            assert len(cond.ids) == len(ids) and all(len(v) == len(ids) for v in proj["t"].values())
+        else:
+            res = run_pass(read.samples, scorer, store, progress=False)
+            assert len(res.stats) == len(read.samples)
     return peak_mb() - loaded
+
+
+def load_factor(spec: PassSpec, width: int, rows: int = 4000, shard_rows: int = 64) -> float:
+    """Peak RSS of loading a pass with pooled activations (`PassStore.load`, then aligned to the
+    dataset's order, as `thresher run` does) over the bytes of the activations loaded: synthetic
+    shards of `rows` rows, committed in a shuffled order."""
+    rng = np.random.default_rng(0)
+    ids = [f"r{i:05d}" for i in rng.permutation(rows)]
+    with tempfile.TemporaryDirectory() as tmp:
+        store = PassStore(tmp, spec, {"pass": dataclasses.asdict(spec)})
+        store.open()
+        for a in range(0, rows, shard_rows):
+            part = ids[a : a + shard_rows]
+            n = len(part)
+            store.write_shard({"id": part, "status": ["ok"] * n, "n_prompt_tokens": [1] * n, "n_response_tokens": [1] * n, "n_scored": [1] * n,
+                               "truncated": [""] * n, "logprob": [np.zeros(1)] * n, "entropy": [np.zeros(1)] * n,
+                               "activations": {c: rng.standard_normal((n, width), dtype=np.float32) for c in activation_columns(spec)}})
+        base = rss_mb()
+        reset_peak()
+        stats = store.load(order=sorted(ids))
+        acts_mb = sum(v.nbytes for v in stats.activations.values()) / 2**20
+        return (peak_mb() - base) / acts_mb
 
 
 def main() -> None:
@@ -109,8 +145,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="timed repeats per variant, in rotating order (default: 3)")
     ap.add_argument("--batch-tokens", type=int, default=2048, help="rows x padded length per forward (default: 2048)")
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "alpaca_en_demo.json"), help="default: alpaca_en_demo.json beside the project")
-    ap.add_argument("--child", choices=["plain", "nait", "mads"], help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=["plain", "nait", "mads", "load"], help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.child == "load":
+        spec = variants(30)["mads"]
+        print(json.dumps({"factor": load_factor(spec, 1536)}))
+        return
     if a.child:
         print(json.dumps({"peak_mb": child_peak(a, a.child)}))
         return
@@ -133,11 +173,14 @@ def main() -> None:
             cols[k] = scorers[k].score_rendered(ids, rendered[k])
             times[k].append(time.perf_counter() - t0)
     argv = [sys.executable, __file__, "--rows", str(a.rows), "--threads", str(a.threads), "--batch-tokens", str(a.batch_tokens), "--data", a.data]
-    peak = {k: json.loads(subprocess.run([*argv, "--child", k], capture_output=True, text=True, check=True).stdout.splitlines()[-1])["peak_mb"] for k in specs}
+    child = lambda k: json.loads(subprocess.run([*argv, "--child", k], capture_output=True, text=True, check=True).stdout.splitlines()[-1])  # noqa: E731
+    peak = {k: child(k)["peak_mb"] for k in specs}
+    factor = child("load")["factor"]  # peak of loading activations over their bytes, measured at 4,000 rows
     text = get_template("alpaca", lm.tokenizer).text
     info = dataclasses.asdict(lm.info)
     print(f"smollm2-135m, {len(samples)} rows, {a.threads} threads, batch_tokens {a.batch_tokens}, median of {a.repeats}")
-    print(f"{'variant':<7} {'s':>7} {'rows/s':>7} {'x plain':>8} {'act cols':>8} {'shard B/row':>11} {'loaded B/row':>12} {'52K shards':>10} {'52K loaded':>10} {'peak MB':>8} {'52K peak MB':>11}")
+    print(f"loading pooled activations peaks at {factor:.2f}x their bytes (synthetic pass, 4,000 rows)")
+    print(f"{'variant':<7} {'s':>7} {'rows/s':>7} {'x plain':>8} {'act cols':>8} {'shard B/row':>11} {'held B/row':>10} {'52K shards':>10} {'52K held':>10} {'peak MB':>8} {'52K peak MB':>11}")
     with tempfile.TemporaryDirectory() as tmp:
         shard_bytes = {}
         for k, spec in specs.items():
@@ -151,14 +194,17 @@ def main() -> None:
         t = statistics.median(times[k])
         acts = cols[k]["activations"]
         loaded = sum(v.shape[1] * 4 for v in acts.values())
+        # nait streams its pool pass: a row holds one float64 projection per layer, not its activations
+        held = 8 * len(acts) if k == "nait" else loaded
         extra = shard_bytes[k] - shard_bytes["plain"]
         # the loaded pass also holds each row's log-probs and entropies (float64 ragged arrays)
-        per_row = loaded + 16 * sum(len(x) for x in cols[k]["logprob"]) / len(samples)
+        per_row = (held if k == "nait" else factor * loaded) + 16 * sum(len(x) for x in cols[k]["logprob"]) / len(samples)
         at_full = peak[k] + per_row * (FULL - len(samples)) / 2**20
-        print(f"{k:<7} {t:7.2f} {len(samples) / t:7.1f} {t / base:8.2f} {len(acts):8d} {shard_bytes[k]:11.0f} {loaded:12d} "
-              f"{shard_bytes[k] * FULL / 1e9:8.2f}GB {loaded * FULL / 1e9:8.2f}GB {peak[k]:8.0f} {at_full:11.0f}")
+        print(f"{k:<7} {t:7.2f} {len(samples) / t:7.1f} {t / base:8.2f} {len(acts):8d} {shard_bytes[k]:11.0f} {held:10d} "
+              f"{shard_bytes[k] * FULL / 1e9:8.2f}GB {held * FULL / 1e9:8.2f}GB {peak[k]:8.0f} {at_full:11.0f}")
         result[k] = {"seconds": t, "ratio_to_plain": t / base, "shard_bytes_per_row": shard_bytes[k], "activation_shard_bytes_per_row": extra,
-                     "loaded_activation_bytes_per_row": loaded, "peak_mb_over_loaded_model": peak[k], "peak_mb_at_52k": at_full}
+                     "activation_bytes_per_row": loaded, "held_bytes_per_row": held, "load_peak_factor": factor,
+                     "peak_mb_over_loaded_model": peak[k], "peak_mb_at_52k": at_full}
     print(json.dumps(result))
 
 

@@ -85,7 +85,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca_en_demo.json"), help="an instruction dataset (default: alpaca_en_demo.json beside the project)")
     ap.add_argument("--rows", type=int, default=200, help="rows read from --data (default: 200)")
-    ap.add_argument("--copies", type=int, default=4, help="T-SHIRT copies measured; M = 30 is extrapolated (default: 4)")
+    ap.add_argument("--copies", type=int, default=4, help="T-SHIRT copies measured; any other M than 30 is extrapolated to 30 (default: 4)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
     ap.add_argument("--model", default="smollm2-135m", help="scoring model (default: smollm2-135m)")
     a = ap.parse_args()
@@ -119,7 +119,7 @@ def main() -> None:
     scale = 30 / a.copies
     seconds["tshirt, M=30"] = seconds["superfiltering"] + scale * seconds["tshirt"]
     flops["tshirt, M=30"] = flops["superfiltering"] + scale * flops["tshirt"]
-    rows.append(("tshirt, M=30", [f"superfiltering's 2 + noisy passes x {scale:g} (extrapolated)"]))
+    rows.append(("tshirt, M=30", [f"superfiltering's 2 + noisy passes x {scale:g}" + (" (extrapolated)" if a.copies != 30 else " (measured)")]))
     print(f"\n{'method':<15} {'passes added':<52} {'seconds':>8} {'x ifd':>6} {'GFLOP':>8} {'x ifd':>6}")
     for method, new in rows:
         print(f"{method:<15} {', '.join(new) or '-':<52} {seconds[method]:8.1f} {seconds[method] / seconds['ifd']:6.2f} {flops[method] / 1e9:8.1f} {flops[method] / flops['ifd']:6.2f}")

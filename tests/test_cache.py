@@ -33,6 +33,38 @@ def columns(ids, n=2):
     }
 
 
+def test_load_in_a_given_order_with_only_the_activations_asked_for(tmp_path):
+    spec = PassSpec(model="m", fields=("logprob", "hidden"), layers=(0, 1), pool="mean")
+    store = PassStore(tmp_path, spec, material(spec))
+    store.open()
+    rows = {i: np.arange(3, dtype=np.float32) + 10 * k for k, i in enumerate("abcde")}  # row of id i, layer 0; layer 1 = minus it
+    for part in (["d", "a"], ["e"], ["c", "b"]):
+        cols = columns(part)
+        cols["activations"] = {"hidden.0": np.stack([rows[i] for i in part]), "hidden.1": -np.stack([rows[i] for i in part])}
+        store.write_shard(cols)
+    got = store.load(order=["b", "e", "a", "c", "d"])
+    assert got.ids == ["b", "e", "a", "c", "d"] and set(got.activations) == {"hidden.0", "hidden.1"}
+    np.testing.assert_array_equal(got.activations["hidden.0"], np.stack([rows[i] for i in got.ids]))
+    np.testing.assert_array_equal(got.activations["hidden.1"], -np.stack([rows[i] for i in got.ids]))
+    only = store.load(("hidden.1",), order=["c", "a"])  # a subset of the stored ids, one layer
+    assert only.ids == ["c", "a"] and list(only.activations) == ["hidden.1"]
+    np.testing.assert_array_equal(only.activations["hidden.1"], -np.stack([rows["c"], rows["a"]]))
+    assert store.load(()).activations == {}
+    stored = store.load()  # no order: the rows as stored, activations aligned with them
+    assert sorted(stored.ids) == list("abcde")
+    np.testing.assert_array_equal(stored.activations["hidden.0"], np.stack([rows[i] for i in stored.ids]))
+    with pytest.raises(KeyError, match=r"hidden\.7"):
+        store.load(("hidden.7",))
+    with pytest.raises(KeyError, match="no row"):
+        store.load(order=["a", "z"])
+    # the streamed view: shard by shard, the same rows, only the columns asked for
+    shards = list(store.scan(("hidden.0",)))
+    assert sorted(len(x.ids) for x in shards) == [1, 2, 2] and sorted(i for x in shards for i in x.ids) == list("abcde")
+    for x in shards:
+        assert list(x.activations) == ["hidden.0"]
+        np.testing.assert_array_equal(x.activations["hidden.0"], np.stack([rows[i] for i in x.ids]))
+
+
 def test_key_changes_with_each_input_and_not_with_batch_size():
     base = cache_key(material())
     assert cache_key(material()) == base

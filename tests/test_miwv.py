@@ -38,7 +38,10 @@ def test_defaults_share_ifd_passes():
     plan = build("miwv", "m")
     ifd = build("ifd", "m")
     assert plan.passes["cond"] == ifd.passes["cond"] and plan.params["variant"] == "miwv"
-    assert build("miwv", "m", {"variant": "icl_ifd"}).passes["uncond"] == ifd.passes["uncond"]
+    assert build("miwv", "m", {"variant": "icl_ifd", "icl_denominator": "plain"}).passes["uncond"] == ifd.passes["uncond"]
+    assert build("miwv", "m", {"variant": "icl_ifd"}).passes["oneshot_uncond"].view == "oneshot_uncond"  # L(y|C), METHODS §3.6
+    with pytest.raises(ValueError, match="icl_denominator"):
+        build("miwv", "m", {"variant": "icl_ifd", "icl_denominator": "none"})
     with pytest.raises(ValueError, match="variant"):
         build("miwv", "m", {"variant": "low"})
 
@@ -133,9 +136,15 @@ def test_a_sample_without_a_neighbour_is_rejected_not_a_crash(dirs, tmp_path):
     assert sel.ids == () and sel.eligible == 0
 
 
-def test_icl_ifd_variant_runs(dirs, tmp_path):
+def test_icl_ifd_variant_runs_with_either_denominator(dirs, tmp_path):
     result, sel, _ = run(_config(dirs, ROWS, tmp_path / "v", variant="icl_ifd"))
     assert result.table.score == "icl_ifd" and np.isfinite(result.table.columns["icl_ifd"]).all() and len(sel.ids) == 3
+    assert "oneshot_uncond" in result.passes and "uncond" not in result.passes
+    plain, _, _ = run(_config(dirs, ROWS, tmp_path / "p", variant="icl_ifd", icl_denominator="plain"))
+    assert "uncond" in plain.passes and "oneshot_uncond" not in plain.passes
+    # the same numerator over two denominators: L(y|C) and L(y) differ, so do the ratios
+    assert np.array_equal(plain.table.columns["prompt_loss"], result.table.columns["prompt_loss"])
+    assert not np.allclose(plain.table.columns["icl_ifd"], result.table.columns["icl_ifd"])
 
 
 @pytest.mark.integration

@@ -157,6 +157,27 @@ def test_capture_lets_ifd_pay_for_nait_and_ppl_for_mads(tiny_model_dir, tmp_path
         validate(cfg)
 
 
+def test_every_pass_of_a_nait_run_goes_to_the_configured_engine(tiny_model_dir, tmp_path, monkeypatch):
+    import thresher.engine.ray as ray_engine
+    from test_pipeline import config
+    from thresher.engine.local import run_pass
+    from thresher.pipeline import run
+
+    seen = []
+
+    def on_ray(samples, scorer, store, load, options, **kw):  # records the call, scores locally
+        seen.append((store.dir.name, load.name, options.concurrency))
+        return run_pass(samples, scorer, store, **kw)
+
+    monkeypatch.setattr(ray_engine, "run_pass_ray", on_ray)
+    cfg = config(tiny_model_dir, write_jsonl(tmp_path / "pool.jsonl", ROWS), tmp_path / "run", method="nait", count=3)
+    cfg.method.params["target"] = [str(write_jsonl(tmp_path / "qa.jsonl", TARGET))]
+    cfg.score.engine, cfg.score.ray_concurrency = "ray", 3
+    run(cfg)
+    assert sorted(name for name, _, _ in seen)[1:] == ["target.qa"] and len(seen) == 2  # the pool's cond pass and the target's
+    assert {(m, c) for _, m, c in seen} == {(str(tiny_model_dir), 3)}
+
+
 def test_nait_needs_a_target():
     from thresher.methods import build
 

@@ -166,6 +166,21 @@ def test_oneshot_truncates_only_the_demonstration(family):
     assert cut.spans["demo"][1] == cut.spans["prompt"][0]
 
 
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_oneshot_uncond_is_the_oneshot_view_without_the_instruction(family):
+    tok = tok_of(family)
+    demo = alpaca("Name a colour.", "Blue " * 100, sid="d")
+    for m in (4096, 60):
+        one = Renderer(tok, spec(view="oneshot", max_length=m)).render(SAMPLE, demo)
+        bare = Renderer(tok, spec(view="oneshot_uncond", max_length=m)).render(SAMPLE, demo)
+        d0, d1 = one.spans["demo"]
+        # the same lead, the same (equally cut) demonstration, then straight to the same response tokens
+        assert bare.ids == one.ids[:d1] + one.ids[one.scored[0] :]
+        assert bare.ids[bare.scored[0] : bare.scored[1]] == one.ids[one.scored[0] : one.scored[1]]
+        assert bare.spans["demo"] == (d0, d1) and bare.scored == (d1, len(bare.ids)) and bare.truncated == one.truncated
+    assert Renderer(tok, spec(view="oneshot_uncond")).render(SAMPLE, None).status == "no_demonstration"
+
+
 def test_empty_response_is_rejected_not_scored():
     r = Renderer(tok_of("chatml"), spec()).render(alpaca("Say nothing.", ""))
     assert r.status == "empty_response" and r.ids == ()

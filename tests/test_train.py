@@ -122,6 +122,11 @@ def test_train_writes_a_scorable_model_and_resumes(lora, tiny_dir, samples, tmp_
     half = train(samples, str(tiny_dir), out2, dataclasses.replace(cfg, max_steps=2), progress=False, keep_checkpoints=True)
     assert half.steps == 2 and (out2 / "checkpoints" / "checkpoint-2").is_dir()
     (out2 / "thresher-train.json").unlink()  # as if the process died right after the checkpoint
+    for other in (dataclasses.replace(cfg, learning_rate=1e-3), dataclasses.replace(cfg, lora=not lora)):  # not the run that wrote them
+        with pytest.raises(RuntimeError, match="checkpoints of a training run with other settings"):
+            train(samples, str(tiny_dir), out2, other, progress=False)
+    with pytest.raises(RuntimeError, match="other settings or data"):
+        train(samples[:3], str(tiny_dir), out2, cfg, progress=False)
     resumed = train(samples, str(tiny_dir), out2, cfg, progress=False)
     assert resumed.steps == 4
     again = load_model(str(out2)).model

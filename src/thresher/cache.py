@@ -77,6 +77,7 @@ def pass_label(spec: PassSpec) -> str:
 
 
 ACTIVATION_FIELDS = ("hidden", "mlp")
+ACTIVATION_PREFIXES = tuple(f"{f}." for f in ACTIVATION_FIELDS)  # stored columns: hidden.3, mlp.8
 _POOLING = ("pool", "pool_span", "pool_threshold", "mlp_tap")
 
 
@@ -216,17 +217,44 @@ class PassStore:
         write_atomic(final.with_suffix(".done"), json.dumps(marker).encode())
         return final
 
-    def scan(self) -> Iterator[TokenStats]:
-        """The committed rows one shard at a time, so memory grows with a shard, not the pass."""
+    def scan(self, activations: tuple[str, ...] | None = None) -> Iterator[TokenStats]:
+        """The committed rows one shard at a time, so memory grows with a shard, not the pass;
+        with only the pooled `activations` columns named (None: all of them)."""
         for t in self._shards():
-            yield _from_table(t)
+            yield _from_table(_keep(t, activations))
 
-    def load(self) -> TokenStats:
-        """All committed rows; a shard whose bytes do not match its marker is an error."""
-        tables = list(self._shards())
-        if not tables:
-            return _from_table(None)
-        return _from_table(pa.concat_tables(tables, promote_options="default"))
+    def load(self, activations: tuple[str, ...] | None = None, order: list[str] | None = None) -> TokenStats:
+        """All committed rows, with only the pooled `activations` columns named (None: all of
+        them; `()` for a method that reads log-probs from a pass that also holds activations), in
+        the order of the ids in `order` (each must be stored) or else in stored order. A shard
+        whose bytes do not match its marker is an error.
+
+        The activations are copied shard by shard into arrays of the final order, so the peak is
+        about the loaded arrays plus one shard (bench/activations.py measures the ratio)."""
+        n = len(order) if order is not None else len(self._latest())
+        pos = {i: k for k, i in enumerate(order)} if order is not None else None
+        tables, acts, seen = [], {}, 0
+        for t in self._shards():
+            t = _keep(t, activations)
+            names = [c for c in t.column_names if c.startswith(ACTIVATION_PREFIXES)]
+            if pos is None:
+                where, rows = np.arange(seen, seen + t.num_rows), slice(None)
+            else:  # stored rows that `order` leaves out are not loaded
+                ids = t.column("id").to_pylist()
+                rows = np.array([k for k, i in enumerate(ids) if i in pos], dtype=np.int64)
+                where = np.array([pos[ids[k]] for k in rows], dtype=np.int64)
+            seen += t.num_rows
+            for c in names:
+                x = _fixed_rows(t.column(c))
+                if c not in acts:  # every row is written below: align() refuses an id of `order` not stored
+                    acts[c] = np.empty((n, x.shape[1]), dtype=np.float32)
+                acts[c][where] = x[rows]
+            tables.append(t.drop_columns(names))
+        stats = _from_table(pa.concat_tables(tables, promote_options="default") if tables else None)
+        if order is not None:
+            stats = stats.align(order)
+        stats.activations.update(acts)
+        return stats
 
 
 def _list_column(rows: list[np.ndarray]) -> pa.Array:
@@ -265,15 +293,31 @@ def _ragged(col: pa.ChunkedArray) -> Ragged:
     return Ragged(values[offsets[0] : offsets[-1]], offsets - offsets[0])
 
 
+def activation_columns(spec: PassSpec) -> tuple[str, ...]:
+    """The stored column of each pooled activation `spec` asks for, e.g. `hidden.3`."""
+    return tuple(f"{f}.{layer}" for f in spec.fields if f in ACTIVATION_FIELDS for layer in spec.layers)
+
+
+def _fixed_rows(col: pa.ChunkedArray) -> np.ndarray:
+    """A fixed-size-list column as a float32 [rows, width] array."""
+    col = col.combine_chunks()
+    return np.asarray(col.flatten(), dtype=np.float32).reshape(len(col), -1)
+
+
+def _keep(t: pa.Table, activations: tuple[str, ...] | None) -> pa.Table:
+    if activations is None:
+        return t
+    missing = [c for c in activations if c not in t.column_names]
+    if missing:
+        raise KeyError(f"the pass has no activation columns {missing} (it holds {[c for c in t.column_names if c.startswith(ACTIVATION_PREFIXES)]})")
+    return t.select([c for c in t.column_names if not c.startswith(ACTIVATION_PREFIXES) or c in activations])
+
+
 def _from_table(t: pa.Table | None) -> TokenStats:
     if t is None:
         z = np.zeros(0, dtype=np.int64)
         return TokenStats([], [], z, z, z, [], Ragged(np.zeros(0), np.zeros(1)))
-    acts = {}
-    for name in t.column_names:
-        if name.startswith(("hidden.", "mlp.")):
-            col = t.column(name).combine_chunks()
-            acts[name] = np.asarray(col.flatten(), dtype=np.float32).reshape(len(col), -1)
+    acts = {name: _fixed_rows(t.column(name)) for name in t.column_names if name.startswith(ACTIVATION_PREFIXES)}
     return TokenStats(
         ids=t.column("id").to_pylist(),
         status=t.column("status").to_pylist(),

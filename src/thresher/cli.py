@@ -111,6 +111,7 @@ def _add_eval_flags(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--batch-tokens", type=int, default=2048, help="rows x padded length per forward batch")
     sp.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     sp.add_argument("--out", help="results JSON (default: RUN/eval.json for a run folder)")
+    sp.add_argument("--lm-eval-include", metavar="DIR", help="lm_eval tasks: a folder of your own task YAMLs (lm-eval's --include_path)")
     sp.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -308,7 +309,8 @@ def _dispatch(a: argparse.Namespace) -> int:
         from thresher.evaluate import evaluate, format_results
 
         results = evaluate(a.target, a.tasks, template=a.template, limit=a.limit, columns=_pairs(a.column, "--column") or None, mc_style=a.mc_style,
-                           max_length=a.max_length, max_new_tokens=a.max_new_tokens, batch_tokens=a.batch_tokens, threads=a.threads, progress=not a.no_progress, out=a.out)
+                           max_length=a.max_length, max_new_tokens=a.max_new_tokens, batch_tokens=a.batch_tokens, threads=a.threads, progress=not a.no_progress, out=a.out,
+                           lm_eval_include=a.lm_eval_include)
         print(format_results(results))
         return 0
     if a.command == "report":

@@ -321,8 +321,9 @@ def gsm8k_exact(lm: Any, samples: list[Sample], *, template: str = "alpaca", max
 # ------------------------------------------------------------------ lm-evaluation-harness
 
 
-def lm_eval_tasks(model_path: str, tasks: list[str], *, limit: int | None, device: str = "cpu") -> list[TaskResult]:
-    """Run lm-evaluation-harness's `simple_evaluate` on a transformers model folder or hub id."""
+def lm_eval_tasks(model_path: str, tasks: list[str], *, limit: int | None, device: str = "cpu", include: str | None = None) -> list[TaskResult]:
+    """Run lm-evaluation-harness's `simple_evaluate` on a transformers model folder or hub id;
+    `include` is a folder of task YAMLs of the user's own (lm-eval's `--include_path`)."""
     try:
         import lm_eval
     except ImportError:
@@ -330,7 +331,14 @@ def lm_eval_tasks(model_path: str, tasks: list[str], *, limit: int | None, devic
             "the lm_eval task needs lm-evaluation-harness, which is optional and not installed: "
             "pip install -r requirements/eval.txt (or pip install lm_eval==0.4.13)"
         ) from None
-    out = lm_eval.simple_evaluate(model="hf", model_args={"pretrained": model_path, "dtype": "float32", "device": device}, tasks=tasks, limit=limit)
+    extra = {}
+    if include is not None:
+        if not Path(include).is_dir():
+            raise ValueError(f"--lm-eval-include {include!r} is not a folder: give the folder that holds your task YAMLs")
+        from lm_eval.tasks import TaskManager
+
+        extra["task_manager"] = TaskManager(include_path=str(include))
+    out = lm_eval.simple_evaluate(model="hf", model_args={"pretrained": model_path, "dtype": "float32", "device": device}, tasks=tasks, limit=limit, **extra)
     results = []
     for name, metrics in out["results"].items():
         counts = out.get("n-samples", {}).get(name, {})
@@ -419,7 +427,7 @@ def format_results(results: list[TaskResult]) -> str:
 
 def evaluate(target: str, tasks: list[str], *, template: str = "alpaca", limit: int | None = None, columns: dict[str, str] | None = None,
              mc_style: str = "cloze", max_length: int = EVAL_MAX_LENGTH, max_new_tokens: int = GSM8K_MAX_NEW_TOKENS, batch_tokens: int = 2048,
-             threads: int | None = None, progress: bool = True, out: str | Path | None = None) -> list[TaskResult]:
+             threads: int | None = None, progress: bool = True, out: str | Path | None = None, lm_eval_include: str | None = None) -> list[TaskResult]:
     """`thresher eval`: load the target's model once, run every task, write the results as JSON
     (to `out`, or `eval.json` in a run folder). Rows of a run's own pool are skipped."""
     from thresher.models import load_model, set_threads
@@ -434,7 +442,7 @@ def evaluate(target: str, tasks: list[str], *, template: str = "alpaca", limit: 
     for spec in specs:
         if spec.kind == "lm_eval":
             path = lm.info.path if lm is not None else model_name
-            results += lm_eval_tasks(path, spec.target.split(","), limit=limit)
+            results += lm_eval_tasks(path, spec.target.split(","), limit=limit, include=lm_eval_include)
         else:
             results.append(run_task(lm, spec, template=template, limit=limit, columns=columns, exclude=exclude, mc_style=mc_style,
                                     max_length=max_length, max_new_tokens=max_new_tokens, batch_tokens=batch_tokens, progress=progress))

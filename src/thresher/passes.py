@@ -24,7 +24,8 @@ import numpy as np
 # 2: pooled activations stored as float32 (float16 overflowed on Gemma-3's hidden states)
 PASS_VERSION = 2
 
-VIEWS = ("cond", "uncond", "oneshot", "instruction")
+VIEWS = ("cond", "uncond", "oneshot", "oneshot_uncond", "instruction")
+DEMO_VIEWS = ("oneshot", "oneshot_uncond")  # views rendered with a demonstration (MIWV)
 FIELDS = ("logprob", "entropy", "hidden", "mlp")
 # drift: span mean minus the sequence's first-token state (NAIT, METHODS §5.3);
 # frac_above: fraction of span tokens whose activation exceeds `pool_threshold` (MADS §6.2)

@@ -25,11 +25,11 @@ import pyarrow.parquet as pq
 from thresher import data as data_mod
 from thresher import export
 from thresher.backends.hf import CAPABILITIES
-from thresher.cache import PassStore, find_pass, key_material, pass_label
+from thresher.cache import PassStore, activation_columns, find_pass, key_material, pass_label
 from thresher.compose import capture_pass, capturing_roles, plan_for, with_capture
 from thresher.config import RunConfig
 from thresher.data import ReadResult, Rejected, Sample
-from thresher.engine.local import run_pass
+from thresher.engine import run_on_engine
 from thresher.engine.scorer import Scorer
 from thresher.formats import make_schema
 from thresher.methods import Plan, RunContext, SignalTable
@@ -130,10 +130,12 @@ def score(cfg: RunConfig, *, loaded: Any = None) -> ScoreResult:
     if plan.passes:
         set_threads(cfg.model.threads)
     extra = plan.prepare(RunContext(run_dir, samples, get_model, cfg, cfg.score.progress, read.content_hash)) if plan.prepare else {}
+    captured: list[str] = []  # passes that store activations for a later method, and load none now
     if cfg.score.capture is not None:
-        wanted = capture_pass(cfg.score.capture, cfg.model.name, get_model(cfg.model.name).info.n_layers)
-        for role in capturing_roles(plan.passes, wanted):
-            plan.passes[role] = with_capture(plan.passes[role], wanted)
+        extra_spec = capture_pass(cfg.score.capture, cfg.model.name, get_model(cfg.model.name).info.n_layers)
+        captured = capturing_roles(plan.passes, extra_spec)
+        for role in captured:
+            plan.passes[role] = with_capture(plan.passes[role], extra_spec)
     for role, spec in plan.passes.items():
         if "model" in extra.get(role, {}):  # a model `prepare` made, e.g. a calibrated copy
             spec = dataclasses.replace(spec, model=extra[role]["model"])
@@ -149,21 +151,16 @@ def score(cfg: RunConfig, *, loaded: Any = None) -> ScoreResult:
             material["extra"] = extra[role]["key_extra"]
         # a stored pass with more fields or layers serves this one (e.g. ifd reads nait's cond pass);
         # it is resumed with its own spec so all its shards hold the same columns
+        # a stored superset is loaded with only the columns asked for (ifd reading nait's pass loads none)
+        wanted = () if role in captured else activation_columns(spec)
         found = None if cfg.score.overwrite else find_pass(run_dir, material)
         if found is not None:
             label, material = found
             spec = PassSpec.from_dict(material["pass"])
         store = PassStore(run_dir, spec, material, label)
         scorer = Scorer(spec, lm.model, lm.tokenizer, batch_tokens=cfg.score.batch_tokens)
-        pass_args = {"shard_rows": cfg.score.shard_rows, "overwrite": cfg.score.overwrite, "progress": cfg.score.progress, "demos": extra.get(role, {}).get("demos"), "load_stats": role not in plan.streamed}
-        if cfg.score.engine == "ray":
-            from thresher.engine.ray import ModelLoad, RayOptions, run_pass_ray
-
-            m, sc = cfg.model, cfg.score
-            load = ModelLoad(spec.model, m.dtype, m.device, m.revision if spec.model == m.name else None, m.trust_remote_code, m.threads)
-            res = run_pass_ray(samples, scorer, store, load, RayOptions(sc.ray_concurrency, sc.ray_num_gpus, sc.ray_num_cpus, sc.ray_batch_size), **pass_args)
-        else:
-            res = run_pass(samples, scorer, store, **pass_args)
+        pass_args = {"shard_rows": cfg.score.shard_rows, "overwrite": cfg.score.overwrite, "progress": cfg.score.progress, "demos": extra.get(role, {}).get("demos"), "load_stats": role not in plan.streamed, "activations": wanted}
+        res = run_on_engine(cfg, samples, scorer, store, **pass_args)
         stats[role] = res.stats if res.stats is not None else store
         passes[role] = {"label": store.dir.name, "model": spec.model, "key": store.key, "reused": res.reused, "scored": res.scored, "discarded_shards": res.discarded_shards}
     info = infos.get(cfg.model.name) or next(iter(infos.values()), None)

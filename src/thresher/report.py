@@ -76,25 +76,19 @@ def read_run(run_dir: str | Path) -> RunView:
 def activations(run: RunView) -> tuple[str, np.ndarray] | None:
     """The deepest pooled activation column stored in the run's committed pass shards, aligned to
     the run's rows (NaN rows where missing), or None when the run has none."""
-    found: dict[str, dict[str, np.ndarray]] = {}
-    for shard in sorted((run.dir / "passes").glob("*/shard-*.parquet")):
-        if not shard.with_suffix(".done").exists():
-            continue
-        schema = pq.read_schema(shard)
-        names = [n for n in schema.names if n.startswith(("hidden.", "mlp."))]
-        if not names:
-            continue
-        t = pq.read_table(shard, columns=["id", *names])
-        ids = t.column("id").to_pylist()
-        for n in names:
-            col = t.column(n).combine_chunks()
-            arr = np.asarray(col.flatten(), dtype=np.float64).reshape(len(col), -1)
-            found.setdefault(n, {}).update(zip(ids, arr, strict=True))
-    if not found:
+    shards = [p for p in sorted((run.dir / "passes").glob("*/shard-*.parquet")) if p.with_suffix(".done").exists()]
+    names = {n for p in shards for n in pq.read_schema(p).names if n.startswith(("hidden.", "mlp."))}
+    if not names:
         return None
-    name = max(found, key=lambda n: (n.startswith("hidden."), int(n.split(".")[1])))
-    width = len(next(iter(found[name].values())))
-    rows = np.array([found[name].get(i, np.full(width, np.nan)) for i in run.ids])
+    name = max(names, key=lambda n: (n.startswith("hidden."), int(n.split(".")[1])))
+    found: dict[str, np.ndarray] = {}  # only this column is read, as float32: one layer a row, not every layer
+    for p in shards:
+        if name in pq.read_schema(p).names:
+            t = pq.read_table(p, columns=["id", name])
+            col = t.column(name).combine_chunks()
+            found.update(zip(t.column("id").to_pylist(), np.asarray(col.flatten(), dtype=np.float32).reshape(len(col), -1), strict=True))
+    width = len(next(iter(found.values())))
+    rows = np.array([found.get(i, np.full(width, np.nan, dtype=np.float32)) for i in run.ids])
     return name, rows
 
 

@@ -256,6 +256,9 @@ class Renderer:
         return Rendered(tuple(p_ids), (start, len(p_ids)), {"prompt": span, "response": (len(p_ids), len(p_ids))}, len(p_ids), 0, truncated)
 
     def _oneshot(self, sample: Sample, demo: Sample | None, p_ids: list[int], r_ids: list[int], n_lead: int, truncated: str) -> Rendered:
+        """`oneshot`: BOS, demonstration, prompt, response. `oneshot_uncond`: the same without the
+        prompt (the denominator L(y | C) of MIWV's ICL-IFD); its demonstration is cut exactly as
+        in `oneshot`, so the two views differ only by the instruction."""
         if demo is None:  # e.g. a one-row pool, or every other sample excluded as a near-duplicate
             return _rejected("no_demonstration")
         try:
@@ -271,6 +274,12 @@ class Renderer:
             # score the same response tokens
             d_ids = d_ids[len(d_ids) - max(room, 0) :]
             truncated = "+".join(x for x in (truncated, "demo") if x)
+        if self.spec.view == "oneshot_uncond":
+            ids = p_ids[:n_lead] + d_ids + r_ids
+            resp = (n_lead + len(d_ids), len(ids))
+            if resp[0] == 0:  # no BOS and the demonstration cut away: the first token has no context
+                return _rejected("demo_truncated_away")
+            return Rendered(tuple(ids), resp, {"demo": (n_lead, resp[0]), "prompt": (resp[0], resp[0]), "response": resp}, 0, len(r_ids), truncated)
         ids = p_ids[:n_lead] + d_ids + target
         demo_span = (n_lead, n_lead + len(d_ids))
         p_span = (demo_span[1], demo_span[1] + len(p_ids) - n_lead)

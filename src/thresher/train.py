@@ -35,6 +35,7 @@ from thresher.templates import Renderer
 log = logging.getLogger(__name__)
 
 MARKER = "thresher-train.json"
+STARTED = "started.json"  # in the checkpoints folder: the model, data and settings that write it
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
 
 
@@ -167,7 +168,9 @@ def train(
     """Fine-tune `model` (a name for `thresher.models.load_model`, or a `LoadedModel`, which is
     copied and never modified) on `samples`; write the merged model and tokenizer to `out_dir`.
 
-    A rerun resumes from the last checkpoint in `out_dir/checkpoints`; once the model is saved,
+    A rerun resumes from the last checkpoint in `out_dir/checkpoints` when the model, data and
+    settings are those that wrote it (`max_steps` and `epochs` may grow), and refuses otherwise;
+    once the model is saved,
     the checkpoints (weights + optimizer states) are deleted unless `keep_checkpoints`."""
     from thresher.models import LoadedModel, load_model, set_threads
 
@@ -186,6 +189,17 @@ def train(
     if overwrite:  # start afresh: no finished marker, no checkpoint to resume from
         done.unlink(missing_ok=True)
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    ckpt = out / "checkpoints"
+    resume = ckpt.is_dir() and any(ckpt.glob("checkpoint-*"))
+    # checkpoints resume only the run that wrote them; the length may grow (resume to train longer)
+    started = {**record, "config": {k: v for k, v in recipe.items() if k not in ("max_steps", "epochs")}}
+    if resume and (not (ckpt / STARTED).is_file() or json.loads((ckpt / STARTED).read_text()) != started):
+        raise RuntimeError(
+            f"{ckpt} holds checkpoints of a training run with other settings or data (see {ckpt / STARTED}); "
+            "pass overwrite=True (--overwrite) to start afresh, or choose another output folder"
+        )
+    ckpt.mkdir(parents=True, exist_ok=True)
+    write_atomic(ckpt / STARTED, json.dumps(started, indent=1).encode())
     set_threads(cfg.threads)
     lm = model if isinstance(model, LoadedModel) else load_model(name, dtype=cfg.dtype)
     tokenizer = copy.deepcopy(lm.tokenizer)  # SFTTrainer sets a pad token on the one it gets
@@ -195,8 +209,6 @@ def train(
     t0 = time.perf_counter()
     net = _trainable(copy.deepcopy(lm.model) if isinstance(model, LoadedModel) else lm.model, cfg)
     trainer = _trainer(net, tokenizer, examples, out, cfg, progress)
-    ckpt = out / "checkpoints"
-    resume = ckpt.is_dir() and any(ckpt.glob("checkpoint-*"))
     t1 = time.perf_counter()
     trainer.train(resume_from_checkpoint=True if resume else None)
     train_seconds = time.perf_counter() - t1

@@ -38,9 +38,11 @@ def run_pass(
     demos: dict[str, Sample] | None = None,
     progress: bool = True,
     load_stats: bool = True,
+    activations: tuple[str, ...] | None = None,
 ) -> PassResult:
     """Score every sample not yet in a committed shard of `store`, then load the whole pass
-    (unless `load_stats=False`, for passes too large for memory that a method streams shard by shard)."""
+    (unless `load_stats=False`, for passes too large for memory that a method streams shard by
+    shard), with only the pooled `activations` columns named (None: all of them)."""
     discarded = store.open(overwrite=overwrite)
     done = store.finished_ids()
     todo = [s for s in samples if s.id not in done]
@@ -52,7 +54,7 @@ def run_pass(
             store.write_shard(cols)
             bar.update(len(part))
         bar.close()
-    return finish_pass(samples, store, done, len(todo), discarded, load_stats)
+    return finish_pass(samples, store, done, len(todo), discarded, load_stats, activations)
 
 
 def plan_shards(samples: list[Sample], rendered: list[Rendered], done: set[str], shard_rows: int) -> list[list[int]]:
@@ -67,7 +69,9 @@ def plan_shards(samples: list[Sample], rendered: list[Rendered], done: set[str],
     return [part for part in shards if part]
 
 
-def finish_pass(samples: list[Sample], store: PassStore, done: set[str], n_scored: int, discarded: int, load_stats: bool = True) -> PassResult:
+def finish_pass(
+    samples: list[Sample], store: PassStore, done: set[str], n_scored: int, discarded: int, load_stats: bool = True, activations: tuple[str, ...] | None = None
+) -> PassResult:
     """Load every committed row of the pass, aligned to `samples` (only check the ids if not `load_stats`)."""
     if not load_stats:
         ids = store.stored_ids()
@@ -75,12 +79,11 @@ def finish_pass(samples: list[Sample], store: PassStore, done: set[str], n_score
         if ids != wanted:
             raise RuntimeError(f"{store.dir} holds {len(ids - wanted)} ids not in this dataset and lacks {len(wanted - ids)}: rerun with --overwrite")
         return PassResult(None, len(done & wanted), n_scored, discarded)
-    stats = store.load()
     wanted = {s.id for s in samples}
-    extra = [i for i in stats.ids if i not in wanted]
+    extra = sorted(store.stored_ids() - wanted)
     if extra:
         raise RuntimeError(
             f"{store.dir} holds {len(extra)} ids that are not in this dataset (e.g. {extra[:3]}); "
             "the input changed: rerun with --overwrite"
         )
-    return PassResult(stats.align([s.id for s in samples]), len(done & wanted), n_scored, discarded)
+    return PassResult(store.load(activations, order=[s.id for s in samples]), len(done & wanted), n_scored, discarded)

@@ -160,6 +160,7 @@ def run_pass_ray(
     demos: dict[str, Sample] | None = None,
     progress: bool = True,
     load_stats: bool = True,
+    activations: tuple[str, ...] | None = None,
 ) -> PassResult:
     """`engine.local.run_pass` on Ray Data actors: same shards, same store, same result."""
     discarded = store.open(overwrite=overwrite)
@@ -184,7 +185,7 @@ def run_pass_ray(
             store.write_table(table)
             bar.update(len(planned[k]))
         bar.close()
-    return finish_pass(samples, store, done, len(todo), discarded, load_stats)
+    return finish_pass(samples, store, done, len(todo), discarded, load_stats, activations)
 
 
 def _scored_shards(items: list[dict[str, Any]], planned: dict[int, list[str]], scorer: Scorer, load: ModelLoad, options: RayOptions, progress: bool) -> Any:

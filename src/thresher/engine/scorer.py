@@ -16,7 +16,7 @@ import numpy as np
 
 from thresher.backends.hf import HFBackend
 from thresher.data import Sample
-from thresher.passes import PassSpec
+from thresher.passes import DEMO_VIEWS, PassSpec
 from thresher.templates import Rendered, Renderer
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ class Scorer:
                 c = self.cond_renderer.render(s)
                 if c.status == "ok":
                     self.noise_layout[s.id] = (len(c.ids), c.scored[0])
-        if self.spec.view == "oneshot":
+        if self.spec.view in DEMO_VIEWS:
             return [self.renderer.render(s, (demos or {}).get(s.id)) for s in samples]
         return [self.renderer.render(s) for s in samples]
 

@@ -148,7 +148,7 @@ def _score(ctx: RunContext, role: str, spec: PassSpec) -> TokenStats:
     """One pass inside `prepare` (rounds k < K), cached in the run folder as the pipeline does,
     so the base model's cond pass is computed once and reused by the final round."""
     from thresher.cache import PassStore, find_pass, key_material, pass_label
-    from thresher.engine.local import run_pass
+    from thresher.engine import run_on_engine
     from thresher.engine.scorer import Scorer
     from thresher.templates import get_template
 
@@ -163,7 +163,7 @@ def _score(ctx: RunContext, role: str, spec: PassSpec) -> TokenStats:
         spec = PassSpec.from_dict(material["pass"])
     store = PassStore(ctx.run_dir, spec, material, label)
     scorer = Scorer(spec, lm.model, lm.tokenizer, batch_tokens=cfg.score.batch_tokens)
-    return run_pass(ctx.samples, scorer, store, shard_rows=cfg.score.shard_rows, overwrite=cfg.score.overwrite, progress=ctx.progress).stats
+    return run_on_engine(cfg, ctx.samples, scorer, store, shard_rows=cfg.score.shard_rows, overwrite=cfg.score.overwrite, progress=ctx.progress).stats
 
 
 INFOS = (

@@ -25,7 +25,7 @@ from thresher.methods.base import (
     merge_status,
     token_counts,
 )
-from thresher.passes import PassSpec, TokenStats, check_choice
+from thresher.passes import DEMO_VIEWS, PassSpec, TokenStats, check_choice
 from thresher.selectors.topk import Selection, budget_count, top_k
 from thresher.signals.miwv import VARIANTS, icl_ifd, miwv, prompt_loss, response_loss
 
@@ -53,17 +53,21 @@ def miwv_method(
     max_length: int = 512,  # ours: the Alpaca codebase's 512, and the same cond pass as `ifd`
     truncation: str = "prompt_first",  # ours: as `ifd`, so the cond pass is shared
     skip_above: float | None = None,  # ours: None keeps exact duplicates as demonstrations (argmax over j != i, METHODS §3.3)
+    icl_denominator: str = "demo",  # icl_ifd only. Not given by the paper; METHODS §3.6 resolution: L(y|C) ("demo"); "plain" = L(y), Cherry's
 ) -> Plan:
     """MIWV = L(y | x, C) − L(y | x) with C the nearest other sample; top-b, highest first."""
     check_choice("variant", variant, VARIANTS)
+    check_choice("icl_denominator", icl_denominator, ("demo", "plain"))
     resolve_embedder(embedder)  # a packaged alias whose wheel is missing fails here, before any model loads
     common = dict(model=model, template=template, max_length=max_length, truncation=truncation)
     passes = {
         "cond": PassSpec(view="cond", fields=("logprob", "entropy"), **common),  # = ifd's cond pass
         "oneshot": PassSpec(view="oneshot", fields=("logprob",), **common),
     }
-    if variant == "icl_ifd":
-        passes["uncond"] = PassSpec(view="uncond", fields=("logprob",), **common)  # = ifd's uncond pass
+    # the ICL-IFD denominator: the demonstration then the response (L(y|C)), or ifd's uncond pass (L(y))
+    denominator = {"demo": "oneshot_uncond", "plain": "uncond"}[icl_denominator] if variant == "icl_ifd" else None
+    if denominator is not None:
+        passes[denominator] = PassSpec(view=denominator, fields=("logprob",), **common)
     chosen: dict[str, tuple[str, float]] = {}
 
     def prepare(ctx: RunContext) -> dict:
@@ -74,14 +78,15 @@ def miwv_method(
         log.info("MIWV: %d demonstrations assigned by %s", len(chosen), embedder)
         # the one-shot pass depends on the assignment only: another embedder that picks the same
         # neighbours reuses it, any changed neighbour recomputes it
-        return {"oneshot": {"demos": demos, "key_extra": {"demos_sha256": hashlib.sha256(pairs.encode()).hexdigest()}}}
+        with_demos = {"demos": demos, "key_extra": {"demos_sha256": hashlib.sha256(pairs.encode()).hexdigest()}}
+        return {role: with_demos for role in passes if passes[role].view in DEMO_VIEWS}
 
     def compute(stats: dict[str, TokenStats], samples: list[Sample]) -> SignalTable:
         cond, one = stats["cond"], stats["oneshot"]
-        status = merge_status(cond, one, *([stats["uncond"]] if variant == "icl_ifd" else []))
+        status = merge_status(cond, one, *([stats[denominator]] if denominator else []))
         values = {"miwv": miwv(one.logprob, cond.logprob), "prompt_loss": prompt_loss(one.logprob)}
-        if variant == "icl_ifd":
-            values["icl_ifd"] = icl_ifd(one.logprob, stats["uncond"].logprob)
+        if denominator:
+            values["icl_ifd"] = icl_ifd(one.logprob, stats[denominator].logprob)
         status = [("nan_score" if s == "ok" and not np.isfinite(values[variant][i]) else s) for i, s in enumerate(status)]
         cols = {
             **values,
@@ -99,6 +104,8 @@ def miwv_method(
         return top_k(table.ids, table.columns[variant], b, descending=True, keep=table.eligible)  # MIWV §3.3: highest first
 
     params = dict(variant=variant, embedder=embedder, template=template, max_length=max_length, truncation=truncation, skip_above=skip_above)
+    if denominator:
+        params["icl_denominator"] = icl_denominator
     return Plan("miwv", params, passes, compute, choose, prepare)
 
 
@@ -107,7 +114,7 @@ INFOS = (
         "miwv",
         "Jiang et al., Importance-Aware Data Selection for Efficient LLM Instruction Tuning (MIWV), AAAI 2026",
         "one-shot loss with the nearest other sample as demonstration minus the zero-shot loss; highest first",
-        "cond (as ifd) + oneshot (+ uncond for icl_ifd) + instruction embeddings",
+        "cond (as ifd) + oneshot (+ oneshot_uncond, or uncond, for icl_ifd) + instruction embeddings",
         "the model to be tuned (LLaMA-2-7B in the paper)",
         False,
         miwv_method,

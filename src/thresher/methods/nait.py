@@ -23,7 +23,13 @@ from thresher.data import ReadResult, Sample
 from thresher.methods.base import MethodInfo, Plan, RunContext, SignalTable, token_counts
 from thresher.passes import PassSpec, TokenStats
 from thresher.selectors.topk import Selection, budget_count, top_k
-from thresher.signals.nait import combine_targets, fit_directions, layer_projections, sum_layers
+from thresher.signals.nait import (
+    Directions,
+    combine_targets,
+    fit_directions,
+    layer_projections,
+    sum_layers,
+)
 from thresher.templates import get_template
 
 # question/answer files such as GSM8K's test split: question -> instruction, answer -> output
@@ -63,15 +69,15 @@ def target_names(paths: list[str]) -> list[str]:
 
 def run_target_pass(ctx: RunContext, spec: PassSpec, samples: list[Sample], content_hash: str, label: str) -> TokenStats:
     """One pass of the run's model over a target set, cached in its own folder of the run."""
-    from thresher.engine.local import run_pass  # torch loads only when a pass runs
-    from thresher.engine.scorer import Scorer
+    from thresher.engine import run_on_engine
+    from thresher.engine.scorer import Scorer  # torch loads only when a pass runs
 
     lm = ctx.load_model(spec.model)
     text = get_template(spec.template, lm.tokenizer).text
     store = PassStore(ctx.run_dir, spec, key_material(spec, dataclasses.asdict(lm.info), text, content_hash), label)
     s = ctx.config.score
     scorer = Scorer(spec, lm.model, lm.tokenizer, batch_tokens=s.batch_tokens)
-    return run_pass(samples, scorer, store, shard_rows=s.shard_rows, overwrite=s.overwrite, progress=ctx.progress).stats
+    return run_on_engine(ctx.config, samples, scorer, store, shard_rows=s.shard_rows, overwrite=s.overwrite, progress=ctx.progress).stats
 
 
 def pool_pass(
@@ -135,15 +141,17 @@ def nait(
     def compute(stats: dict[str, TokenStats], samples: list[Sample]) -> SignalTable:
         if not targets:
             raise RuntimeError("nait's target passes have not run: the plan's prepare step must run before compute")
-        cond = stats["cond"]
-        keys = [f"hidden.{layer}" for layer in passes["cond"].layers]
-        cands = {k: cond.activations[k] for k in keys}
-        cols: dict[str, np.ndarray] = {}
-        per_target = []
+        keys = tuple(f"hidden.{layer}" for layer in passes["cond"].layers)
+        directions = {}
         for name, t in targets.items():
             ok = np.array([s == "ok" for s in t.status])
-            d = fit_directions({k: t.activations[k][ok] for k in keys}, n_components)
-            s = sum_layers(layer_projections(cands, d, form), layer_scale)
+            directions[name] = fit_directions({k: t.activations[k][ok] for k in keys}, n_components)
+        # the pool's activations stream shard by shard: only the per-layer projections stay
+        cond, projections = pool_projections(stats["cond"], [s.id for s in samples], keys, directions, form)
+        cols: dict[str, np.ndarray] = {}
+        per_target = []
+        for name, per_layer in projections.items():
+            s = sum_layers(per_layer, layer_scale)
             cols[f"nait.{name}"] = s
             per_target.append(s)
         score = combine_targets(per_target)
@@ -156,7 +164,25 @@ def nait(
 
     params = dict(target=paths, target_limit=target_limit, layers=layers, n_components=n_components, form=form, layer_scale=layer_scale,
                   pool_span=pool_span, template=template, max_length=max_length, truncation=truncation)
-    return Plan("nait", params, passes, compute, choose, prepare=prepare)
+    return Plan("nait", params, passes, compute, choose, prepare=prepare, streamed=("cond",))
+
+
+def pool_projections(
+    cond: PassStore | TokenStats, ids: list[str], keys: tuple[str, ...], directions: dict[str, Directions], form: str
+) -> tuple[TokenStats, dict[str, dict[str, np.ndarray]]]:
+    """The pool pass without its activations (aligned to `ids`), and each target's per-layer
+    projections of every sample (NaN where a row holds none). A stored pass is read one shard at
+    a time, so memory grows with the pool's projections (targets x layers floats a row), not with
+    its activations (layers x width); a loaded TokenStats (tests) counts as one shard."""
+    pos = {i: k for k, i in enumerate(ids)}
+    out = {name: {k: np.full(len(ids), np.nan) for k in keys} for name in directions}
+    for shard in cond.scan(keys) if isinstance(cond, PassStore) else [cond]:
+        rows = np.array([pos[i] for i in shard.ids], dtype=np.int64)
+        for name, d in directions.items():
+            for k, v in layer_projections({k: shard.activations[k] for k in keys}, d, form).items():
+                out[name][k][rows] = v
+    base = cond.load((), order=ids) if isinstance(cond, PassStore) else cond
+    return base, out
 
 
 INFOS = (

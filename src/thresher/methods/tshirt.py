@@ -8,8 +8,9 @@ noisy passes hold M·T log-probs per sample, too many to load at 52K rows (52K �
 they are streamed: each is read shard by shard and spilled to float32 files in the run folder,
 Δ is computed per sample into a third file, the dataset-wide threshold is an exact two-pass
 order statistic over that file, and S-IFD is reduced per sample. Peak memory is one shard, one
-chunk and a few per-sample indexes; the spill files are deleted afterwards. (Noisy passes run on
-the local engine: the uncond copies need each sample's cond layout, which `Scorer.render` builds.)
+chunk and a few per-sample indexes; the spill files are deleted afterwards. (The uncond copies
+need each sample's cond layout, which `Scorer.render` builds on the driver; the Ray engine sends
+it to the actors with each shard.)
 """
 
 from __future__ import annotations

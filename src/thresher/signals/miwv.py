@@ -38,8 +38,9 @@ def miwv(oneshot: Ragged, zero_shot: Ragged) -> np.ndarray:
 
 
 def icl_ifd(oneshot: Ragged, direct: Ragged) -> np.ndarray:
-    """L(y|x,C) / L(y), the IFD with the retrieved demonstration in context; NaN where the passes
-    scored different or no tokens, or L(y) <= 0."""
+    """L(y|x,C) / L(y|C) (`direct` = the demonstration then the response, METHODS §3.6) or
+    L(y|x,C) / L(y) (`direct` = the response alone): the IFD with the retrieved demonstration in
+    context. NaN where the passes scored different or no tokens, or the denominator is <= 0."""
     out = np.full(len(oneshot), np.nan)
     l_c, l_d = response_loss(oneshot), response_loss(direct)
     ok = _same_tokens(oneshot, direct) & (l_d > 0)
