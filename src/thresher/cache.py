@@ -79,6 +79,15 @@ def pass_label(spec: PassSpec) -> str:
 ACTIVATION_FIELDS = ("hidden", "mlp")
 ACTIVATION_PREFIXES = tuple(f"{f}." for f in ACTIVATION_FIELDS)  # stored columns: hidden.3, mlp.8
 _POOLING = ("pool", "pool_span", "pool_threshold", "mlp_tap")
+# what a pass may differ in from another of the same view and still share its folder's rows: its
+# fields and layers (a superset serves), and how activations are pooled (compared only when wanted)
+SHAREABLE = ("fields", "layers", *_POOLING)
+
+
+def same_reading(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two pass specs (as dicts) agree on every key but the SHAREABLE ones, i.e. read the
+    same tokens with the same settings (a key one of them lacks counts as None)."""
+    return all(a.get(k) == b.get(k) for k in (set(a) | set(b)) - set(SHAREABLE))
 
 
 def satisfies(stored: dict[str, Any], wanted: dict[str, Any]) -> bool:
@@ -89,8 +98,7 @@ def satisfies(stored: dict[str, Any], wanted: dict[str, Any]) -> bool:
         return False
     s, w = stored["pass"], wanted["pass"]
     acts = any(f in ACTIVATION_FIELDS for f in w["fields"])
-    loose = {"fields", "layers", *_POOLING}
-    if any(s.get(k) != w.get(k) for k in set(s) | set(w) if k not in loose):
+    if not same_reading(s, w):
         return False
     if not set(w["fields"]) <= set(s["fields"]):
         return False
@@ -245,7 +253,7 @@ class PassStore:
                 where = np.array([pos[ids[k]] for k in rows], dtype=np.int64)
             seen += t.num_rows
             for c in names:
-                x = _fixed_rows(t.column(c))
+                x = fixed_rows(t.column(c))
                 if c not in acts:  # every row is written below: align() refuses an id of `order` not stored
                     acts[c] = np.empty((n, x.shape[1]), dtype=np.float32)
                 acts[c][where] = x[rows]
@@ -298,7 +306,7 @@ def activation_columns(spec: PassSpec) -> tuple[str, ...]:
     return tuple(f"{f}.{layer}" for f in spec.fields if f in ACTIVATION_FIELDS for layer in spec.layers)
 
 
-def _fixed_rows(col: pa.ChunkedArray) -> np.ndarray:
+def fixed_rows(col: pa.ChunkedArray) -> np.ndarray:
     """A fixed-size-list column as a float32 [rows, width] array."""
     col = col.combine_chunks()
     return np.asarray(col.flatten(), dtype=np.float32).reshape(len(col), -1)
@@ -317,7 +325,7 @@ def _from_table(t: pa.Table | None) -> TokenStats:
     if t is None:
         z = np.zeros(0, dtype=np.int64)
         return TokenStats([], [], z, z, z, [], Ragged(np.zeros(0), np.zeros(1)))
-    acts = {name: _fixed_rows(t.column(name)) for name in t.column_names if name.startswith(ACTIVATION_PREFIXES)}
+    acts = {name: fixed_rows(t.column(name)) for name in t.column_names if name.startswith(ACTIVATION_PREFIXES)}
     return TokenStats(
         ids=t.column("id").to_pylist(),
         status=t.column("status").to_pylist(),

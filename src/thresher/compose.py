@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from thresher.cache import ACTIVATION_FIELDS
+from thresher.cache import ACTIVATION_FIELDS, same_reading
 from thresher.data import Sample
 from thresher.methods import Plan, RunContext, SignalTable, build
 from thresher.passes import PassSpec, TokenStats, check_choice
@@ -92,7 +92,6 @@ def chain(first: Plan, second: Plan, narrow_factor: float = NARROW_FACTOR) -> Pl
 
 # `score.capture`: the pool pass of an activation method, built by its `pool_pass(model, n_layers)`
 CAPTURES = ("nait", "mads")
-_POOLING = {"fields", "layers", "pool", "pool_span", "pool_threshold", "mlp_tap"}
 
 
 def capture_pass(name: str, model: str, n_layers: int | None) -> PassSpec:
@@ -106,9 +105,8 @@ def capture_pass(name: str, model: str, n_layers: int | None) -> PassSpec:
 def capturing_roles(passes: dict[str, PassSpec], extra: PassSpec) -> list[str]:
     """The passes that can also pool `extra`'s activations: a `cond` pass of the same model,
     template, length and truncation that pools none of its own."""
-    fixed = {k: v for k, v in dataclasses.asdict(extra).items() if k not in _POOLING}
-    return [role for role, spec in passes.items()
-            if not set(ACTIVATION_FIELDS) & set(spec.fields) and {k: v for k, v in dataclasses.asdict(spec).items() if k not in _POOLING} == fixed]
+    fixed = dataclasses.asdict(extra)
+    return [role for role, spec in passes.items() if not set(ACTIVATION_FIELDS) & set(spec.fields) and same_reading(dataclasses.asdict(spec), fixed)]
 
 
 def with_capture(spec: PassSpec, extra: PassSpec) -> PassSpec:

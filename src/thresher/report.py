@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from thresher.cache import ACTIVATION_PREFIXES, fixed_rows
 from thresher.export import write_atomic
 
 NOT_SIGNALS = {"id", "line", "status", "selected", "rank"}
@@ -76,17 +77,16 @@ def read_run(run_dir: str | Path) -> RunView:
 def activations(run: RunView) -> tuple[str, np.ndarray] | None:
     """The deepest pooled activation column stored in the run's committed pass shards, aligned to
     the run's rows (NaN rows where missing), or None when the run has none."""
-    shards = [p for p in sorted((run.dir / "passes").glob("*/shard-*.parquet")) if p.with_suffix(".done").exists()]
-    names = {n for p in shards for n in pq.read_schema(p).names if n.startswith(("hidden.", "mlp."))}
+    shards = {p: pq.read_schema(p).names for p in sorted((run.dir / "passes").glob("*/shard-*.parquet")) if p.with_suffix(".done").exists()}
+    names = {n for cols in shards.values() for n in cols if n.startswith(ACTIVATION_PREFIXES)}
     if not names:
         return None
     name = max(names, key=lambda n: (n.startswith("hidden."), int(n.split(".")[1])))
     found: dict[str, np.ndarray] = {}  # only this column is read, as float32: one layer a row, not every layer
-    for p in shards:
-        if name in pq.read_schema(p).names:
+    for p, cols in shards.items():
+        if name in cols:
             t = pq.read_table(p, columns=["id", name])
-            col = t.column(name).combine_chunks()
-            found.update(zip(t.column("id").to_pylist(), np.asarray(col.flatten(), dtype=np.float32).reshape(len(col), -1), strict=True))
+            found.update(zip(t.column("id").to_pylist(), fixed_rows(t.column(name)), strict=True))
     width = len(next(iter(found.values())))
     rows = np.array([found.get(i, np.full(width, np.nan, dtype=np.float32)) for i in run.ids])
     return name, rows

@@ -170,8 +170,8 @@ def train(
 
     A rerun resumes from the last checkpoint in `out_dir/checkpoints` when the model, data and
     settings are those that wrote it (`max_steps` and `epochs` may grow), and refuses otherwise;
-    once the model is saved,
-    the checkpoints (weights + optimizer states) are deleted unless `keep_checkpoints`."""
+    once the model is saved, the checkpoints (weights + optimizer states) are deleted unless
+    `keep_checkpoints`."""
     from thresher.models import LoadedModel, load_model, set_threads
 
     cfg = cfg or TrainConfig()

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from thresher import data as data_mod
-from thresher.cache import PassStore, key_material
+from thresher.cache import PassStore, activation_columns, key_material
 from thresher.data import ReadResult, Sample
 from thresher.methods.base import MethodInfo, Plan, RunContext, SignalTable, token_counts
 from thresher.passes import PassSpec, TokenStats
@@ -141,7 +141,7 @@ def nait(
     def compute(stats: dict[str, TokenStats], samples: list[Sample]) -> SignalTable:
         if not targets:
             raise RuntimeError("nait's target passes have not run: the plan's prepare step must run before compute")
-        keys = tuple(f"hidden.{layer}" for layer in passes["cond"].layers)
+        keys = activation_columns(passes["cond"])
         directions = {}
         for name, t in targets.items():
             ok = np.array([s == "ok" for s in t.status])
