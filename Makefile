@@ -27,7 +27,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	@# the browser test renders report.html in Debian's chromium; without apt it skips with the reason
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "chromium not installed: tests/test_report_browser.py will skip"
-	$(PY) -m ruff check src tests bench
+	$(MAKE) --no-print-directory lint
 	$(PY) -m pytest -q
 
 test-unit: $(STAMP)

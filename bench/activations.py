@@ -62,11 +62,29 @@ FULL = 52_002
 
 
 def variants(n_layers: int) -> dict[str, PassSpec]:
-    base = PassSpec(model="smollm2-135m", view="cond", template="alpaca", fields=("logprob", "entropy"), max_length=512)
+    base = PassSpec(
+        model="smollm2-135m",
+        view="cond",
+        template="alpaca",
+        fields=("logprob", "entropy"),
+        max_length=512,
+    )
     return {
         "plain": base,
-        "nait": dataclasses.replace(base, fields=("logprob", "entropy", "hidden"), layers=tuple(range(n_layers)), pool="drift", pool_span="all"),
-        "mads": dataclasses.replace(base, fields=("logprob", "entropy", "mlp"), layers=resolve_layers("paper", n_layers), pool="mean", pool_span="prompt"),
+        "nait": dataclasses.replace(
+            base,
+            fields=("logprob", "entropy", "hidden"),
+            layers=tuple(range(n_layers)),
+            pool="drift",
+            pool_span="all",
+        ),
+        "mads": dataclasses.replace(
+            base,
+            fields=("logprob", "entropy", "mlp"),
+            layers=resolve_layers("paper", n_layers),
+            pool="mean",
+            pool_span="prompt",
+        ),
     }
 
 
@@ -77,7 +95,9 @@ def rss_mb() -> float:
 
 def peak_mb() -> float:
     """Peak resident set size since the last `reset_peak()` (VmHWM, Linux /proc)."""
-    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM:"))
+    line = next(
+        x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM:")
+    )
     return int(line.split()[1]) / 1024
 
 
@@ -102,13 +122,32 @@ def child_peak(a: argparse.Namespace, variant: str) -> float:
     loaded = rss_mb()
     reset_peak()
     with tempfile.TemporaryDirectory() as tmp:
-        store = PassStore(tmp, spec, key_material(spec, dataclasses.asdict(lm.info), get_template("alpaca", lm.tokenizer).text, read.content_hash))
+        store = PassStore(
+            tmp,
+            spec,
+            key_material(
+                spec,
+                dataclasses.asdict(lm.info),
+                get_template("alpaca", lm.tokenizer).text,
+                read.content_hash,
+            ),
+        )
         ids = [s.id for s in read.samples]
-        if variant == "nait":  # as `thresher run --method nait`: the pool pass streams into projections
+        if (
+            variant == "nait"
+        ):  # as `thresher run --method nait`: the pool pass streams into projections
             run_pass(read.samples, scorer, store, progress=False, load_stats=False)
             keys = activation_columns(spec)
-            first = next(store.scan(keys))  # stand-in target set (the cost does not depend on which rows)
-            cond, proj = pool_projections(store, ids, keys, {"t": fit_directions({k: first.activations[k] for k in keys})}, "pc1")
+            first = next(
+                store.scan(keys)
+            )  # stand-in target set (the cost does not depend on which rows)
+            cond, proj = pool_projections(
+                store,
+                ids,
+                keys,
+                {"t": fit_directions({k: first.activations[k] for k in keys})},
+                "pc1",
+            )
             assert len(cond.ids) == len(ids) and all(len(v) == len(ids) for v in proj["t"].values())
         else:
             res = run_pass(read.samples, scorer, store, progress=False)
@@ -128,9 +167,22 @@ def load_factor(spec: PassSpec, width: int, rows: int = 4000, shard_rows: int = 
         for a in range(0, rows, shard_rows):
             part = ids[a : a + shard_rows]
             n = len(part)
-            store.write_shard({"id": part, "status": ["ok"] * n, "n_prompt_tokens": [1] * n, "n_response_tokens": [1] * n, "n_scored": [1] * n,
-                               "truncated": [""] * n, "logprob": [np.zeros(1)] * n, "entropy": [np.zeros(1)] * n,
-                               "activations": {c: rng.standard_normal((n, width), dtype=np.float32) for c in activation_columns(spec)}})
+            store.write_shard(
+                {
+                    "id": part,
+                    "status": ["ok"] * n,
+                    "n_prompt_tokens": [1] * n,
+                    "n_response_tokens": [1] * n,
+                    "n_scored": [1] * n,
+                    "truncated": [""] * n,
+                    "logprob": [np.zeros(1)] * n,
+                    "entropy": [np.zeros(1)] * n,
+                    "activations": {
+                        c: rng.standard_normal((n, width), dtype=np.float32)
+                        for c in activation_columns(spec)
+                    },
+                }
+            )
         base = rss_mb()
         reset_peak()
         stats = store.load(order=sorted(ids))
@@ -139,12 +191,28 @@ def load_factor(spec: PassSpec, width: int, rows: int = 4000, shard_rows: int = 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--rows", type=int, default=200, help="rows of --data (default: 200)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
-    ap.add_argument("--repeats", type=int, default=3, help="timed repeats per variant, in rotating order (default: 3)")
-    ap.add_argument("--batch-tokens", type=int, default=2048, help="rows x padded length per forward (default: 2048)")
-    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "alpaca_en_demo.json"), help="default: alpaca_en_demo.json beside the project")
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="timed repeats per variant, in rotating order (default: 3)",
+    )
+    ap.add_argument(
+        "--batch-tokens",
+        type=int,
+        default=2048,
+        help="rows x padded length per forward (default: 2048)",
+    )
+    ap.add_argument(
+        "--data",
+        default=str(ROOT.parent / "shared" / "data" / "alpaca_en_demo.json"),
+        help="default: alpaca_en_demo.json beside the project",
+    )
     ap.add_argument("--child", choices=["plain", "nait", "mads", "load"], help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child == "load":
@@ -159,7 +227,9 @@ def main() -> None:
     read = data_mod.read(a.data, limit=a.rows)
     samples = read.samples
     specs = variants(lm.info.n_layers)
-    scorers = {k: Scorer(s, lm.model, lm.tokenizer, batch_tokens=a.batch_tokens) for k, s in specs.items()}
+    scorers = {
+        k: Scorer(s, lm.model, lm.tokenizer, batch_tokens=a.batch_tokens) for k, s in specs.items()
+    }
     rendered = {k: sc.render(samples) for k, sc in scorers.items()}
     ids = [s.id for s in samples]
     for k, sc in scorers.items():  # warm-up
@@ -168,19 +238,45 @@ def main() -> None:
     cols = {}
     names = list(specs)
     for r in range(a.repeats):
-        for k in names[r % len(names):] + names[: r % len(names)]:
+        for k in names[r % len(names) :] + names[: r % len(names)]:
             t0 = time.perf_counter()
             cols[k] = scorers[k].score_rendered(ids, rendered[k])
             times[k].append(time.perf_counter() - t0)
-    argv = [sys.executable, __file__, "--rows", str(a.rows), "--threads", str(a.threads), "--batch-tokens", str(a.batch_tokens), "--data", a.data]
-    child = lambda k: json.loads(subprocess.run([*argv, "--child", k], capture_output=True, text=True, check=True).stdout.splitlines()[-1])  # noqa: E731
+    argv = [
+        sys.executable,
+        __file__,
+        "--rows",
+        str(a.rows),
+        "--threads",
+        str(a.threads),
+        "--batch-tokens",
+        str(a.batch_tokens),
+        "--data",
+        a.data,
+    ]
+
+    def child(k):
+        return json.loads(
+            subprocess.run(
+                [*argv, "--child", k], capture_output=True, text=True, check=True
+            ).stdout.splitlines()[-1]
+        )
+
     peak = {k: child(k)["peak_mb"] for k in specs}
-    factor = child("load")["factor"]  # peak of loading activations over their bytes, measured at 4,000 rows
+    factor = child("load")[
+        "factor"
+    ]  # peak of loading activations over their bytes, measured at 4,000 rows
     text = get_template("alpaca", lm.tokenizer).text
     info = dataclasses.asdict(lm.info)
-    print(f"smollm2-135m, {len(samples)} rows, {a.threads} threads, batch_tokens {a.batch_tokens}, median of {a.repeats}")
-    print(f"loading pooled activations peaks at {factor:.2f}x their bytes (synthetic pass, 4,000 rows)")
-    print(f"{'variant':<7} {'s':>7} {'rows/s':>7} {'x plain':>8} {'act cols':>8} {'shard B/row':>11} {'held B/row':>10} {'52K shards':>10} {'52K held':>10} {'peak MB':>8} {'52K peak MB':>11}")
+    print(
+        f"smollm2-135m, {len(samples)} rows, {a.threads} threads, batch_tokens {a.batch_tokens}, median of {a.repeats}"
+    )
+    print(
+        f"loading pooled activations peaks at {factor:.2f}x their bytes (synthetic pass, 4,000 rows)"
+    )
+    print(
+        f"{'variant':<7} {'s':>7} {'rows/s':>7} {'x plain':>8} {'act cols':>8} {'shard B/row':>11} {'held B/row':>10} {'52K shards':>10} {'52K held':>10} {'peak MB':>8} {'52K peak MB':>11}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         shard_bytes = {}
         for k, spec in specs.items():
@@ -198,13 +294,25 @@ def main() -> None:
         held = 8 * len(acts) if k == "nait" else loaded
         extra = shard_bytes[k] - shard_bytes["plain"]
         # the loaded pass also holds each row's log-probs and entropies (float64 ragged arrays)
-        per_row = (held if k == "nait" else factor * loaded) + 16 * sum(len(x) for x in cols[k]["logprob"]) / len(samples)
+        per_row = (held if k == "nait" else factor * loaded) + 16 * sum(
+            len(x) for x in cols[k]["logprob"]
+        ) / len(samples)
         at_full = peak[k] + per_row * (FULL - len(samples)) / 2**20
-        print(f"{k:<7} {t:7.2f} {len(samples) / t:7.1f} {t / base:8.2f} {len(acts):8d} {shard_bytes[k]:11.0f} {held:10d} "
-              f"{shard_bytes[k] * FULL / 1e9:8.2f}GB {held * FULL / 1e9:8.2f}GB {peak[k]:8.0f} {at_full:11.0f}")
-        result[k] = {"seconds": t, "ratio_to_plain": t / base, "shard_bytes_per_row": shard_bytes[k], "activation_shard_bytes_per_row": extra,
-                     "activation_bytes_per_row": loaded, "held_bytes_per_row": held, "load_peak_factor": factor,
-                     "peak_mb_over_loaded_model": peak[k], "peak_mb_at_52k": at_full}
+        print(
+            f"{k:<7} {t:7.2f} {len(samples) / t:7.1f} {t / base:8.2f} {len(acts):8d} {shard_bytes[k]:11.0f} {held:10d} "
+            f"{shard_bytes[k] * FULL / 1e9:8.2f}GB {held * FULL / 1e9:8.2f}GB {peak[k]:8.0f} {at_full:11.0f}"
+        )
+        result[k] = {
+            "seconds": t,
+            "ratio_to_plain": t / base,
+            "shard_bytes_per_row": shard_bytes[k],
+            "activation_shard_bytes_per_row": extra,
+            "activation_bytes_per_row": loaded,
+            "held_bytes_per_row": held,
+            "load_peak_factor": factor,
+            "peak_mb_over_loaded_model": peak[k],
+            "peak_mb_at_52k": at_full,
+        }
     print(json.dumps(result))
 
 

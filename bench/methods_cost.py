@@ -44,8 +44,13 @@ def tokens_fed(plan, samples, tok, demos: dict | None = None) -> dict[str, int]:
     out = {}
     for role, spec in plan.passes.items():
         r = Renderer(tok, spec)
-        rendered = (r.render(s, (demos or {}).get(s.id)) if spec.view == "oneshot" else r.render(s) for s in samples)
-        out[role] = sum(len(x.ids) for x in rendered if x.status == "ok") * max(spec.noise_copies, 1)
+        rendered = (
+            r.render(s, (demos or {}).get(s.id)) if spec.view == "oneshot" else r.render(s)
+            for s in samples
+        )
+        out[role] = sum(len(x.ids) for x in rendered if x.status == "ok") * max(
+            spec.noise_copies, 1
+        )
     return out
 
 
@@ -56,12 +61,19 @@ def subset_store(store: PassStore, dest: Path, spec, keep: set[str]) -> PassStor
     for t in store.scan():
         rows = [i for i, x in enumerate(t.ids) if x in keep]
         if rows:
-            sub.write_shard({
-                "id": [t.ids[i] for i in rows], "status": [t.status[i] for i in rows],
-                "n_prompt_tokens": t.n_prompt_tokens[rows], "n_response_tokens": t.n_response_tokens[rows],
-                "n_scored": t.n_scored[rows], "truncated": [t.truncated[i] for i in rows],
-                "logprob": [t.logprob.row(i) for i in rows], "entropy": None, "activations": {},
-            })
+            sub.write_shard(
+                {
+                    "id": [t.ids[i] for i in rows],
+                    "status": [t.status[i] for i in rows],
+                    "n_prompt_tokens": t.n_prompt_tokens[rows],
+                    "n_response_tokens": t.n_response_tokens[rows],
+                    "n_scored": t.n_scored[rows],
+                    "truncated": [t.truncated[i] for i in rows],
+                    "logprob": [t.logprob.row(i) for i in rows],
+                    "entropy": None,
+                    "activations": {},
+                }
+            )
     return sub
 
 
@@ -82,10 +94,23 @@ def per_row_index_bytes(n: int) -> int:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca_en_demo.json"), help="an instruction dataset (default: alpaca_en_demo.json beside the project)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--data",
+        default=str(
+            Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca_en_demo.json"
+        ),
+        help="an instruction dataset (default: alpaca_en_demo.json beside the project)",
+    )
     ap.add_argument("--rows", type=int, default=200, help="rows read from --data (default: 200)")
-    ap.add_argument("--copies", type=int, default=4, help="T-SHIRT copies measured; any other M than 30 is extrapolated to 30 (default: 4)")
+    ap.add_argument(
+        "--copies",
+        type=int,
+        default=4,
+        help="T-SHIRT copies measured; any other M than 30 is extrapolated to 30 (default: 4)",
+    )
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
     ap.add_argument("--model", default="smollm2-135m", help="scoring model (default: smollm2-135m)")
     a = ap.parse_args()
@@ -94,18 +119,39 @@ def main() -> None:
     n_params = sum(p.numel() for p in lm.model.parameters())
     samples = read(a.data, limit=a.rows).samples
     out = Path(tempfile.mkdtemp(prefix="thresher-bench-"))
-    print(f"{len(samples)} rows of {a.data}, {a.model} ({n_params / 1e6:.0f}M params), {a.threads} thread(s), T-SHIRT copies={a.copies}")
+    print(
+        f"{len(samples)} rows of {a.data}, {a.model} ({n_params / 1e6:.0f}M params), {a.threads} thread(s), T-SHIRT copies={a.copies}"
+    )
     rows, seconds, flops = [], {}, {}
-    for method, params in (("ifd", {}), ("miwv", {}), ("superfiltering", {}), ("tshirt", {"copies": a.copies})):
+    for method, params in (
+        ("ifd", {}),
+        ("miwv", {}),
+        ("superfiltering", {}),
+        ("tshirt", {"copies": a.copies}),
+    ):
         cfg = RunConfig()
-        cfg.data.path, cfg.data.limit, cfg.method.name, cfg.method.params = a.data, a.rows, method, params
-        cfg.model.name, cfg.output.dir, cfg.score.progress, cfg.select.fraction = a.model, str(out), False, 0.1
+        cfg.data.path, cfg.data.limit, cfg.method.name, cfg.method.params = (
+            a.data,
+            a.rows,
+            method,
+            params,
+        )
+        cfg.model.name, cfg.output.dir, cfg.score.progress, cfg.select.fraction = (
+            a.model,
+            str(out),
+            False,
+            0.1,
+        )
         t0 = time.perf_counter()
         result, _, _ = run(cfg, loaded=lm)
         seconds[method] = time.perf_counter() - t0
         plan = build(method, a.model, params)
         by_id = {s.id: s for s in samples}
-        demos = {i: by_id[d] for i, d in zip(result.table.ids, result.table.columns.get("demo_id", []), strict=False) if d}
+        demos = {
+            i: by_id[d]
+            for i, d in zip(result.table.ids, result.table.columns.get("demo_id", []), strict=False)
+            if d
+        }
         fed = tokens_fed(plan, samples, lm.tokenizer, demos)
         new = [r for r, p in result.passes.items() if p["scored"]]
         if method == "miwv":
@@ -119,11 +165,25 @@ def main() -> None:
     scale = 30 / a.copies
     seconds["tshirt, M=30"] = seconds["superfiltering"] + scale * seconds["tshirt"]
     flops["tshirt, M=30"] = flops["superfiltering"] + scale * flops["tshirt"]
-    rows.append(("tshirt, M=30", [f"superfiltering's 2 + noisy passes x {scale:g}" + (" (extrapolated)" if a.copies != 30 else " (measured)")]))
-    print(f"\n{'method':<15} {'passes added':<52} {'seconds':>8} {'x ifd':>6} {'GFLOP':>8} {'x ifd':>6}")
+    rows.append(
+        (
+            "tshirt, M=30",
+            [
+                f"superfiltering's 2 + noisy passes x {scale:g}"
+                + (" (extrapolated)" if a.copies != 30 else " (measured)")
+            ],
+        )
+    )
+    print(
+        f"\n{'method':<15} {'passes added':<52} {'seconds':>8} {'x ifd':>6} {'GFLOP':>8} {'x ifd':>6}"
+    )
     for method, new in rows:
-        print(f"{method:<15} {', '.join(new) or '-':<52} {seconds[method]:8.1f} {seconds[method] / seconds['ifd']:6.2f} {flops[method] / 1e9:8.1f} {flops[method] / flops['ifd']:6.2f}")
-    print(f"(miwv's cond pass is ifd's; superfiltering's plain/1024 passes are tshirt's clean ones; the tshirt row is its M={a.copies} noisy passes)")
+        print(
+            f"{method:<15} {', '.join(new) or '-':<52} {seconds[method]:8.1f} {seconds[method] / seconds['ifd']:6.2f} {flops[method] / 1e9:8.1f} {flops[method] / flops['ifd']:6.2f}"
+        )
+    print(
+        f"(miwv's cond pass is ifd's; superfiltering's plain/1024 passes are tshirt's clean ones; the tshirt row is its M={a.copies} noisy passes)"
+    )
 
     plan = build("tshirt", a.model, {"copies": a.copies})
     ids = [s.id for s in samples]
@@ -131,7 +191,10 @@ def main() -> None:
     for n in (len(ids) // 2, len(ids)):
         keep = ids[:n]
         sub = out / f"subset{n}"
-        stores = [subset_store(PassStore(out, plan.passes[r], {}, None), sub, plan.passes[r], set(keep)) for r in ("noisy_cond", "noisy_uncond")]
+        stores = [
+            subset_store(PassStore(out, plan.passes[r], {}, None), sub, plan.passes[r], set(keep))
+            for r in ("noisy_cond", "noisy_uncond")
+        ]
         tracemalloc.start()
         res = noisy_signals(keep, stores[0], stores[1], a.copies, 0.5)
         peaks[n] = tracemalloc.get_traced_memory()[1]
@@ -142,15 +205,29 @@ def main() -> None:
     per_row = values[n2] / n2
     big = per_row / a.copies * 30 * N_FULL
     index = per_row_index_bytes(N_FULL)
-    print("\nT-SHIRT threshold step (tracemalloc peak of the Python heap; spill files are on disk):")
+    print(
+        "\nT-SHIRT threshold step (tracemalloc peak of the Python heap; spill files are on disk):"
+    )
     for n in (n1, n2):
-        print(f"  {n:>4} rows: {values[n]:>8} noisy |delta| values, peak {peaks[n] / 2**20:6.2f} MiB")
+        print(
+            f"  {n:>4} rows: {values[n]:>8} noisy |delta| values, peak {peaks[n] / 2**20:6.2f} MiB"
+        )
     slope = (peaks[n2] - peaks[n1]) / (n2 - n1)
-    print(f"  slope between them {slope / 1024:.1f} KiB per row -> linear extrapolation to {N_FULL} rows: {(peaks[n2] + slope * (N_FULL - n2)) / 2**20:.0f} MiB")
-    print(f"  the peak is one shard + one chunk (<= {CHUNK_VALUES * 4 / 2**20:.0f} MiB) + per-row indexes; the indexes measured at {N_FULL} rows: {index / 2**20:.1f} MiB")
-    print(f"  -> bound at {N_FULL} rows (peak at {n2} + a full chunk + the indexes): {peaks[n2] / 2**20 + CHUNK_VALUES * 4 / 2**20 + index / 2**20:.0f} MiB")
-    print(f"  {N_FULL} rows at M=30: {big / 1e6:.0f}M |delta| values; spill disk at peak (cond + uncond + delta files) {big * 4 * 3 / 2**30:.1f} GiB;")
-    print(f"  holding them in RAM instead: {big * 4 / 2**30:.1f} GiB as float32, {big * 32 / 2**30:.0f} GiB as the reference's list of Python floats")
+    print(
+        f"  slope between them {slope / 1024:.1f} KiB per row -> linear extrapolation to {N_FULL} rows: {(peaks[n2] + slope * (N_FULL - n2)) / 2**20:.0f} MiB"
+    )
+    print(
+        f"  the peak is one shard + one chunk (<= {CHUNK_VALUES * 4 / 2**20:.0f} MiB) + per-row indexes; the indexes measured at {N_FULL} rows: {index / 2**20:.1f} MiB"
+    )
+    print(
+        f"  -> bound at {N_FULL} rows (peak at {n2} + a full chunk + the indexes): {peaks[n2] / 2**20 + CHUNK_VALUES * 4 / 2**20 + index / 2**20:.0f} MiB"
+    )
+    print(
+        f"  {N_FULL} rows at M=30: {big / 1e6:.0f}M |delta| values; spill disk at peak (cond + uncond + delta files) {big * 4 * 3 / 2**30:.1f} GiB;"
+    )
+    print(
+        f"  holding them in RAM instead: {big * 4 / 2**30:.1f} GiB as float32, {big * 32 / 2**30:.0f} GiB as the reference's list of Python floats"
+    )
     shutil.rmtree(out, ignore_errors=True)
 
 

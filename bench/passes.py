@@ -72,7 +72,12 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "alpaca_en_demo.json"
 MODELS = ("smollm2-135m", "gpt2-124m-random")
 WARMUP_ROWS = 8
-GEMM_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::_scaled_dot_product_flash_attention_for_cpu")
+GEMM_OPS = (
+    "aten::mm",
+    "aten::addmm",
+    "aten::bmm",
+    "aten::_scaled_dot_product_flash_attention_for_cpu",
+)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -84,13 +89,35 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--rows", type=int, default=200, help="first N rows of the data (default 200)")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
-    p.add_argument("--batch-tokens", type=int, nargs="+", default=[512, 2048], metavar="N",
-                   help="token budgets to try for the fast path (default 512 2048; each adds a full timed run)")
-    p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS), help="models to run (default both)")
-    p.add_argument("--data", type=Path, default=DATA, help="Alpaca JSON file (default ../shared/data/alpaca_en_demo.json beside the project)")
-    p.add_argument("--repeats", type=int, default=3, help="matmul peak: best of this many timings (default 3)")
-    p.add_argument("--profile", action="store_true",
-                   help="also run torch.profiler over the fast path at the first --batch-tokens value and print its top ops")
+    p.add_argument(
+        "--batch-tokens",
+        type=int,
+        nargs="+",
+        default=[512, 2048],
+        metavar="N",
+        help="token budgets to try for the fast path (default 512 2048; each adds a full timed run)",
+    )
+    p.add_argument(
+        "--models",
+        nargs="+",
+        choices=MODELS,
+        default=list(MODELS),
+        help="models to run (default both)",
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=DATA,
+        help="Alpaca JSON file (default ../shared/data/alpaca_en_demo.json beside the project)",
+    )
+    p.add_argument(
+        "--repeats", type=int, default=3, help="matmul peak: best of this many timings (default 3)"
+    )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="also run torch.profiler over the fast path at the first --batch-tokens value and print its top ops",
+    )
     args = p.parse_args(argv)
     if args.rows < 1 or args.threads < 1 or args.repeats < 1 or min(args.batch_tokens) < 1:
         p.error("--rows, --threads, --repeats and --batch-tokens must be positive")
@@ -124,13 +151,21 @@ def load(name: str, smol: Any) -> tuple[Any, str]:
     from transformers import AutoModelForCausalLM, GPT2Config
 
     tok = smol.tokenizer
-    cfg = GPT2Config(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                     pad_token_id=tok.pad_token_id)
+    cfg = GPT2Config(
+        vocab_size=len(tok),
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32, attn_implementation="sdpa")
-    note = (f"GPT2LMHeadModel, GPT2Config defaults, random weights (seed 0), fp32; SmolLM2 tokenizer, "
-            f"vocab_size={len(tok)} (not 50257) so ids are valid")
+        model = AutoModelForCausalLM.from_config(
+            cfg, dtype=torch.float32, attn_implementation="sdpa"
+        )
+    note = (
+        f"GPT2LMHeadModel, GPT2Config defaults, random weights (seed 0), fp32; SmolLM2 tokenizer, "
+        f"vocab_size={len(tok)} (not 50257) so ids are valid"
+    )
     return model.eval(), note
 
 
@@ -153,8 +188,13 @@ def model_shape(model: Any) -> Shape:
             counts[key] = counts.get(key, 0) + 1
     head = model.get_output_embeddings().weight
     cfg = model.config.get_text_config()
-    return Shape(tuple((op, i, o, c) for (op, i, o), c in counts.items()), head.shape[1], head.shape[0],
-                 len(layers), cfg.num_attention_heads)
+    return Shape(
+        tuple((op, i, o, c) for (op, i, o), c in counts.items()),
+        head.shape[1],
+        head.shape[0],
+        len(layers),
+        cfg.num_attention_heads,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,7 +234,9 @@ def _rate(fn: Any, flops: float, repeats: int) -> float:
     return flops * inner / _best_time(many, repeats)
 
 
-def matmul_rates(shape: Shape, m: int, rows: int, width: int, scored: int, repeats: int) -> dict[str, float]:
+def matmul_rates(
+    shape: Shape, m: int, rows: int, width: int, scored: int, repeats: int
+) -> dict[str, float]:
     """Measured FLOP/s of each GEMM the pass runs, on representative sizes: `m` tokens through
     the linear layers, `rows` x heads attention products of `width` positions, `scored` rows
     through the lm_head."""
@@ -209,10 +251,14 @@ def matmul_rates(shape: Shape, m: int, rows: int, width: int, scored: int, repea
             b = torch.randn(o, generator=g)
             if op == "linear":
                 w = torch.randn(o, i, generator=g)
-                rates[f"{op}:{i}x{o}"] = _rate(lambda x=x, w=w: F.linear(x, w), 2.0 * m * i * o, repeats)
+                rates[f"{op}:{i}x{o}"] = _rate(
+                    lambda x=x, w=w: F.linear(x, w), 2.0 * m * i * o, repeats
+                )
             else:
                 w = torch.randn(i, o, generator=g)
-                rates[f"{op}:{i}x{o}"] = _rate(lambda x=x, w=w, b=b: torch.addmm(b, x, w), 2.0 * m * i * o, repeats)
+                rates[f"{op}:{i}x{o}"] = _rate(
+                    lambda x=x, w=w, b=b: torch.addmm(b, x, w), 2.0 * m * i * o, repeats
+                )
         hd = shape.d // shape.n_heads
         q = torch.randn(rows * shape.n_heads, width, hd, generator=g)
         k = torch.randn(rows * shape.n_heads, hd, width, generator=g)
@@ -225,16 +271,26 @@ def matmul_rates(shape: Shape, m: int, rows: int, width: int, scored: int, repea
         rates["attention"] = _rate(attention, 4.0 * rows * width * width * shape.d, repeats)
         h = torch.randn(scored, shape.d, generator=g)
         w = torch.randn(shape.vocab, shape.d, generator=g)
-        rates["lm_head"] = _rate(lambda: F.linear(h, w), 2.0 * scored * shape.d * shape.vocab, repeats)
+        rates["lm_head"] = _rate(
+            lambda: F.linear(h, w), 2.0 * scored * shape.d * shape.vocab, repeats
+        )
     return rates
 
 
-def peak_seconds(shape: Shape, flops: dict[str, float], rates: dict[str, float]) -> dict[str, float]:
+def peak_seconds(
+    shape: Shape, flops: dict[str, float], rates: dict[str, float]
+) -> dict[str, float]:
     """Seconds the pass's useful FLOPs would take if every GEMM ran at its measured rate, by
     component (linear layers, attention, lm_head)."""
-    linear = sum(flops["linear"] * (i * o * c / shape.p_lin) / rates[f"{op}:{i}x{o}"] for op, i, o, c in shape.linears)
-    return {"linear": linear, "attention": flops["attention"] / rates["attention"],
-            "lm_head": flops["lm_head"] / rates["lm_head"]}
+    linear = sum(
+        flops["linear"] * (i * o * c / shape.p_lin) / rates[f"{op}:{i}x{o}"]
+        for op, i, o, c in shape.linears
+    )
+    return {
+        "linear": linear,
+        "attention": flops["attention"] / rates["attention"],
+        "lm_head": flops["lm_head"] / rates["lm_head"],
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,7 +348,9 @@ class PathResult:
     phases: dict[str, float] = field(default_factory=dict)
     peak: dict[str, float] = field(default_factory=dict)  # component -> seconds at the matmul peak
     rates: dict[str, float] = field(default_factory=dict)
-    load: float = field(default_factory=lambda: os.getloadavg()[0])  # 1-minute load average after the path
+    load: float = field(
+        default_factory=lambda: os.getloadavg()[0]
+    )  # 1-minute load average after the path
 
 
 def batch_layout(scorer: Any, rendered: list[Any]) -> list[list[int]]:
@@ -302,12 +360,23 @@ def batch_layout(scorer: Any, rendered: list[Any]) -> list[list[int]]:
     return scorer._batches(sorted(ok, key=lengths.__getitem__), lengths)
 
 
-def run_fast(model: Any, tok: Any, shape: Shape, specs: dict[str, Any], rendered: dict[str, list[Any]],
-             ids: list[str], budget: int, flops: dict[str, dict[str, float]], repeats: int) -> PathResult:
+def run_fast(
+    model: Any,
+    tok: Any,
+    shape: Shape,
+    specs: dict[str, Any],
+    rendered: dict[str, list[Any]],
+    ids: list[str],
+    budget: int,
+    flops: dict[str, dict[str, float]],
+    repeats: int,
+) -> PathResult:
     from thresher.engine.scorer import Scorer
 
     scorers = {view: Scorer(spec, model, tok, batch_tokens=budget) for view, spec in specs.items()}
-    sizes: dict[str, tuple[int, int, int, int]] = {}  # view -> (m, rows, width, scored) of a mean batch
+    sizes: dict[
+        str, tuple[int, int, int, int]
+    ] = {}  # view -> (m, rows, width, scored) of a mean batch
     batches = padded = real = 0
     for view, sc in scorers.items():
         rs = rendered[view]
@@ -317,9 +386,12 @@ def run_fast(model: Any, tok: Any, shape: Shape, specs: dict[str, Any], rendered
         batches += n
         padded += sum(len(b) * w for b, w in zip(layout, widths, strict=True))
         real += sum(len(rs[i].ids) for b in layout for i in b)
-        sizes[view] = (round(sum(len(b) * w for b, w in zip(layout, widths, strict=True)) / n),
-                       round(sum(len(b) for b in layout) / n), round(sum(widths) / n),
-                       round(sum(rs[i].n_scored for b in layout for i in b) / n))
+        sizes[view] = (
+            round(sum(len(b) * w for b, w in zip(layout, widths, strict=True)) / n),
+            round(sum(len(b) for b in layout) / n),
+            round(sum(widths) / n),
+            round(sum(rs[i].n_scored for b in layout for i in b) / n),
+        )
     # the peak is measured just before and just after the timed run, best of both, so a burst of
     # load from elsewhere during one of them does not lower it
     before = {view: matmul_rates(shape, *sizes[view], repeats) for view in scorers}
@@ -332,8 +404,15 @@ def run_fast(model: Any, tok: Any, shape: Shape, specs: dict[str, Any], rendered
         seconds = time.perf_counter() - t0
     finally:
         timer.remove()
-    res = PathResult(f"fast {budget}", seconds, {v: c["logprob"] for v, c in cols.items()}, cols["cond"]["entropy"],
-                     batches=batches, pad_fraction=1.0 - real / padded, phases=dict(timer.seconds))
+    res = PathResult(
+        f"fast {budget}",
+        seconds,
+        {v: c["logprob"] for v, c in cols.items()},
+        cols["cond"]["entropy"],
+        batches=batches,
+        pad_fraction=1.0 - real / padded,
+        phases=dict(timer.seconds),
+    )
     for view in scorers:
         after = matmul_rates(shape, *sizes[view], repeats)
         rates = {k: max(v, after[k]) for k, v in before[view].items()}
@@ -353,16 +432,29 @@ def run_naive(model: Any, rendered: dict[str, list[Any]]) -> PathResult:
         for r in [r for r in rs if r.status == "ok"][:WARMUP_ROWS]:
             reference_logprobs(model, r)
     t0 = time.perf_counter()
-    out = {view: [reference_logprobs(model, r) if r.status == "ok" else (empty, empty) for r in rs]
-           for view, rs in rendered.items()}
+    out = {
+        view: [reference_logprobs(model, r) if r.status == "ok" else (empty, empty) for r in rs]
+        for view, rs in rendered.items()
+    }
     seconds = time.perf_counter() - t0
     batches = sum(r.status == "ok" for rs in rendered.values() for r in rs)
-    return PathResult("naive b=1", seconds, {v: [lp for lp, _ in o] for v, o in out.items()},
-                      [e for _, e in out["cond"]], batches=batches)
+    return PathResult(
+        "naive b=1",
+        seconds,
+        {v: [lp for lp, _ in o] for v, o in out.items()},
+        [e for _, e in out["cond"]],
+        batches=batches,
+    )
 
 
-def profile_fast(model: Any, tok: Any, specs: dict[str, Any], rendered: dict[str, list[Any]], ids: list[str],
-                 budget: int) -> None:
+def profile_fast(
+    model: Any,
+    tok: Any,
+    specs: dict[str, Any],
+    rendered: dict[str, list[Any]],
+    ids: list[str],
+    budget: int,
+) -> None:
     """torch.profiler over both passes of the fast path: the ops that take the time."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -375,8 +467,10 @@ def profile_fast(model: Any, tok: Any, specs: dict[str, Any], rendered: dict[str
     events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
     total = sum(e.self_cpu_time_total for e in events)
     gemm = sum(e.self_cpu_time_total for e in events if e.key in GEMM_OPS)
-    print(f"\n   torch.profiler, fast path at batch_tokens={budget}: GEMM ops {100 * gemm / total:.0f}% of self CPU time;"
-          " top ops:")
+    print(
+        f"\n   torch.profiler, fast path at batch_tokens={budget}: GEMM ops {100 * gemm / total:.0f}% of self CPU time;"
+        " top ops:"
+    )
     for e in events[:14]:
         print(f"     {e.key:52s} {100 * e.self_cpu_time_total / total:5.1f}%  {e.count:6d} calls")
 
@@ -389,17 +483,25 @@ def ifd(res: PathResult) -> Any:
     from thresher.passes import Ragged
     from thresher.signals.ifd import ifd_loss_ratio
 
-    return ifd_loss_ratio(Ragged.from_rows(res.logprob["cond"]), Ragged.from_rows(res.logprob["uncond"]))
+    return ifd_loss_ratio(
+        Ragged.from_rows(res.logprob["cond"]), Ragged.from_rows(res.logprob["uncond"])
+    )
 
 
 def max_abs_diff(a: list[Any], b: list[Any]) -> float:
     import numpy as np
 
-    diffs = [float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)))) for x, y in zip(a, b, strict=True) if len(x)]
+    diffs = [
+        float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
+        for x, y in zip(a, b, strict=True)
+        if len(x)
+    ]
     return max(diffs, default=float("nan"))
 
 
-def bench_model(name: str, smol: Any, samples: list[Any], args: argparse.Namespace) -> dict[str, Any]:
+def bench_model(
+    name: str, smol: Any, samples: list[Any], args: argparse.Namespace
+) -> dict[str, Any]:
     import numpy as np
 
     from thresher.passes import PassSpec
@@ -410,8 +512,16 @@ def bench_model(name: str, smol: Any, samples: list[Any], args: argparse.Namespa
     tok = smol.tokenizer
     shape = model_shape(model)
     specs = {
-        "cond": PassSpec(model=name, view="cond", template="alpaca", fields=("logprob", "entropy"), max_length=512),
-        "uncond": PassSpec(model=name, view="uncond", template="alpaca", fields=("logprob",), max_length=512),
+        "cond": PassSpec(
+            model=name,
+            view="cond",
+            template="alpaca",
+            fields=("logprob", "entropy"),
+            max_length=512,
+        ),
+        "uncond": PassSpec(
+            model=name, view="uncond", template="alpaca", fields=("logprob",), max_length=512
+        ),
     }
     t = time.perf_counter()
     renderers = {view: Renderer(tok, spec) for view, spec in specs.items()}
@@ -425,55 +535,83 @@ def bench_model(name: str, smol: Any, samples: list[Any], args: argparse.Namespa
     resp_tokens = sum(r.n_scored for r in ok["cond"])
 
     print(f"\n== {name}: {note}")
-    print(f"   {shape.n_layers} layers, d={shape.d}, heads={shape.n_heads}, V={shape.vocab}, "
-          f"P_lin={shape.p_lin / 1e6:.1f}M non-embedding linear weights; threads={args.threads}")
+    print(
+        f"   {shape.n_layers} layers, d={shape.d}, heads={shape.n_heads}, V={shape.vocab}, "
+        f"P_lin={shape.p_lin / 1e6:.1f}M non-embedding linear weights; threads={args.threads}"
+    )
     for view, rs in ok.items():
         lens = np.array([len(r.ids) for r in rs])
-        print(f"   {view:6s}: {len(rs)}/{n} rows ok, tokens mean {lens.mean():.0f} median {np.median(lens):.0f} "
-              f"max {lens.max()}, scored {sum(r.n_scored for r in rs)}, useful {sum(flops[view].values()) / 1e9:.0f} GFLOP "
-              f"(linear {flops[view]['linear'] / 1e9:.0f}, attention {flops[view]['attention'] / 1e9:.0f}, "
-              f"lm_head {flops[view]['lm_head'] / 1e9:.0f})")
+        print(
+            f"   {view:6s}: {len(rs)}/{n} rows ok, tokens mean {lens.mean():.0f} median {np.median(lens):.0f} "
+            f"max {lens.max()}, scored {sum(r.n_scored for r in rs)}, useful {sum(flops[view].values()) / 1e9:.0f} GFLOP "
+            f"(linear {flops[view]['linear'] / 1e9:.0f}, attention {flops[view]['attention'] / 1e9:.0f}, "
+            f"lm_head {flops[view]['lm_head'] / 1e9:.0f})"
+        )
     print(f"   rendering both views: {render_s:.2f} s (not in any timing below)", flush=True)
 
     results = []
     for b in args.batch_tokens:
         results.append(run_fast(model, tok, shape, specs, rendered, ids, b, flops, args.repeats))
-        print(f"   ... {results[-1].label}: {results[-1].seconds:.1f} s (load {results[-1].load:.1f})", flush=True)
+        print(
+            f"   ... {results[-1].label}: {results[-1].seconds:.1f} s (load {results[-1].load:.1f})",
+            flush=True,
+        )
     naive = run_naive(model, rendered)
     print(f"   ... {naive.label}: {naive.seconds:.1f} s (load {naive.load:.1f})", flush=True)
     ref_ifd = ifd(naive)
 
-    print(f"\n   {'path':12s} {'batches':>7s} {'pad%':>5s} {'time s':>7s} {'samples/s':>9s} {'resp tok/s':>10s} "
-          f"{'GFLOP/s':>7s} {'peak':>6s} {'ratio':>5s} {'x naive':>7s} {'max|dIFD|':>9s} {'max|dlogp|':>10s} "
-          f"{'max|dH|':>8s} {'load':>5s}")
+    print(
+        f"\n   {'path':12s} {'batches':>7s} {'pad%':>5s} {'time s':>7s} {'samples/s':>9s} {'resp tok/s':>10s} "
+        f"{'GFLOP/s':>7s} {'peak':>6s} {'ratio':>5s} {'x naive':>7s} {'max|dIFD|':>9s} {'max|dlogp|':>10s} "
+        f"{'max|dH|':>8s} {'load':>5s}"
+    )
     for r in [naive, *results]:
         gflops = total_flops / r.seconds / 1e9
-        head = (f"   {r.label:12s} {r.batches:7d} {100 * r.pad_fraction:5.1f} {r.seconds:7.1f} {n / r.seconds:9.2f} "
-                f"{resp_tokens / r.seconds:10.0f} {gflops:7.1f} ")
+        head = (
+            f"   {r.label:12s} {r.batches:7d} {100 * r.pad_fraction:5.1f} {r.seconds:7.1f} {n / r.seconds:9.2f} "
+            f"{resp_tokens / r.seconds:10.0f} {gflops:7.1f} "
+        )
         if r is naive:
-            print(head + f"{'-':>6s} {'-':>5s} {1.0:7.2f} {'(ref)':>9s} {'(ref)':>10s} {'(ref)':>8s} {r.load:5.1f}")
+            print(
+                head
+                + f"{'-':>6s} {'-':>5s} {1.0:7.2f} {'(ref)':>9s} {'(ref)':>10s} {'(ref)':>8s} {r.load:5.1f}"
+            )
             continue
         peak = total_flops / sum(r.peak.values()) / 1e9
         d_ifd = float(np.nanmax(np.abs(ifd(r) - ref_ifd)))
         d_lp = max(max_abs_diff(r.logprob[v], naive.logprob[v]) for v in r.logprob)
         d_h = max_abs_diff(r.entropy, naive.entropy)
-        print(head + f"{peak:6.1f} {gflops / peak:5.2f} {naive.seconds / r.seconds:7.2f} {d_ifd:9.1e} {d_lp:10.1e} "
-              f"{d_h:8.1e} {r.load:5.1f}")
-    print("\n   where the fast path's time goes, in seconds (forward hooks). 'at peak' is the time its GEMMs take"
-          "\n   at the measured matmul rates; 'other' is outside the base model and the lm_head: batch padding,"
-          "\n   gather, log-softmax and entropy, numpy, Python. Lost = measured - at peak.")
-    print(f"   {'path':12s} {'total':>6s} {'at peak':>7s} | {'base':>6s} {'at peak':>7s} {'(attn':>6s} {'mlp)':>6s} | "
-          f"{'lm_head':>7s} {'at peak':>7s} | {'other':>6s} | lost: base / lm_head / other")
+        print(
+            head
+            + f"{peak:6.1f} {gflops / peak:5.2f} {naive.seconds / r.seconds:7.2f} {d_ifd:9.1e} {d_lp:10.1e} "
+            f"{d_h:8.1e} {r.load:5.1f}"
+        )
+    print(
+        "\n   where the fast path's time goes, in seconds (forward hooks). 'at peak' is the time its GEMMs take"
+        "\n   at the measured matmul rates; 'other' is outside the base model and the lm_head: batch padding,"
+        "\n   gather, log-softmax and entropy, numpy, Python. Lost = measured - at peak."
+    )
+    print(
+        f"   {'path':12s} {'total':>6s} {'at peak':>7s} | {'base':>6s} {'at peak':>7s} {'(attn':>6s} {'mlp)':>6s} | "
+        f"{'lm_head':>7s} {'at peak':>7s} | {'other':>6s} | lost: base / lm_head / other"
+    )
     for r in results:
         ph = r.phases
         base, head = ph.get("base model", 0.0), ph.get("lm_head", 0.0)
         other = r.seconds - base - head
         base_peak = r.peak["linear"] + r.peak["attention"]
         lost = r.seconds - sum(r.peak.values())
-        print(f"   {r.label:12s} {r.seconds:6.1f} {sum(r.peak.values()):7.1f} | {base:6.1f} {base_peak:7.1f} "
-              f"{ph.get('attention', 0.0):6.1f} {ph.get('mlp', 0.0):6.1f} | {head:7.1f} {r.peak['lm_head']:7.1f} | "
-              f"{other:6.1f} | " + (f"{100 * (base - base_peak) / lost:.0f}% / {100 * (head - r.peak['lm_head']) / lost:.0f}% / "
-                                    f"{100 * other / lost:.0f}%" if lost > 0 else "- (at or above the measured peak)"))
+        print(
+            f"   {r.label:12s} {r.seconds:6.1f} {sum(r.peak.values()):7.1f} | {base:6.1f} {base_peak:7.1f} "
+            f"{ph.get('attention', 0.0):6.1f} {ph.get('mlp', 0.0):6.1f} | {head:7.1f} {r.peak['lm_head']:7.1f} | "
+            f"{other:6.1f} | "
+            + (
+                f"{100 * (base - base_peak) / lost:.0f}% / {100 * (head - r.peak['lm_head']) / lost:.0f}% / "
+                f"{100 * other / lost:.0f}%"
+                if lost > 0
+                else "- (at or above the measured peak)"
+            )
+        )
     if args.profile:
         profile_fast(model, tok, specs, rendered, ids, args.batch_tokens[0])
     best = min(results, key=lambda r: r.seconds)
@@ -481,16 +619,25 @@ def bench_model(name: str, smol: Any, samples: list[Any], args: argparse.Namespa
     gflops = total_flops / best.seconds / 1e9
     elapsed = time.perf_counter() - t_start
     print(f"   ({name} done in {elapsed:.0f} s)")
-    return {"model": name, "best": best.label, "samples/s": n / best.seconds, "gflops": gflops, "peak": peak,
-            "speedup": naive.seconds / best.seconds, "d_ifd": float(np.nanmax(np.abs(ifd(best) - ref_ifd))),
-            "naive_gflops": total_flops / naive.seconds / 1e9}
+    return {
+        "model": name,
+        "best": best.label,
+        "samples/s": n / best.seconds,
+        "gflops": gflops,
+        "peak": peak,
+        "speedup": naive.seconds / best.seconds,
+        "d_ifd": float(np.nanmax(np.abs(ifd(best) - ref_ifd))),
+        "naive_gflops": total_flops / naive.seconds / 1e9,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t0 = time.perf_counter()
     if not args.data.is_file():
-        print(f"skipped: data file not found: {args.data} (pass --data PATH to an Alpaca JSON file)")
+        print(
+            f"skipped: data file not found: {args.data} (pass --data PATH to an Alpaca JSON file)"
+        )
         return 0
     import torch
 
@@ -499,18 +646,22 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     data = read(str(args.data), limit=args.rows)
-    print(f"bench/passes.py: {data.rows_read} rows read from {args.data.name} ({len(data.samples)} samples, "
-          f"{len(data.rejected)} rejected); torch {torch.__version__}, threads={torch.get_num_threads()}, "
-          f"batch_tokens={args.batch_tokens}")
+    print(
+        f"bench/passes.py: {data.rows_read} rows read from {args.data.name} ({len(data.samples)} samples, "
+        f"{len(data.rejected)} rejected); torch {torch.__version__}, threads={torch.get_num_threads()}, "
+        f"batch_tokens={args.batch_tokens}"
+    )
     smol = load_model("smollm2-135m")  # its tokenizer renders for both models
     summary = [bench_model(name, smol, data.samples, args) for name in args.models]
 
     print("\n== summary (best batch_tokens per model; ratios are within this run)")
     for s in summary:
         met = "met" if s["gflops"] / s["peak"] >= 0.9 else "NOT met"
-        print(f"   {s['model']:17s} {s['best']:11s} {s['samples/s']:6.2f} samples/s, {s['gflops']:5.1f} useful GFLOP/s "
-              f"= {s['gflops'] / s['peak']:.2f} of the {s['peak']:.0f} GFLOP/s matmul peak (target 0.9: {met}); "
-              f"{s['speedup']:.2f}x the naive path ({s['naive_gflops']:.1f} GFLOP/s); max |dIFD| {s['d_ifd']:.1e}")
+        print(
+            f"   {s['model']:17s} {s['best']:11s} {s['samples/s']:6.2f} samples/s, {s['gflops']:5.1f} useful GFLOP/s "
+            f"= {s['gflops'] / s['peak']:.2f} of the {s['peak']:.0f} GFLOP/s matmul peak (target 0.9: {met}); "
+            f"{s['speedup']:.2f}x the naive path ({s['naive_gflops']:.1f} GFLOP/s); max |dIFD| {s['d_ifd']:.1e}"
+        )
     print(f"   elapsed {time.perf_counter() - t0:.0f} s")
     return 0
 

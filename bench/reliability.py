@@ -63,16 +63,44 @@ def _setup(work: Path, rows: int) -> tuple[Path, Path]:
     make_model(tok).save_pretrained(work / "model")
     tok.save_pretrained(work / "model")
     data = work / "data.jsonl"
-    items = [{"instruction": f"Add {i} and {i * 3 % 17}.", "output": f"{i} + {i * 3 % 17} = {i + i * 3 % 17}. " * (1 + i % 4)} for i in range(rows)]
+    items = [
+        {
+            "instruction": f"Add {i} and {i * 3 % 17}.",
+            "output": f"{i} + {i * 3 % 17} = {i + i * 3 % 17}. " * (1 + i % 4),
+        }
+        for i in range(rows)
+    ]
     data.write_text("".join(json.dumps(r) + "\n" for r in items))
     return work / "model", data
 
 
 def _spawn(model: Path, data: Path, out: Path, log: Path, shard_rows: int) -> subprocess.Popen:
-    argv = ["run", "--model", str(model), "--data", str(data), "--out", str(out), "--method", "ifd", "--fraction", "0.1", "--no-progress", "--threads", "1", f"score.shard_rows={shard_rows}"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), *sys.path])}
+    argv = [
+        "run",
+        "--model",
+        str(model),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--method",
+        "ifd",
+        "--fraction",
+        "0.1",
+        "--no-progress",
+        "--threads",
+        "1",
+        f"score.shard_rows={shard_rows}",
+    ]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), *sys.path]),
+    }
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(log), "--", *argv]
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
 
 
 def _markers(out: Path) -> int:
@@ -85,7 +113,9 @@ def _rows_started(log: Path) -> int:
 
 def _table(out: Path) -> dict[str, dict]:
     t = pq.read_table(out / "scores.parquet").to_pydict()
-    return {i: {k: t[k][n] for k in ("status", "selected", *SIGNALS)} for n, i in enumerate(t["id"])}
+    return {
+        i: {k: t[k][n] for k in ("status", "selected", *SIGNALS)} for n, i in enumerate(t["id"])
+    }
 
 
 def _shard_ids(out: Path) -> dict[str, list[str]]:
@@ -94,15 +124,28 @@ def _shard_ids(out: Path) -> dict[str, list[str]]:
     by_pass: dict[str, list[str]] = {}
     for p in out.glob("passes/*/shard-*.done"):
         t = pq.read_table(p.with_suffix(".parquet"), columns=["id", "status"]).to_pydict()
-        by_pass.setdefault(p.parent.name, []).extend(i for i, s in zip(t["id"], t["status"], strict=True) if not s.startswith("error:"))
+        by_pass.setdefault(p.parent.name, []).extend(
+            i for i, s in zip(t["id"], t["status"], strict=True) if not s.startswith("error:")
+        )
     return by_pass
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--kills", type=int, default=20, help="SIGKILLs, each followed by a rerun of the same command (default: 20)")
-    ap.add_argument("--rows", type=int, default=400, help="rows of the generated dataset (default: 400)")
-    ap.add_argument("--shard-rows", type=int, default=4, help="rows per committed shard (default: 4)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--kills",
+        type=int,
+        default=20,
+        help="SIGKILLs, each followed by a rerun of the same command (default: 20)",
+    )
+    ap.add_argument(
+        "--rows", type=int, default=400, help="rows of the generated dataset (default: 400)"
+    )
+    ap.add_argument(
+        "--shard-rows", type=int, default=4, help="rows per committed shard (default: 4)"
+    )
     ap.add_argument("--seed", type=int, default=0, help="seed of the kill points (default: 0)")
     ap.add_argument("--work-dir", help="keep the runs here (default: a temporary folder)")
     a = ap.parse_args()
@@ -139,7 +182,9 @@ def main() -> int:
         else:
             finished_first += 1
         proc.wait()
-        debris += sum(1 for p in out.glob("passes/*/shard-*.parquet") if not p.with_suffix(".done").exists()) + len(list(out.glob("passes/*/*.tmp")))
+        debris += sum(
+            1 for p in out.glob("passes/*/shard-*.parquet") if not p.with_suffix(".done").exists()
+        ) + len(list(out.glob("passes/*/*.tmp")))
     proc = _spawn(model, data, out, log, a.shard_rows)
     if proc.wait() != 0:
         raise SystemExit(f"the final rerun failed: {proc.stderr.read()}")
@@ -155,25 +200,39 @@ def main() -> int:
         x = np.array([want[i][name] for i in common], dtype=np.float64)
         y = np.array([got[i][name] for i in common], dtype=np.float64)
         same_nan = np.array_equal(np.isnan(x), np.isnan(y))
-        delta = max(delta, float(np.nanmax(np.abs(x - y), initial=0.0)) if same_nan else float("inf"))
+        delta = max(
+            delta, float(np.nanmax(np.abs(x - y), initial=0.0)) if same_nan else float("inf")
+        )
     sel_a = {i for i, r in want.items() if r["selected"]}
     sel_b = {i for i, r in got.items() if r["selected"]}
     jaccard = len(sel_a & sel_b) / max(len(sel_a | sel_b), 1)
     clean_rows, killed_rows = _rows_started(work / "clean.log"), _rows_started(log)
 
-    print(f"tiny Llama, {a.rows} rows, 2 passes (cond + uncond), shard_rows={a.shard_rows}, seed={a.seed}, 1 torch thread")
+    print(
+        f"tiny Llama, {a.rows} rows, 2 passes (cond + uncond), shard_rows={a.shard_rows}, seed={a.seed}, 1 torch thread"
+    )
     print(f"clean run            {clean_s:.1f} s, {shards} shards, {clean_rows} rows scored")
-    print(f"kills                {landed} SIGKILLs landed, {finished_first} runs finished before their kill point, then one rerun")
-    print(f"debris after kills   {debris} unmarked shard or temp files seen (deleted and redone by the next run)")
+    print(
+        f"kills                {landed} SIGKILLs landed, {finished_first} runs finished before their kill point, then one rerun"
+    )
+    print(
+        f"debris after kills   {debris} unmarked shard or temp files seen (deleted and redone by the next run)"
+    )
     print(f"rows lost            {lost}")
     print(f"duplicate ids        {dup}")
     print(f"max |delta score|    {delta:.3g}")
     print(f"subset Jaccard       {jaccard:.3f} ({len(sel_b)} selected)")
-    print(f"extra work           {killed_rows - clean_rows} rows re-scored ({(killed_rows - clean_rows) / max(clean_rows, 1):.1%} of the clean run), "
-          f"wall time x{killed_s / clean_s:.2f} ({killed_s:.1f} s vs {clean_s:.1f} s: {len(targets) + 1} process starts)")
+    print(
+        f"extra work           {killed_rows - clean_rows} rows re-scored ({(killed_rows - clean_rows) / max(clean_rows, 1):.1%} of the clean run), "
+        f"wall time x{killed_s / clean_s:.2f} ({killed_s:.1f} s vs {clean_s:.1f} s: {len(targets) + 1} process starts)"
+    )
     # a run that ends before its kill point proves nothing: at least half the kills must land
     ok = lost == 0 and dup == 0 and delta == 0.0 and jaccard == 1.0 and 2 * landed >= a.kills
-    print("targets              " + ("met" if ok else "MISSED") + f" (rows lost 0, duplicates 0, max |delta| 0, Jaccard 1, at least {-(-a.kills // 2)} kills landed)")
+    print(
+        "targets              "
+        + ("met" if ok else "MISSED")
+        + f" (rows lost 0, duplicates 0, max |delta| 0, Jaccard 1, at least {-(-a.kills // 2)} kills landed)"
+    )
     return 0 if ok else 1
 
 

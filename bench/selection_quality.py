@@ -66,7 +66,18 @@ from thresher.train import MARKER, preset, train
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 # nait first: its cond pass (log-probs, entropy and hidden states) then serves ifd, ppl, entropy,
 # miwv and instructdiff's base pass, which need a subset of its fields
-METHODS = ("nait", "mads", "ifd", "ppl", "entropy", "miwv", "instructdiff", "longest", "superfiltering", "tshirt")
+METHODS = (
+    "nait",
+    "mads",
+    "ifd",
+    "ppl",
+    "entropy",
+    "miwv",
+    "instructdiff",
+    "longest",
+    "superfiltering",
+    "tshirt",
+)
 SMALL_SCORER_METHODS = ("superfiltering", "tshirt")
 HELDOUT_FRACTION = 0.2  # ours: 200 of alpaca_en_demo's 999 rows are never in the pool
 NAIT_TARGET_ROWS = 20  # as the NAIT integration test: 20 GSM8K rows as the in-domain set
@@ -100,7 +111,9 @@ def build_data(a: argparse.Namespace, out: Path) -> dict[str, Any]:
     alpaca = read(str(SHARED / "alpaca_en_demo.json"), format="alpaca")
     rest, heldout = split_heldout(alpaca.samples, HELDOUT_FRACTION, seed=0)
     if a.pool_rows > len(rest):
-        raise ValueError(f"--pool-rows {a.pool_rows}: only {len(rest)} alpaca_en_demo rows are outside the held-out split")
+        raise ValueError(
+            f"--pool-rows {a.pool_rows}: only {len(rest)} alpaca_en_demo rows are outside the held-out split"
+        )
     picked = sorted(random.Random(a.seed).sample(range(len(rest)), a.pool_rows))
     pool_alpaca = [rest[i] for i in picked]
     heldout = heldout[: a.target_rows]
@@ -110,18 +123,32 @@ def build_data(a: argparse.Namespace, out: Path) -> dict[str, Any]:
     write_jsonl([s.meta["record"] for s in heldout], d / "heldout.jsonl")
     gsm = (SHARED / "gsm8k_test.jsonl").read_text(encoding="utf-8").splitlines()
     if a.target_rows + NAIT_TARGET_ROWS > len(gsm):
-        raise ValueError(f"--target-rows {a.target_rows}: gsm8k_test.jsonl has {len(gsm)} rows, {NAIT_TARGET_ROWS} of them kept for NAIT")
-    (d / "nait_target.jsonl").write_text("\n".join(gsm[-NAIT_TARGET_ROWS:]) + "\n", encoding="utf-8")
+        raise ValueError(
+            f"--target-rows {a.target_rows}: gsm8k_test.jsonl has {len(gsm)} rows, {NAIT_TARGET_ROWS} of them kept for NAIT"
+        )
+    (d / "nait_target.jsonl").write_text(
+        "\n".join(gsm[-NAIT_TARGET_ROWS:]) + "\n", encoding="utf-8"
+    )
     # no evaluated row is trained on or used as NAIT's in-domain set (checked by id and content)
     pool = read(str(d / "pool.jsonl"), format="alpaca").samples
-    evaluated = {name: read_pairs(spec.target, None, a.target_rows).samples for name, spec in targets(d).items()}
+    evaluated = {
+        name: read_pairs(spec.target, None, a.target_rows).samples
+        for name, spec in targets(d).items()
+    }
     for name, rows in evaluated.items():
         check_disjoint(pool, rows)
         if name == "gsm8k":
             check_disjoint(read_pairs(str(d / "nait_target.jsonl"), None, None).samples, rows)
     defects = sum(1 for r in planted if r["meta"]["defect"])
-    return {"pool": d / "pool.jsonl", "heldout": d / "heldout.jsonl", "nait_target": d / "nait_target.jsonl",
-            "pool_rows": len(records), "alpaca_rows": len(pool_alpaca), "planted_rows": len(planted), "planted_defects": defects}
+    return {
+        "pool": d / "pool.jsonl",
+        "heldout": d / "heldout.jsonl",
+        "nait_target": d / "nait_target.jsonl",
+        "pool_rows": len(records),
+        "alpaca_rows": len(pool_alpaca),
+        "planted_rows": len(planted),
+        "planted_defects": defects,
+    }
 
 
 # ------------------------------------------------------------------ selection
@@ -143,13 +170,25 @@ def select_arm(arm: Arm, a: argparse.Namespace, out: Path, data: dict[str, Any])
     marker = folder / "selection.json"
     scorer = a.small_scorer if arm.method in SMALL_SCORER_METHODS else a.scorer
     params = method_params(arm.method, a, data) if arm.method else {}
-    settings = {"method": arm.method, "params": params, "seed": arm.seed, "scorer": scorer, "fraction": a.fraction, "pool": _fingerprint(data["pool"].read_bytes().decode())}
+    settings = {
+        "method": arm.method,
+        "params": params,
+        "seed": arm.seed,
+        "scorer": scorer,
+        "fraction": a.fraction,
+        "pool": _fingerprint(data["pool"].read_bytes().decode()),
+    }
     old = json.loads(marker.read_text()) if marker.is_file() else None
     if old is not None and old["settings"] == settings:
         return {**old, "reused": True, "changed": False}
     changed = old is not None  # selected before with other settings: its trained model is stale
     if arm.method is None:  # the full pool: every row that reads
-        record = {"settings": settings, "ids": [s.id for s in read(str(data["pool"]), format="alpaca").samples], "scorer": None, "seconds": 0.0}
+        record = {
+            "settings": settings,
+            "ids": [s.id for s in read(str(data["pool"]), format="alpaca").samples],
+            "scorer": None,
+            "seconds": 0.0,
+        }
         folder.mkdir(parents=True, exist_ok=True)
         marker.write_text(json.dumps(record, indent=1))
         return {**record, "reused": False, "changed": changed}
@@ -169,8 +208,17 @@ def select_arm(arm: Arm, a: argparse.Namespace, out: Path, data: dict[str, Any])
     folder.mkdir(parents=True, exist_ok=True)
     for f in COPY:
         shutil.copy2(Path(cfg.output.dir) / f, folder / f)
-    record = {"settings": settings, "ids": list(sel.ids), "scorer": None if arm.method == "random" else scorer, "seconds": seconds, "note": sel.note,
-              "passes": {r: {k: p[k] for k in ("label", "scored", "reused")} for r, p in manifest["passes"].items()}}
+    record = {
+        "settings": settings,
+        "ids": list(sel.ids),
+        "scorer": None if arm.method == "random" else scorer,
+        "seconds": seconds,
+        "note": sel.note,
+        "passes": {
+            r: {k: p[k] for k in ("label", "scored", "reused")}
+            for r, p in manifest["passes"].items()
+        },
+    }
     marker.write_text(json.dumps(record, indent=1))
     return {**record, "reused": False, "changed": changed}
 
@@ -178,25 +226,71 @@ def select_arm(arm: Arm, a: argparse.Namespace, out: Path, data: dict[str, Any])
 # ------------------------------------------------------------------ training and evaluation
 
 
-def train_arm(arm: Arm, ids: list[str], pool: dict[str, Sample], base: Any, a: argparse.Namespace, out: Path, reselected: bool) -> dict[str, Any]:
+def train_arm(
+    arm: Arm,
+    ids: list[str],
+    pool: dict[str, Sample],
+    base: Any,
+    a: argparse.Namespace,
+    out: Path,
+    reselected: bool,
+) -> dict[str, Any]:
     """Fine-tune the base on the arm's rows; a finished model is reused unless the arm was selected again."""
-    cfg = preset(a.preset, lora=not a.full, epochs=a.epochs, learning_rate=a.lr, batch_size=a.batch_size, max_length=a.max_length, template=a.template, threads=a.threads)
-    res = train([pool[i] for i in ids], base, out / "arms" / arm.name / "model", cfg, progress=a.progress, overwrite=reselected)
-    return {"rows": res.rows, "tokens": res.tokens, "loss_tokens": res.loss_tokens, "steps": res.steps, "seconds": 0.0 if res.reused else res.seconds,
-            "reused": res.reused, "rejected": res.rejected}
+    cfg = preset(
+        a.preset,
+        lora=not a.full,
+        epochs=a.epochs,
+        learning_rate=a.lr,
+        batch_size=a.batch_size,
+        max_length=a.max_length,
+        template=a.template,
+        threads=a.threads,
+    )
+    res = train(
+        [pool[i] for i in ids],
+        base,
+        out / "arms" / arm.name / "model",
+        cfg,
+        progress=a.progress,
+        overwrite=reselected,
+    )
+    return {
+        "rows": res.rows,
+        "tokens": res.tokens,
+        "loss_tokens": res.loss_tokens,
+        "steps": res.steps,
+        "seconds": 0.0 if res.reused else res.seconds,
+        "reused": res.reused,
+        "rejected": res.rejected,
+    }
 
 
 def targets(data_dir: Path) -> dict[str, TaskSpec]:
-    return {"gsm8k": TaskSpec("nll", str(SHARED / "gsm8k_test.jsonl")), "alpaca_eval": TaskSpec("nll", str(SHARED / "alpaca_eval.json")),
-            "heldout": TaskSpec("nll", str(data_dir / "heldout.jsonl"))}
+    return {
+        "gsm8k": TaskSpec("nll", str(SHARED / "gsm8k_test.jsonl")),
+        "alpaca_eval": TaskSpec("nll", str(SHARED / "alpaca_eval.json")),
+        "heldout": TaskSpec("nll", str(data_dir / "heldout.jsonl")),
+    }
 
 
-def eval_model(name: str, model: Path | Any, a: argparse.Namespace, data: dict[str, Any], dest: Path) -> dict[str, Any]:
+def eval_model(
+    name: str, model: Path | Any, a: argparse.Namespace, data: dict[str, Any], dest: Path
+) -> dict[str, Any]:
     """Held-out NLL per target (reused from `dest` when the model, the targets and the settings are
     unchanged; a trained model is known by its training record, so a retrained one is evaluated again)."""
     specs = targets(data["heldout"].parent)
-    trained = hashlib.sha256((model / MARKER).read_bytes()).hexdigest() if isinstance(model, Path) else model.info.weights_sha256
-    key = {"targets": {k: [s.kind, s.target] for k, s in specs.items()}, "limit": a.target_rows, "template": a.template, "max_length": a.max_length, "model": trained}
+    trained = (
+        hashlib.sha256((model / MARKER).read_bytes()).hexdigest()
+        if isinstance(model, Path)
+        else model.info.weights_sha256
+    )
+    key = {
+        "targets": {k: [s.kind, s.target] for k, s in specs.items()},
+        "limit": a.target_rows,
+        "template": a.template,
+        "max_length": a.max_length,
+        "model": trained,
+    }
     if dest.is_file():
         old = json.loads(dest.read_text())
         if old.get("key") == key:
@@ -206,7 +300,12 @@ def eval_model(name: str, model: Path | Any, a: argparse.Namespace, data: dict[s
     results = {}
     for k, spec in specs.items():
         r = run_task(lm, spec, template=a.template, limit=a.target_rows, max_length=a.max_length)
-        results[k] = {"nll_token": r.metrics["nll_token"], "evaluated": r.evaluated, "skipped": r.skipped, "tokens": r.metrics["tokens"]}
+        results[k] = {
+            "nll_token": r.metrics["nll_token"],
+            "evaluated": r.evaluated,
+            "skipped": r.skipped,
+            "tokens": r.metrics["tokens"],
+        }
     record = {"key": key, "arm": name, "results": results, "seconds": time.perf_counter() - t0}
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(json.dumps(record, indent=1))
@@ -220,93 +319,224 @@ def _fmt(v: float | None, nd: int = 4) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{nd}f}"
 
 
-def table(rows: list[dict[str, Any]], base_eval: dict[str, Any], names: list[str], planted_defects: int) -> str:
-    head = ["arm", "scorer", "rows", "train tokens (response)", *[f"NLL {t}" for t in names], "NLL mean", "defects kept"]
+def table(
+    rows: list[dict[str, Any]], base_eval: dict[str, Any], names: list[str], planted_defects: int
+) -> str:
+    head = [
+        "arm",
+        "scorer",
+        "rows",
+        "train tokens (response)",
+        *[f"NLL {t}" for t in names],
+        "NLL mean",
+        "defects kept",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def mean_nll(r: dict[str, Any]) -> float:
         return statistics.fmean(r["eval"]["results"][t]["nll_token"] for t in names)
 
     base = base_eval["results"]
-    lines.append("| base (untrained) | - | 0 | 0 | " + " | ".join(_fmt(base[t]["nll_token"]) for t in names) + f" | {_fmt(statistics.fmean(base[t]['nll_token'] for t in names))} | - |")
+    lines.append(
+        "| base (untrained) | - | 0 | 0 | "
+        + " | ".join(_fmt(base[t]["nll_token"]) for t in names)
+        + f" | {_fmt(statistics.fmean(base[t]['nll_token'] for t in names))} | - |"
+    )
     for r in rows:
         ev = r["eval"]["results"]
-        cells = [r["arm"], r["scorer"] or "-", str(r["train"]["rows"]), str(r["train"]["loss_tokens"]), *(_fmt(ev[t]["nll_token"]) for t in names), _fmt(mean_nll(r)), f"{r['defects']}/{planted_defects}"]
+        cells = [
+            r["arm"],
+            r["scorer"] or "-",
+            str(r["train"]["rows"]),
+            str(r["train"]["loss_tokens"]),
+            *(_fmt(ev[t]["nll_token"]) for t in names),
+            _fmt(mean_nll(r)),
+            f"{r['defects']}/{planted_defects}",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     rand = [r for r in rows if r["arm"].startswith("random-")]
     if rand:
         cells = []
         for t in [*names, None]:
-            vals = [mean_nll(r) if t is None else r["eval"]["results"][t]["nll_token"] for r in rand]
+            vals = [
+                mean_nll(r) if t is None else r["eval"]["results"][t]["nll_token"] for r in rand
+            ]
             sd = statistics.stdev(vals) if len(vals) > 1 else float("nan")
-            cells.append(f"{_fmt(statistics.fmean(vals))} ± {_fmt(sd)} [{_fmt(min(vals))}, {_fmt(max(vals))}]")
+            cells.append(
+                f"{_fmt(statistics.fmean(vals))} ± {_fmt(sd)} [{_fmt(min(vals))}, {_fmt(max(vals))}]"
+            )
         kept = [r["defects"] for r in rand]
-        lines.append(f"| random, mean ± sd [min, max] of {len(rand)} | - | {rand[0]['train']['rows']} | - | " + " | ".join(cells) + f" | {statistics.fmean(kept):.1f}/{planted_defects} |")
+        lines.append(
+            f"| random, mean ± sd [min, max] of {len(rand)} | - | {rand[0]['train']['rows']} | - | "
+            + " | ".join(cells)
+            + f" | {statistics.fmean(kept):.1f}/{planted_defects} |"
+        )
     return "\n".join(lines)
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="runs/quality", help="where every step is cached (default: runs/quality)")
-    p.add_argument("--base", default="gemma3-270m", help="the model every arm fine-tunes (default: gemma3-270m; smollm2-135m is cheaper)")
-    p.add_argument("--scorer", help="the scoring model of the target-model methods (default: --base)")
-    p.add_argument("--small-scorer", default="smollm2-135m", help="the scoring model of superfiltering and tshirt (default: smollm2-135m)")
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, help="methods to compare (default: all)")
-    p.add_argument("--pool-rows", type=int, default=96, help="alpaca_en_demo rows in the pool (default: 96)")
-    p.add_argument("--planted", type=int, default=24, help="clean rows of the planted-defect pool; defects come on top (default: 24)")
-    p.add_argument("--fraction", type=float, default=0.1, help="the budget of every method and random arm (default: 0.1)")
-    p.add_argument("--random-arms", type=int, default=3, help="random subsets at the same budget (default: 3)")
-    p.add_argument("--target-rows", type=int, default=16, help="items per held-out target (default: 16)")
-    p.add_argument("--preset", default="cpu", help="training recipe (default: cpu, lr 1e-4; --batch-size and --epochs set the rest)")
-    p.add_argument("--epochs", type=float, default=2.0, help="epochs over each arm's rows (default: 2)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--out", default="runs/quality", help="where every step is cached (default: runs/quality)"
+    )
+    p.add_argument(
+        "--base",
+        default="gemma3-270m",
+        help="the model every arm fine-tunes (default: gemma3-270m; smollm2-135m is cheaper)",
+    )
+    p.add_argument(
+        "--scorer", help="the scoring model of the target-model methods (default: --base)"
+    )
+    p.add_argument(
+        "--small-scorer",
+        default="smollm2-135m",
+        help="the scoring model of superfiltering and tshirt (default: smollm2-135m)",
+    )
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=list(METHODS),
+        choices=METHODS,
+        help="methods to compare (default: all)",
+    )
+    p.add_argument(
+        "--pool-rows", type=int, default=96, help="alpaca_en_demo rows in the pool (default: 96)"
+    )
+    p.add_argument(
+        "--planted",
+        type=int,
+        default=24,
+        help="clean rows of the planted-defect pool; defects come on top (default: 24)",
+    )
+    p.add_argument(
+        "--fraction",
+        type=float,
+        default=0.1,
+        help="the budget of every method and random arm (default: 0.1)",
+    )
+    p.add_argument(
+        "--random-arms", type=int, default=3, help="random subsets at the same budget (default: 3)"
+    )
+    p.add_argument(
+        "--target-rows", type=int, default=16, help="items per held-out target (default: 16)"
+    )
+    p.add_argument(
+        "--preset",
+        default="cpu",
+        help="training recipe (default: cpu, lr 1e-4; --batch-size and --epochs set the rest)",
+    )
+    p.add_argument(
+        "--epochs", type=float, default=2.0, help="epochs over each arm's rows (default: 2)"
+    )
     p.add_argument("--lr", type=float, help="learning rate (default: the preset's)")
     p.add_argument("--batch-size", type=int, default=4, help="rows per optimizer step (default: 4)")
-    p.add_argument("--max-length", type=int, default=512, help="tokens per example, in training and evaluation (default: 512)")
+    p.add_argument(
+        "--max-length",
+        type=int,
+        default=512,
+        help="tokens per example, in training and evaluation (default: 512)",
+    )
     p.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
-    p.add_argument("--template", default="alpaca", help="template of training and evaluation (default: alpaca)")
-    p.add_argument("--tshirt-copies", type=int, default=3, help="T-SHIRT perturbed copies (the paper's 30 costs 60 passes; default: 3)")
+    p.add_argument(
+        "--template", default="alpaca", help="template of training and evaluation (default: alpaca)"
+    )
+    p.add_argument(
+        "--tshirt-copies",
+        type=int,
+        default=3,
+        help="T-SHIRT perturbed copies (the paper's 30 costs 60 passes; default: 3)",
+    )
     p.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
-    p.add_argument("--seed", type=int, default=42, help="seed of the pool sample and the planted pool (default: 42)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=42,
+        help="seed of the pool sample and the planted pool (default: 42)",
+    )
     p.add_argument("--progress", action="store_true", help="show progress bars")
     a = p.parse_args()
     a.scorer = a.scorer or a.base
     if not SHARED.is_dir():
-        raise SystemExit(f"the real data folder {SHARED} is missing: this benchmark reads alpaca_en_demo.json, gsm8k_test.jsonl and alpaca_eval.json from it")
+        raise SystemExit(
+            f"the real data folder {SHARED} is missing: this benchmark reads alpaca_en_demo.json, gsm8k_test.jsonl and alpaca_eval.json from it"
+        )
     set_threads(a.threads)
     out = Path(a.out)
     t_start = time.perf_counter()
     stages: dict[str, float] = {}
 
     data = build_data(a, out)
-    print(f"pool      {data['pool_rows']} rows: {data['alpaca_rows']} alpaca_en_demo + {data['planted_rows']} planted ({data['planted_defects']} defective)")
+    print(
+        f"pool      {data['pool_rows']} rows: {data['alpaca_rows']} alpaca_en_demo + {data['planted_rows']} planted ({data['planted_defects']} defective)"
+    )
     pool_read = read(str(data["pool"]), format="alpaca")
     pool = {s.id: s for s in pool_read.samples}
-    planted_defects = sum(1 for s in pool_read.samples if (s.meta["record"].get("meta") or {}).get("defect"))
-    print(f"readable  {len(pool)} rows ({len(pool_read.rejected)} rejected reading: {sorted({r.reason for r in pool_read.rejected})}); {planted_defects} readable planted defects")
+    planted_defects = sum(
+        1 for s in pool_read.samples if (s.meta["record"].get("meta") or {}).get("defect")
+    )
+    print(
+        f"readable  {len(pool)} rows ({len(pool_read.rejected)} rejected reading: {sorted({r.reason for r in pool_read.rejected})}); {planted_defects} readable planted defects"
+    )
 
     t0 = time.perf_counter()
     chosen: dict[str, dict[str, Any]] = {}
     for arm in arms(a.methods, a.random_arms):
         chosen[arm.name] = select_arm(arm, a, out, data)
         s = chosen[arm.name]
-        print(f"select    {arm.name:<14} {len(s['ids'])} rows" + (" (reused)" if s["reused"] else f" in {s['seconds']:.0f} s") + (f" - {s['note']}" if s.get("note") else ""), flush=True)
+        print(
+            f"select    {arm.name:<14} {len(s['ids'])} rows"
+            + (" (reused)" if s["reused"] else f" in {s['seconds']:.0f} s")
+            + (f" - {s['note']}" if s.get("note") else ""),
+            flush=True,
+        )
     stages["select"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     base = load_model(a.base)
     rows = []
     for arm in arms(a.methods, a.random_arms):
-        tr = train_arm(arm, chosen[arm.name]["ids"], pool, base, a, out, reselected=chosen[arm.name]["changed"])
-        audit = defect_audit([pool[i].meta["record"] for i in chosen[arm.name]["ids"]], [s.meta["record"] for s in pool_read.samples])
-        rows.append({"arm": arm.name, "scorer": chosen[arm.name]["scorer"], "train": tr, "defects": audit["selected"]["defective"]})
-        print(f"train     {arm.name:<14} {tr['rows']} rows, {tr['loss_tokens']} loss tokens, {tr['steps']} steps" + (" (reused)" if tr["reused"] else f" in {tr['seconds']:.0f} s"), flush=True)
+        tr = train_arm(
+            arm, chosen[arm.name]["ids"], pool, base, a, out, reselected=chosen[arm.name]["changed"]
+        )
+        audit = defect_audit(
+            [pool[i].meta["record"] for i in chosen[arm.name]["ids"]],
+            [s.meta["record"] for s in pool_read.samples],
+        )
+        rows.append(
+            {
+                "arm": arm.name,
+                "scorer": chosen[arm.name]["scorer"],
+                "train": tr,
+                "defects": audit["selected"]["defective"],
+            }
+        )
+        print(
+            f"train     {arm.name:<14} {tr['rows']} rows, {tr['loss_tokens']} loss tokens, {tr['steps']} steps"
+            + (" (reused)" if tr["reused"] else f" in {tr['seconds']:.0f} s"),
+            flush=True,
+        )
     stages["train"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     base_eval = eval_model("base", base, a, data, out / "base_eval.json")
     for r in rows:
-        r["eval"] = eval_model(r["arm"], out / "arms" / r["arm"] / "model", a, data, out / "arms" / r["arm"] / "eval.json")
-        print(f"eval      {r['arm']:<14} " + ", ".join(f"{t} {v['nll_token']:.4f}" for t, v in r["eval"]["results"].items()) + (" (reused)" if r["eval"]["reused"] else ""), flush=True)
+        r["eval"] = eval_model(
+            r["arm"],
+            out / "arms" / r["arm"] / "model",
+            a,
+            data,
+            out / "arms" / r["arm"] / "eval.json",
+        )
+        print(
+            f"eval      {r['arm']:<14} "
+            + ", ".join(f"{t} {v['nll_token']:.4f}" for t, v in r["eval"]["results"].items())
+            + (" (reused)" if r["eval"]["reused"] else ""),
+            flush=True,
+        )
     stages["eval"] = time.perf_counter() - t0
     stages["total"] = time.perf_counter() - t_start
 
@@ -314,12 +544,28 @@ def main() -> None:
     items = {t: base_eval["results"][t]["evaluated"] for t in names}
     text = table(rows, base_eval, names, planted_defects)
     recipe = f"{'full fine-tuning' if a.full else 'LoRA'}, preset {a.preset}, {a.epochs:g} epochs, batch {a.batch_size}, max length {a.max_length}, {a.template} template"
-    header = (f"base {a.base}; scorer {a.scorer} (superfiltering, tshirt: {a.small_scorer}); budget {a.fraction:g} of {len(pool)} readable pool rows; {recipe}\n"
-              f"held-out NLL in nats per response token (lower is better); items per target: {items}\n"
-              f"seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in stages.items()) + " (reused steps count as 0)")
+    header = (
+        f"base {a.base}; scorer {a.scorer} (superfiltering, tshirt: {a.small_scorer}); budget {a.fraction:g} of {len(pool)} readable pool rows; {recipe}\n"
+        f"held-out NLL in nats per response token (lower is better); items per target: {items}\n"
+        f"seconds: "
+        + ", ".join(f"{k} {v:.0f}" for k, v in stages.items())
+        + " (reused steps count as 0)"
+    )
     print("\n" + header + "\n\n" + text)
     (out / "results.md").write_text(header + "\n\n" + text + "\n")
-    (out / "results.json").write_text(json.dumps({"args": vars(a), "data": {k: str(v) for k, v in data.items()}, "stages_s": stages, "base": base_eval, "arms": rows}, indent=1, default=str))
+    (out / "results.json").write_text(
+        json.dumps(
+            {
+                "args": vars(a),
+                "data": {k: str(v) for k, v in data.items()},
+                "stages_s": stages,
+                "base": base_eval,
+                "arms": rows,
+            },
+            indent=1,
+            default=str,
+        )
+    )
 
 
 if __name__ == "__main__":

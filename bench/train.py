@@ -58,16 +58,37 @@ def throughput(data: str, rows: int, out: Path) -> dict[str, dict[str, float]]:
     for name, lora in (("full", False), ("lora", True)):
         cfg = preset("cpu", batch_size=4, epochs=1, lora=lora)
         r = train(samples, lm, out / name, cfg, progress=False)
-        res[name] = {"rows": r.rows, "steps": r.steps, "tokens": r.tokens, "loop_s": r.train_seconds, "tokens_per_s": r.tokens / r.train_seconds, "total_s": r.seconds}
+        res[name] = {
+            "rows": r.rows,
+            "steps": r.steps,
+            "tokens": r.tokens,
+            "loop_s": r.train_seconds,
+            "tokens_per_s": r.tokens / r.train_seconds,
+            "total_s": r.seconds,
+        }
     return res
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca_en_demo.json"))
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--data",
+        default=str(
+            Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca_en_demo.json"
+        ),
+    )
     p.add_argument("--rows", type=int, default=200, help="InstructDiff pool size (default: 200)")
-    p.add_argument("--warmup-steps", type=int, default=5, help="cap on warm-up optimizer steps (batch 4)")
-    p.add_argument("--train-rows", type=int, default=24, help="rows for the full vs LoRA comparison (one epoch, batch 4)")
+    p.add_argument(
+        "--warmup-steps", type=int, default=5, help="cap on warm-up optimizer steps (batch 4)"
+    )
+    p.add_argument(
+        "--train-rows",
+        type=int,
+        default=24,
+        help="rows for the full vs LoRA comparison (one epoch, batch 4)",
+    )
     # 1: on a shared 2-core machine two threads per process oversubscribe the cores (measured:
     # a full fine-tuning step of 200 tokens took 55 s with 2 threads, 9.5 s with 1, load average 12)
     p.add_argument("--threads", type=int, default=1)
@@ -77,14 +98,26 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         split = instructdiff_split(a.data, a.rows, a.warmup_steps, Path(tmp) / "run")
         scoring = split["score_step_s"] - split["warmup_train_s"]
-        print(f"\nInstructDiff on {a.rows} rows ({split['scored_rows']} scored, {split['selected']} selected):")
-        print(f"  warm-up training  {split['warmup_train_s']:7.1f} s  ({split['warmup_rows']} rows, {split['warmup_steps']} steps; loop {split['warmup_loop_s']:.1f} s)")
-        print(f"  scoring           {scoring:7.1f} s  (base + calibrated cond passes, calibrator load)")
-        print(f"  whole run         {split['total_s']:7.1f} s; training is {split['warmup_train_s'] / split['score_step_s']:.0%} of score + prepare")
+        print(
+            f"\nInstructDiff on {a.rows} rows ({split['scored_rows']} scored, {split['selected']} selected):"
+        )
+        print(
+            f"  warm-up training  {split['warmup_train_s']:7.1f} s  ({split['warmup_rows']} rows, {split['warmup_steps']} steps; loop {split['warmup_loop_s']:.1f} s)"
+        )
+        print(
+            f"  scoring           {scoring:7.1f} s  (base + calibrated cond passes, calibrator load)"
+        )
+        print(
+            f"  whole run         {split['total_s']:7.1f} s; training is {split['warmup_train_s'] / split['score_step_s']:.0%} of score + prepare"
+        )
         tp = throughput(a.data, a.train_rows, Path(tmp) / "tp")
-        print(f"\ntraining throughput on {a.train_rows} rows, one epoch, batch 4 (optimizer loop only):")
+        print(
+            f"\ntraining throughput on {a.train_rows} rows, one epoch, batch 4 (optimizer loop only):"
+        )
         for name, r in tp.items():
-            print(f"  {name:<5} {r['tokens_per_s']:8.1f} tokens/s  ({r['tokens']} tokens, {r['steps']} steps, {r['loop_s']:.1f} s; with copy + save {r['total_s']:.1f} s)")
+            print(
+                f"  {name:<5} {r['tokens_per_s']:8.1f} tokens/s  ({r['tokens']} tokens, {r['steps']} steps, {r['loop_s']:.1f} s; with copy + save {r['total_s']:.1f} s)"
+            )
         print(f"  LoRA / full: {tp['lora']['tokens_per_s'] / tp['full']['tokens_per_s']:.2f}x")
 
 

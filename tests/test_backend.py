@@ -74,7 +74,9 @@ def test_hooks_match_output_hidden_states(family):
     tok, model = family
     n = len(decoder_layers(model))
     layers = tuple(range(n - 1))  # the last layer's hidden_states entry is after the final norm
-    spec = PassSpec(model="tiny", fields=("logprob", "hidden"), layers=layers, pool="mean", pool_span="response")
+    spec = PassSpec(
+        model="tiny", fields=("logprob", "hidden"), layers=layers, pool="mean", pool_span="response"
+    )
     rows = [Renderer(tok, spec).render(s) for s in SAMPLES]
     out = HFBackend(model, tok).run(rows, spec)
     for i, r in enumerate(rows):
@@ -83,7 +85,9 @@ def test_hooks_match_output_hidden_states(family):
         a, b = r.spans["response"]
         for layer in layers:
             want = hs[layer + 1][0, a:b].mean(0).numpy()
-            np.testing.assert_allclose(out.activations[f"hidden.{layer}"][i], want, atol=2e-5, rtol=1e-4)
+            np.testing.assert_allclose(
+                out.activations[f"hidden.{layer}"][i], want, atol=2e-5, rtol=1e-4
+            )
 
 
 @pytest.mark.parametrize("pool", ["mean", "max", "first", "last"])
@@ -91,7 +95,9 @@ def test_pooling_over_spans(pool):
     make_tok, make_model = FAMILIES["chatml"]
     tok = make_tok()
     model = make_model(tok)
-    spec = PassSpec(model="tiny", fields=("logprob", "mlp"), layers=(0,), pool=pool, pool_span="prompt")
+    spec = PassSpec(
+        model="tiny", fields=("logprob", "mlp"), layers=(0,), pool=pool, pool_span="prompt"
+    )
     rows = [Renderer(tok, spec).render(s) for s in SAMPLES]
     captured = {}
     act = model.base_model.layers[0].mlp.act_fn
@@ -103,7 +109,9 @@ def test_pooling_over_spans(pool):
             model(input_ids=torch.tensor([r.ids]))
         a, b = r.spans["prompt"]
         x = captured["x"][0, a:b]
-        single.append({"mean": x.mean(0), "max": x.amax(0), "first": x[0], "last": x[-1]}[pool].numpy())
+        single.append(
+            {"mean": x.mean(0), "max": x.amax(0), "first": x[0], "last": x[-1]}[pool].numpy()
+        )
     h.remove()
     out = HFBackend(model, tok).run(rows, spec)
     assert out.activations["mlp.0"].shape == (3, model.config.intermediate_size)

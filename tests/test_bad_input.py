@@ -68,7 +68,9 @@ def _check_accounting(result, out):
     for p in out.glob("passes/*/shard-*.parquet"):  # every stored token log-prob is a number
         lp = pq.read_table(p, columns=["logprob"]).column("logprob").combine_chunks().flatten()
         assert np.isfinite(np.asarray(lp)).all(), p
-    return {r["line"]: r["reason"] for r in rejected}, dict(zip(table["id"], zip(table["line"], table["status"], strict=True), strict=True))
+    return {r["line"]: r["reason"] for r in rejected}, dict(
+        zip(table["id"], zip(table["line"], table["status"], strict=True), strict=True)
+    )
 
 
 def test_every_bad_row_is_rejected_with_its_reason_and_line(tiny_model_dir, tmp_path):
@@ -78,10 +80,21 @@ def test_every_bad_row_is_rejected_with_its_reason_and_line(tiny_model_dir, tmp_
     result, sel, _ = run(cfg)
     reasons, scored = _check_accounting(result, out)
     assert reasons == REJECTED
-    assert {i: line for i, (line, status) in scored.items() if not status.startswith(("error:", "response_"))} == SCORED
-    assert scored["prompt-too-long"] == (8, "response_truncated_away")  # read, then rejected by the template
+    assert {
+        i: line
+        for i, (line, status) in scored.items()
+        if not status.startswith(("error:", "response_"))
+    } == SCORED
+    assert scored["prompt-too-long"] == (
+        8,
+        "response_truncated_away",
+    )  # read, then rejected by the template
     cond = next(out.glob("passes/cond.alpaca*"))
-    parts = {r["id"]: r["truncated"] for p in cond.glob("shard-*.parquet") for r in pq.read_table(p).select(["id", "truncated"]).to_pylist()}
+    parts = {
+        r["id"]: r["truncated"]
+        for p in cond.glob("shard-*.parquet")
+        for r in pq.read_table(p).select(["id", "truncated"]).to_pylist()
+    }
     assert parts["response-partly-cut"] == "response" and parts["ok-1"] == ""
     assert len(sel.ids) <= len(SCORED)
 
@@ -90,7 +103,9 @@ def test_mixed_formats_and_a_chat_template_without_generation_markers(tiny_model
     """With allow_mixed the ShareGPT row is read too; the chat template has no
     `{% generation %}` markers, so the response span comes from the prefix diff and rows score."""
     tok_config = json.loads((tiny_model_dir / "tokenizer_config.json").read_text())
-    template = tok_config.get("chat_template") or (tiny_model_dir / "chat_template.jinja").read_text()
+    template = (
+        tok_config.get("chat_template") or (tiny_model_dir / "chat_template.jinja").read_text()
+    )
     assert "generation %}" not in template
     out = tmp_path / "chat"
     cfg = _cfg(tiny_model_dir, out, template="chat")
@@ -98,7 +113,9 @@ def test_mixed_formats_and_a_chat_template_without_generation_markers(tiny_model
     result, _, manifest = run(cfg)
     reasons, scored = _check_accounting(result, out)
     assert manifest["data"]["format_counts"] == {"alpaca": 6, "sharegpt": 1}
-    assert 13 not in reasons and (scored["sharegpt-row"][1] == "ok" or scored["sharegpt-row"][1].startswith("filtered:"))
+    assert 13 not in reasons and (
+        scored["sharegpt-row"][1] == "ok" or scored["sharegpt-row"][1].startswith("filtered:")
+    )
     assert reasons == {k: v for k, v in REJECTED.items() if k != 13}
     i = result.table.ids.index("sharegpt-row")
     assert result.table.columns["n_response_tokens"][i] > 0

@@ -12,7 +12,14 @@ from thresher import cache
 from thresher.cache import CacheMismatch, PassStore, cache_key, key_material, pass_label
 from thresher.passes import PASS_VERSION, PassSpec
 
-INFO = {"hf_id": "org/m", "revision": None, "dtype": "float32", "weights_sha256": "w1", "tokenizer_hash": "t1", "chat_template_hash": None}
+INFO = {
+    "hf_id": "org/m",
+    "revision": None,
+    "dtype": "float32",
+    "weights_sha256": "w1",
+    "tokenizer_hash": "t1",
+    "chat_template_hash": None,
+}
 
 
 def material(spec=None, info=INFO, template="T", data="d1"):
@@ -37,29 +44,40 @@ def test_load_in_a_given_order_with_only_the_activations_asked_for(tmp_path):
     spec = PassSpec(model="m", fields=("logprob", "hidden"), layers=(0, 1), pool="mean")
     store = PassStore(tmp_path, spec, material(spec))
     store.open()
-    rows = {i: np.arange(3, dtype=np.float32) + 10 * k for k, i in enumerate("abcde")}  # row of id i, layer 0; layer 1 = minus it
+    rows = {
+        i: np.arange(3, dtype=np.float32) + 10 * k for k, i in enumerate("abcde")
+    }  # row of id i, layer 0; layer 1 = minus it
     for part in (["d", "a"], ["e"], ["c", "b"]):
         cols = columns(part)
-        cols["activations"] = {"hidden.0": np.stack([rows[i] for i in part]), "hidden.1": -np.stack([rows[i] for i in part])}
+        cols["activations"] = {
+            "hidden.0": np.stack([rows[i] for i in part]),
+            "hidden.1": -np.stack([rows[i] for i in part]),
+        }
         store.write_shard(cols)
     got = store.load(order=["b", "e", "a", "c", "d"])
     assert got.ids == ["b", "e", "a", "c", "d"] and set(got.activations) == {"hidden.0", "hidden.1"}
     np.testing.assert_array_equal(got.activations["hidden.0"], np.stack([rows[i] for i in got.ids]))
-    np.testing.assert_array_equal(got.activations["hidden.1"], -np.stack([rows[i] for i in got.ids]))
+    np.testing.assert_array_equal(
+        got.activations["hidden.1"], -np.stack([rows[i] for i in got.ids])
+    )
     only = store.load(("hidden.1",), order=["c", "a"])  # a subset of the stored ids, one layer
     assert only.ids == ["c", "a"] and list(only.activations) == ["hidden.1"]
     np.testing.assert_array_equal(only.activations["hidden.1"], -np.stack([rows["c"], rows["a"]]))
     assert store.load(()).activations == {}
     stored = store.load()  # no order: the rows as stored, activations aligned with them
     assert sorted(stored.ids) == list("abcde")
-    np.testing.assert_array_equal(stored.activations["hidden.0"], np.stack([rows[i] for i in stored.ids]))
+    np.testing.assert_array_equal(
+        stored.activations["hidden.0"], np.stack([rows[i] for i in stored.ids])
+    )
     with pytest.raises(KeyError, match=r"hidden\.7"):
         store.load(("hidden.7",))
     with pytest.raises(KeyError, match="no row"):
         store.load(order=["a", "z"])
     # the streamed view: shard by shard, the same rows, only the columns asked for
     shards = list(store.scan(("hidden.0",)))
-    assert sorted(len(x.ids) for x in shards) == [1, 2, 2] and sorted(i for x in shards for i in x.ids) == list("abcde")
+    assert sorted(len(x.ids) for x in shards) == [1, 2, 2] and sorted(
+        i for x in shards for i in x.ids
+    ) == list("abcde")
     for x in shards:
         assert list(x.activations) == ["hidden.0"]
         np.testing.assert_array_equal(x.activations["hidden.0"], np.stack([rows[i] for i in x.ids]))
@@ -116,7 +134,9 @@ def test_corrupt_shard_is_an_error(tmp_path):
     path.unlink()
     path.with_suffix(".done").unlink()
     path = store.write_shard(columns(["b"]))
-    pq.write_table(cache._to_table(columns(["b"], n=3)), path)  # readable, but not the bytes committed
+    pq.write_table(
+        cache._to_table(columns(["b"], n=3)), path
+    )  # readable, but not the bytes committed
     with pytest.raises(RuntimeError, match="does not match its completion marker"):
         store.load()
 
@@ -124,12 +144,18 @@ def test_corrupt_shard_is_an_error(tmp_path):
 def test_changed_inputs_are_refused_naming_the_change(tmp_path):
     PassStore(tmp_path, PassSpec(model="m"), material()).open()
     with pytest.raises(CacheMismatch) as e:
-        PassStore(tmp_path, PassSpec(model="m"), material(info={**INFO, "weights_sha256": "w2"})).open()
+        PassStore(
+            tmp_path, PassSpec(model="m"), material(info={**INFO, "weights_sha256": "w2"})
+        ).open()
     assert "model.weights_sha256: 'w1' -> 'w2'" in str(e.value) and "--overwrite" in str(e.value)
     with pytest.raises(CacheMismatch, match="template_sha256"):
         PassStore(tmp_path, PassSpec(model="m"), material(template="other")).open()
     with pytest.raises(CacheMismatch, match=r"pass\.max_length: 512 -> 256"):
-        PassStore(tmp_path, PassSpec(model="m", max_length=256), material(spec=PassSpec(model="m", max_length=256))).open()
+        PassStore(
+            tmp_path,
+            PassSpec(model="m", max_length=256),
+            material(spec=PassSpec(model="m", max_length=256)),
+        ).open()
     # --overwrite starts fresh
     fresh = PassStore(tmp_path, PassSpec(model="m"), material(template="other"))
     fresh.open(overwrite=True)
@@ -138,8 +164,14 @@ def test_changed_inputs_are_refused_naming_the_change(tmp_path):
 
 def test_pass_labels():
     assert pass_label(PassSpec(model="m")) == "cond.alpaca"
-    assert pass_label(PassSpec(model="m", view="uncond", template="plain", boundary="superfiltering")) == "uncond.plain.superfiltering"
-    assert pass_label(PassSpec(model="m", template="Q: {instruction}", fields=())) == "cond.custom.tokens"
+    assert (
+        pass_label(PassSpec(model="m", view="uncond", template="plain", boundary="superfiltering"))
+        == "uncond.plain.superfiltering"
+    )
+    assert (
+        pass_label(PassSpec(model="m", template="Q: {instruction}", fields=()))
+        == "cond.custom.tokens"
+    )
 
 
 def test_a_retried_row_supersedes_its_failure_in_commit_order(tmp_path):
@@ -150,10 +182,16 @@ def test_a_retried_row_supersedes_its_failure_in_commit_order(tmp_path):
         cols["status"][0] = status
         store.write_shard(cols)
     assert "a" not in store.finished_ids() and "a" in store.stored_ids()
-    assert store.load().status[store.load().ids.index("a")] == "error:MemoryError"  # the newest failure stands
+    assert (
+        store.load().status[store.load().ids.index("a")] == "error:MemoryError"
+    )  # the newest failure stands
     store.write_shard(columns(["a"], n=3))
     got = store.load()
-    assert got.ids.count("a") == 1 and got.status[got.ids.index("a")] == "ok" and len(got.logprob.row(got.ids.index("a"))) == 3
+    assert (
+        got.ids.count("a") == 1
+        and got.status[got.ids.index("a")] == "ok"
+        and len(got.logprob.row(got.ids.index("a"))) == 3
+    )
     assert "a" in store.finished_ids()
     with pytest.raises(RuntimeError, match="holds sample 'a' twice"):
         store.write_shard(columns(["a"]))

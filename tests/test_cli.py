@@ -45,24 +45,49 @@ def test_validate_suggests_near_matches_before_loading_a_model(data, capsys):
     assert "did you mean 'max_length'" in capsys.readouterr().err
     assert main(["validate", "--data", str(data), "--template", "{instruction} {output}"]) == 2
     assert "unknown fields" in capsys.readouterr().err
-    assert main(["validate", "--data", str(data), "--method", "ppl", "method.params.variant=median"]) == 2
+    assert (
+        main(["validate", "--data", str(data), "--method", "ppl", "method.params.variant=median"])
+        == 2
+    )
     assert "variant" in capsys.readouterr().err
 
 
 def test_validate_ok_prints_the_plan(data, capsys):
     assert main(["validate", "--data", str(data), "--method", "ifd", "--max-length", "256"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("ok: method ifd") and '"max_length": 256' in out and "cond=cond/alpaca" in out
+    assert (
+        out.startswith("ok: method ifd")
+        and '"max_length": 256' in out
+        and "cond=cond/alpaca" in out
+    )
 
 
 def test_missing_data_file_is_a_clear_error(tmp_path, capsys):
-    assert main(["run", "--data", str(tmp_path / "nope.json"), "--method", "random", "--count", "1", "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main(
+            [
+                "run",
+                "--data",
+                str(tmp_path / "nope.json"),
+                "--method",
+                "random",
+                "--count",
+                "1",
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
     assert "nope.json" in capsys.readouterr().err
 
 
 def test_random_runs_without_a_model(data, tmp_path, capsys):
     out = tmp_path / "o"
-    assert main(["run", "--data", str(data), "--method", "random", "--count", "1", "--out", str(out)]) == 0
+    assert (
+        main(["run", "--data", str(data), "--method", "random", "--count", "1", "--out", str(out)])
+        == 0
+    )
     text = capsys.readouterr().out
     assert "1 read = 1 scored + 0 rejected" in text and "selected  1 of 1 requested" in text
     assert json.loads((out / "selected.jsonl").read_text()) == {"instruction": "a", "output": "b"}
@@ -81,7 +106,9 @@ def test_validate_rejects_what_would_only_fail_later(data, tmp_path, capsys):
     for extra, message in cases:
         assert main(["validate", "--data", str(data), "--method", "ifd", *extra]) == 2, extra
         assert message in capsys.readouterr().err, extra
-    assert main(["validate", "--data", str(tmp_path / "missing" / "d.jsonl"), "--method", "ifd"]) == 2
+    assert (
+        main(["validate", "--data", str(tmp_path / "missing" / "d.jsonl"), "--method", "ifd"]) == 2
+    )
     assert "no such file or folder" in capsys.readouterr().err
 
 
@@ -90,12 +117,37 @@ def test_overrides_after_target_files_are_overrides(data, tmp_path, capsys):
 
     target = tmp_path / "t.jsonl"
     target.write_text(json.dumps({"question": "q", "answer": "a"}) + "\n")
-    cfg = config_from_args(_parser().parse_args(["run", "--data", str(data), "--method", "nait", "--target", str(target), "select.count=5"]))
+    cfg = config_from_args(
+        _parser().parse_args(
+            [
+                "run",
+                "--data",
+                str(data),
+                "--method",
+                "nait",
+                "--target",
+                str(target),
+                "select.count=5",
+            ]
+        )
+    )
     assert cfg.method.params["target"] == [str(target)] and cfg.select.count == 5
 
 
 def test_capture_flag_sets_the_config(data):
     from thresher.cli import config_from_args
 
-    assert config_from_args(_parser().parse_args(["run", "--data", str(data), "--method", "ifd", "--capture", "nait"])).score.capture == "nait"
-    assert config_from_args(_parser().parse_args(["run", "--data", str(data), "--method", "ifd"])).score.capture is None
+    assert (
+        config_from_args(
+            _parser().parse_args(
+                ["run", "--data", str(data), "--method", "ifd", "--capture", "nait"]
+            )
+        ).score.capture
+        == "nait"
+    )
+    assert (
+        config_from_args(
+            _parser().parse_args(["run", "--data", str(data), "--method", "ifd"])
+        ).score.capture
+        is None
+    )

@@ -17,7 +17,13 @@ def toy(name: str, column: str, descending: bool = True) -> Plan:
         raise AssertionError("not used")
 
     def choose(table, budget, n_rows_read, seed):
-        return top_k(table.ids, table.columns[column], budget_count(budget, len(table.ids)), descending=descending, keep=table.eligible)
+        return top_k(
+            table.ids,
+            table.columns[column],
+            budget_count(budget, len(table.ids)),
+            descending=descending,
+            keep=table.eligible,
+        )
 
     return Plan(name, {}, {}, compute, choose)
 
@@ -52,7 +58,22 @@ def test_chain_errors():
 def test_cli_flags_set_target_and_then():
     from thresher.cli import _parser, config_from_args
 
-    a = _parser().parse_args(["run", "--data", "d.json", "--method", "nait", "--target", "x.jsonl", "y.json", "--then", "mads", "--count", "5"])
+    a = _parser().parse_args(
+        [
+            "run",
+            "--data",
+            "d.json",
+            "--method",
+            "nait",
+            "--target",
+            "x.jsonl",
+            "y.json",
+            "--then",
+            "mads",
+            "--count",
+            "5",
+        ]
+    )
     cfg = config_from_args(a)
     assert cfg.method.params["target"] == ["x.jsonl", "y.json"] and cfg.method.then == "mads"
 
@@ -76,9 +97,14 @@ def test_nait_then_mads_end_to_end(tmp_path):
     cfg.method.then_params = {"layers": [0, 1], "tag_rule": "topk", "k": 3}
     result, sel, manifest = run(cfg)
     assert len(sel.ids) == 2
-    top6 = set(np.array(result.table.ids)[np.argsort(-result.table.columns["nait"], kind="stable")][:6])
+    top6 = set(
+        np.array(result.table.ids)[np.argsort(-result.table.columns["nait"], kind="stable")][:6]
+    )
     assert set(sel.ids) <= top6
     chain_ = manifest["method"]["params"]["chain"]
     assert [c["method"] for c in chain_] == ["nait", "mads"]
     assert "mads.tag_coverage_subset" in manifest["diagnostics"]
-    assert json.loads((tmp_path / "run" / "manifest.json").read_text())["config"]["method"]["then"] == "mads"
+    assert (
+        json.loads((tmp_path / "run" / "manifest.json").read_text())["config"]["method"]["then"]
+        == "mads"
+    )

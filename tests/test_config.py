@@ -52,7 +52,9 @@ def test_shipped_configs_load_and_validate(path, tmp_path):
     assert raw["method"]["name"] == path.stem
     data = tmp_path / "d.jsonl"
     data.write_text('{"instruction": "a", "output": "b"}\n')
-    extra = [f"method.params.target=[{data}]"] if path.stem == "nait" else []  # nait needs an in-domain file
+    extra = (
+        [f"method.params.target=[{data}]"] if path.stem == "nait" else []
+    )  # nait needs an in-domain file
     cfg = RunConfig.from_yaml(path, [f"data.path={data}", *extra])
     plan = validate(cfg)
     assert plan.method == path.stem

@@ -38,7 +38,13 @@ def test_same_seed_same_pool_other_seed_other_pool(pool: list[dict]) -> None:
 
 def test_defect_counts_for_the_defaults(pool: list[dict]) -> None:
     # rule: int(round(rate * n_clean)); with 300 clean rows every default lands on an integer
-    expected = {"wrong_answer": 24, "truncated_answer": 15, "empty_answer": 6, "mismatched_answer": 15, "duplicate": 15}
+    expected = {
+        "wrong_answer": 24,
+        "truncated_answer": 15,
+        "empty_answer": 6,
+        "mismatched_answer": 15,
+        "duplicate": 15,
+    }
     assert defect_counts(300) == expected
     counts = Counter(r["meta"]["defect"] for r in pool)
     assert counts.pop(None) == 300
@@ -47,7 +53,13 @@ def test_defect_counts_for_the_defaults(pool: list[dict]) -> None:
 
 
 def test_defect_counts_round_and_validate() -> None:
-    assert defect_counts(10, {"wrong_answer": 0.26, "duplicate": 0.14}) == {"wrong_answer": 3, "truncated_answer": 0, "empty_answer": 0, "mismatched_answer": 0, "duplicate": 1}
+    assert defect_counts(10, {"wrong_answer": 0.26, "duplicate": 0.14}) == {
+        "wrong_answer": 3,
+        "truncated_answer": 0,
+        "empty_answer": 0,
+        "mismatched_answer": 0,
+        "duplicate": 1,
+    }
     assert Counter(r["meta"]["defect"] for r in generate_pool(20, defect_rates={})) == {None: 20}
     with pytest.raises(ValueError, match="did you mean 'duplicate'"):
         defect_counts(10, {"duplicates": 0.1})
@@ -61,7 +73,14 @@ def test_records_are_alpaca_rows_with_and_without_input(pool: list[dict]) -> Non
         assert all(isinstance(r[f], str) for f in TEXT_FIELDS)
         assert r["instruction"]
     clean = _by_defect(pool, None)
-    assert {r["meta"]["task"] for r in clean} == {"arithmetic", "unit_conversion", "string_edit", "ordering", "lookup", "word"}
+    assert {r["meta"]["task"] for r in clean} == {
+        "arithmetic",
+        "unit_conversion",
+        "string_edit",
+        "ordering",
+        "lookup",
+        "word",
+    }
     with_input = sum(bool(r["input"]) for r in clean)
     assert 0.2 * len(clean) < with_input < 0.8 * len(clean)
     assert any("\n" in r["input"] for r in clean)  # lookups with their table in `input`
@@ -75,14 +94,37 @@ def test_every_clean_row_verifies(pool: list[dict]) -> None:
 
 
 def test_known_answers() -> None:
-    row = {"instruction": "What is 17 + 25?", "input": "", "output": "17 + 25 = 42.", "meta": {"task": "arithmetic", "args": {"op": "+", "a": 17, "b": 25, "form": 0}}}
+    row = {
+        "instruction": "What is 17 + 25?",
+        "input": "",
+        "output": "17 + 25 = 42.",
+        "meta": {"task": "arithmetic", "args": {"op": "+", "a": 17, "b": 25, "form": 0}},
+    }
     assert verify_record(row) is True
     assert verify_record({**row, "output": "17 + 25 = 43."}) is False
-    assert verify_record({**row, "instruction": "What is 17 + 26?"}) is None  # meta does not describe the prompt
+    assert (
+        verify_record({**row, "instruction": "What is 17 + 26?"}) is None
+    )  # meta does not describe the prompt
     assert verify_record({"instruction": "Hi", "input": "", "output": "Hello."}) is None
-    temp = {"instruction": "Convert 25 °C to °F.", "input": "", "output": "25 °C is 77 °F.", "meta": {"task": "unit_conversion", "args": {"from": "C", "to": "F", "value": "25", "form": 0}}}
+    temp = {
+        "instruction": "Convert 25 °C to °F.",
+        "input": "",
+        "output": "25 °C is 77 °F.",
+        "meta": {
+            "task": "unit_conversion",
+            "args": {"from": "C", "to": "F", "value": "25", "form": 0},
+        },
+    }
     assert verify_record(temp) is True
-    km = {"instruction": "What is 2750 meters in kilometers?", "input": "", "output": "2750 meters is 2.75 kilometers.", "meta": {"task": "unit_conversion", "args": {"from": "m", "to": "km", "value": "2750", "form": 1}}}
+    km = {
+        "instruction": "What is 2750 meters in kilometers?",
+        "input": "",
+        "output": "2750 meters is 2.75 kilometers.",
+        "meta": {
+            "task": "unit_conversion",
+            "args": {"from": "m", "to": "km", "value": "2750", "form": 1},
+        },
+    }
     assert verify_record(km) is True
 
 
@@ -99,12 +141,18 @@ def test_wrong_and_mismatched_rows_do_not_verify(pool: list[dict]) -> None:
 def test_truncated_answers_are_strict_prefixes(pool: list[dict]) -> None:
     for r in _by_defect(pool, "truncated_answer"):
         full = expected_output(r)
-        assert full is not None and full.startswith(r["output"]) and 0 < len(r["output"]) <= len(full) // 2
+        assert (
+            full is not None
+            and full.startswith(r["output"])
+            and 0 < len(r["output"]) <= len(full) // 2
+        )
         assert r["output"][-1] not in ".,:;!?\"' "
 
 
 def test_empty_answers(pool: list[dict]) -> None:
-    assert all(r["output"] == "" and verify_record(r) is False for r in _by_defect(pool, "empty_answer"))
+    assert all(
+        r["output"] == "" and verify_record(r) is False for r in _by_defect(pool, "empty_answer")
+    )
 
 
 def test_duplicates_copy_the_row_they_name(pool: list[dict]) -> None:
@@ -113,7 +161,9 @@ def test_duplicates_copy_the_row_they_name(pool: list[dict]) -> None:
         assert original is not r and original["meta"]["defect"] is None
         assert all(r[f] == original[f] for f in TEXT_FIELDS)
         assert verify_record(r) is True
-    prompts = Counter((r["instruction"], r["input"]) for r in pool if r["meta"]["defect"] != "duplicate")
+    prompts = Counter(
+        (r["instruction"], r["input"]) for r in pool if r["meta"]["defect"] != "duplicate"
+    )
     assert max(prompts.values()) == 1  # no repeats besides the planted ones
 
 
@@ -139,10 +189,27 @@ def test_audit_arithmetic_on_a_hand_built_case() -> None:
     def row(defect: str | None) -> dict:
         return {"instruction": "x", "input": "", "output": "y", "meta": {"defect": defect}}
 
-    pool = [row("wrong_answer"), row("wrong_answer"), row("empty_answer"), {"instruction": "x", "input": "", "output": "y"}, *(row(None) for _ in range(6))]
+    pool = [
+        row("wrong_answer"),
+        row("wrong_answer"),
+        row("empty_answer"),
+        {"instruction": "x", "input": "", "output": "y"},
+        *(row(None) for _ in range(6)),
+    ]
     selected = [pool[0], pool[3], pool[4], pool[5]]
     audit = defect_audit(selected, pool)
-    assert audit["pool"] == {"rows": 10, "defective": 3, "rate": 0.3, "counts": {"wrong_answer": 2, "truncated_answer": 0, "empty_answer": 1, "mismatched_answer": 0, "duplicate": 0}}
+    assert audit["pool"] == {
+        "rows": 10,
+        "defective": 3,
+        "rate": 0.3,
+        "counts": {
+            "wrong_answer": 2,
+            "truncated_answer": 0,
+            "empty_answer": 1,
+            "mismatched_answer": 0,
+            "duplicate": 0,
+        },
+    }
     assert audit["selected"]["counts"]["wrong_answer"] == 1 and audit["selected"]["defective"] == 1
     assert audit["selected"]["rate"] == 0.25
     assert audit["ratio"] == pytest.approx(0.25 / 0.3)
@@ -152,5 +219,9 @@ def test_audit_arithmetic_on_a_hand_built_case() -> None:
     assert "pool 30.0%, selected 25.0% (0.83x the pool rate)" in text
 
     clean = defect_audit([], [row(None)])
-    assert clean["pool"]["rate"] == 0.0 and clean["selected"]["rate"] is None and clean["ratio"] is None
+    assert (
+        clean["pool"]["rate"] == 0.0
+        and clean["selected"]["rate"] is None
+        and clean["ratio"] is None
+    )
     assert "(- the pool rate)" in format_defect_audit(clean)

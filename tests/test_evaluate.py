@@ -38,12 +38,18 @@ def uniform():
 
 
 def sample(i: int, instruction: str, response: str) -> Sample:
-    return Sample(f"s{i}", (Message("user", instruction), Message("assistant", response)), instruction)
+    return Sample(
+        f"s{i}", (Message("user", instruction), Message("assistant", response)), instruction
+    )
 
 
 def test_nll_of_a_uniform_model_is_ln_v_and_empty_responses_are_skipped(uniform):
     v = len(uniform.tokenizer)
-    samples = [sample(0, "Add 1 and 2.", "1 + 2 = 3."), sample(1, "Name a colour.", "red"), sample(2, "Say nothing.", "")]
+    samples = [
+        sample(0, "Add 1 and 2.", "1 + 2 = 3."),
+        sample(1, "Name a colour.", "red"),
+        sample(2, "Say nothing.", ""),
+    ]
     metrics, n, skipped, truncated = ev.response_nll(uniform, samples)
     assert n == 2 and skipped == Counter({"empty_response": 1}) and truncated == 0
     assert metrics["nll_token"] == pytest.approx(math.log(v), abs=1e-5)
@@ -54,26 +60,42 @@ def test_nll_token_weighted_and_per_sample_means_by_hand(monkeypatch, uniform):
     # item A: two tokens of NLL 1 (mean 1); item B: one token of NLL 4 (mean 4); C failed
     lps = [np.array([-1.0, -1.0]), np.array([-4.0]), np.zeros(0)]
     monkeypatch.setattr(ev, "_scorer", lambda *a, **k: None)
-    monkeypatch.setattr(ev, "_score", lambda *a, **k: (["ok", "ok", "error:RuntimeError"], lps, ["", "response", ""]))
-    metrics, n, skipped, truncated = ev.response_nll(uniform, [sample(i, "q", "a") for i in range(3)])
+    monkeypatch.setattr(
+        ev,
+        "_score",
+        lambda *a, **k: (["ok", "ok", "error:RuntimeError"], lps, ["", "response", ""]),
+    )
+    metrics, n, skipped, truncated = ev.response_nll(
+        uniform, [sample(i, "q", "a") for i in range(3)]
+    )
     assert metrics["nll_token"] == pytest.approx(6 / 3)  # (1 + 1 + 4) / 3 tokens
     assert metrics["nll_sample"] == pytest.approx((1 + 4) / 2)
     assert n == 2 and skipped == Counter({"error:RuntimeError": 1}) and truncated == 1
 
 
 def test_choose_sum_and_per_byte_with_the_tie_rule():
-    assert ev.choose(np.array([-3.0, -2.0, -2.0]), np.array([3.0, 1.0, 4.0])) == (1, 2)  # tie 1/2 -> 1; per byte -1, -2, -0.5
-    assert ev.choose(np.array([-2.0, -2.0]), np.array([2.0, 2.0])) == (0, 0)  # full tie -> the first choice
+    assert ev.choose(np.array([-3.0, -2.0, -2.0]), np.array([3.0, 1.0, 4.0])) == (
+        1,
+        2,
+    )  # tie 1/2 -> 1; per byte -1, -2, -0.5
+    assert ev.choose(np.array([-2.0, -2.0]), np.array([2.0, 2.0])) == (
+        0,
+        0,
+    )  # full tie -> the first choice
 
 
 def test_multiple_choice_on_a_uniform_model(uniform):
     tok = uniform.tokenizer
     v = math.log(len(tok))
     long_, short = "the quick brown fox jumps", "no"
-    n_long, n_short = (len(tok(" " + c, add_special_tokens=False).input_ids) for c in (long_, short))
+    n_long, n_short = (
+        len(tok(" " + c, add_special_tokens=False).input_ids) for c in (long_, short)
+    )
     assert n_long > n_short
     items = [
-        ev.MCItem("a", "Pick one.", (long_, short), 1),  # fewer tokens -> higher summed log-likelihood
+        ev.MCItem(
+            "a", "Pick one.", (long_, short), 1
+        ),  # fewer tokens -> higher summed log-likelihood
         ev.MCItem("b", "Pick one.", ("yes", "yes"), 1),  # identical -> tie -> choice 0 -> wrong
         ev.MCItem("c", "Pick one.", ("yes", "yes"), 0),  # tie -> choice 0 -> right
     ]
@@ -81,7 +103,10 @@ def test_multiple_choice_on_a_uniform_model(uniform):
     assert n == 3 and not skipped
     assert metrics["acc"] == pytest.approx(2 / 3)
     # per byte: -n_tokens * ln V / bytes; the larger (less negative) wins
-    per_byte = [-n_long * v / len((" " + long_).encode()), -n_short * v / len((" " + short).encode())]
+    per_byte = [
+        -n_long * v / len((" " + long_).encode()),
+        -n_short * v / len((" " + short).encode()),
+    ]
     first_right = int(np.argmax(per_byte)) == 1
     assert metrics["acc_norm"] == pytest.approx((first_right + 0 + 1) / 3)
     assert metrics["chance"] == pytest.approx(0.5)
@@ -99,7 +124,9 @@ def test_read_mc_skips_bad_items_with_reasons(tmp_path):
     p.write_text("".join(json.dumps(r) + "\n" for r in rows) + "{bad\n")
     items, skipped = ev.read_mc(p)
     assert [i.answer for i in items] == [1, 2]
-    assert skipped == Counter({"missing_field:question": 1, "bad_choices": 1, "bad_answer": 1, "malformed_json": 1})
+    assert skipped == Counter(
+        {"missing_field:question": 1, "bad_choices": 1, "bad_answer": 1, "malformed_json": 1}
+    )
 
 
 def test_gsm8k_numbers():
@@ -161,7 +188,12 @@ def test_check_disjoint_catches_shared_ids_and_shared_content():
 
 def test_write_split_round_trips_records(tmp_path):
     src = tmp_path / "pool.jsonl"
-    src.write_text("".join(json.dumps({"instruction": f"i{k}", "input": "", "output": f"o{k}"}) + "\n" for k in range(50)))
+    src.write_text(
+        "".join(
+            json.dumps({"instruction": f"i{k}", "input": "", "output": f"o{k}"}) + "\n"
+            for k in range(50)
+        )
+    )
     pool_path, held_path = ev.write_split(str(src), tmp_path / "split", 0.2, seed=3)
     pool = [json.loads(x) for x in pool_path.read_text().splitlines()]
     held = [json.loads(x) for x in held_path.read_text().splitlines()]
@@ -174,7 +206,9 @@ def test_parse_task_errors(tmp_path):
         ev.parse_task("accuracy:file.jsonl")
     with pytest.raises(FileNotFoundError, match="no such file"):
         ev.parse_task(f"nll:{tmp_path / 'missing.jsonl'}")
-    assert ev.parse_task("lm_eval:hellaswag,arc_easy") == ev.TaskSpec("lm_eval", "hellaswag,arc_easy")
+    assert ev.parse_task("lm_eval:hellaswag,arc_easy") == ev.TaskSpec(
+        "lm_eval", "hellaswag,arc_easy"
+    )
 
 
 def test_resolve_target_prefers_a_trained_model_in_the_run(tmp_path):
@@ -195,7 +229,15 @@ def test_run_task_skips_rows_of_the_training_pool(tmp_path):
     tok = FAMILIES["chatml"][0]()
     lm = LM(tiny_llama(tok), tok, Info())
     p = tmp_path / "gsm.jsonl"
-    p.write_text("".join(json.dumps({"question": f"What is {k} + 1?", "answer": f"{k} + 1 = {k + 1}\n#### {k + 1}"}) + "\n" for k in range(4)))
+    p.write_text(
+        "".join(
+            json.dumps(
+                {"question": f"What is {k} + 1?", "answer": f"{k} + 1 = {k + 1}\n#### {k + 1}"}
+            )
+            + "\n"
+            for k in range(4)
+        )
+    )
     read = ev.read_pairs(str(p), None, None)
     exclude = {ev.content_hash(read.samples[0])}
     r = ev.run_task(lm, ev.TaskSpec("nll", str(p)), exclude=exclude)
@@ -215,12 +257,27 @@ def test_lm_eval_results_are_reported_with_counts(monkeypatch):
 
     def simple_evaluate(**kwargs):
         calls.update(kwargs)
-        return {"results": {"hellaswag": {"alias": "hellaswag", "acc,none": 0.25, "acc_stderr,none": 0.1, "acc_norm,none": 0.3}},
-                "n-samples": {"hellaswag": {"original": 100, "effective": 5}}}
+        return {
+            "results": {
+                "hellaswag": {
+                    "alias": "hellaswag",
+                    "acc,none": 0.25,
+                    "acc_stderr,none": 0.1,
+                    "acc_norm,none": 0.3,
+                }
+            },
+            "n-samples": {"hellaswag": {"original": 100, "effective": 5}},
+        }
 
-    monkeypatch.setitem(sys.modules, "lm_eval", types.SimpleNamespace(simple_evaluate=simple_evaluate))
+    monkeypatch.setitem(
+        sys.modules, "lm_eval", types.SimpleNamespace(simple_evaluate=simple_evaluate)
+    )
     [r] = ev.lm_eval_tasks("/models/m", ["hellaswag"], limit=5)
-    assert calls["model"] == "hf" and calls["model_args"]["pretrained"] == "/models/m" and calls["limit"] == 5
+    assert (
+        calls["model"] == "hf"
+        and calls["model_args"]["pretrained"] == "/models/m"
+        and calls["limit"] == 5
+    )
     assert r.metrics == {"acc": 0.25, "acc_norm": 0.3} and r.headline == "acc"
     assert r.evaluated == 5 and r.skipped == {"over_limit": 95}
     assert "task_manager" not in calls
@@ -235,13 +292,22 @@ def test_lm_eval_local_task_yamls_go_through_a_task_manager(monkeypatch, tmp_pat
 
     def simple_evaluate(**kwargs):
         calls.update(kwargs)
-        return {"results": {"my_qa": {"exact_match,none": 0.5}}, "n-samples": {"my_qa": {"original": 4, "effective": 4}}}
+        return {
+            "results": {"my_qa": {"exact_match,none": 0.5}},
+            "n-samples": {"my_qa": {"original": 4, "effective": 4}},
+        }
 
-    fake = types.SimpleNamespace(simple_evaluate=simple_evaluate, tasks=types.SimpleNamespace(TaskManager=TaskManager))
+    fake = types.SimpleNamespace(
+        simple_evaluate=simple_evaluate, tasks=types.SimpleNamespace(TaskManager=TaskManager)
+    )
     monkeypatch.setitem(sys.modules, "lm_eval", fake)
     monkeypatch.setitem(sys.modules, "lm_eval.tasks", fake.tasks)
     [r] = ev.lm_eval_tasks("/models/m", ["my_qa"], limit=None, include=str(tmp_path))
-    assert made == [str(tmp_path)] and isinstance(calls["task_manager"], TaskManager) and calls["tasks"] == ["my_qa"]
+    assert (
+        made == [str(tmp_path)]
+        and isinstance(calls["task_manager"], TaskManager)
+        and calls["tasks"] == ["my_qa"]
+    )
     assert r.task == "lm_eval:my_qa" and r.metrics == {"exact_match": 0.5}
     with pytest.raises(ValueError, match="not a folder"):
         ev.lm_eval_tasks("/models/m", ["my_qa"], limit=None, include=str(tmp_path / "missing"))

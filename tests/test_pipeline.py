@@ -15,7 +15,8 @@ from thresher.pipeline import load_run, run, score, select, write_outputs
 from tiny import FAMILIES, uniform_llama
 
 ROWS = [
-    {"instruction": f"Add {a} and {b}.", "input": "", "output": f"{a} + {b} = {a + b}."} for a, b in [(1, 2), (3, 4), (10, 5), (7, 7), (12, 30), (2, 9)]
+    {"instruction": f"Add {a} and {b}.", "input": "", "output": f"{a} + {b} = {a + b}."}
+    for a, b in [(1, 2), (3, 4), (10, 5), (7, 7), (12, 30), (2, 9)]
 ] + [
     {"instruction": "Reverse the word.", "input": "stone", "output": "enots"},
     {"instruction": "Say nothing.", "input": "", "output": ""},  # rejected: empty_response
@@ -59,9 +60,23 @@ def test_run_writes_every_output_and_accounts_for_every_row(tiny_model_dir, data
     assert c["rows_read"] == 10  # 9 JSON rows + 1 malformed line
     assert c["rejected"] == 2 and c["scored"] == 8 and c["scored"] + c["rejected"] == c["rows_read"]
     rejected = [json.loads(x) for x in (out / "rejected.jsonl").read_text().splitlines()]
-    assert sorted((r["reason"], r["line"]) for r in rejected) == [("empty_response", 8), ("malformed_json", 10)]
+    assert sorted((r["reason"], r["line"]) for r in rejected) == [
+        ("empty_response", 8),
+        ("malformed_json", 10),
+    ]
     table = pq.read_table(out / "scores.parquet").to_pydict()
-    assert {"id", "status", "ifd", "loss_cond", "loss_uncond", "n_prompt_tokens", "n_response_tokens", "n_scored", "selected", "rank"} <= set(table)
+    assert {
+        "id",
+        "status",
+        "ifd",
+        "loss_cond",
+        "loss_uncond",
+        "n_prompt_tokens",
+        "n_response_tokens",
+        "n_scored",
+        "selected",
+        "rank",
+    } <= set(table)
     ok = [s == "ok" or s.startswith("filtered:") for s in table["status"]]
     assert all(math.isfinite(v) for v, k in zip(table["ifd"], ok, strict=True) if k)
     # exact budget: int(0.5 * 8 samples) = 4, or fewer with a stated reason

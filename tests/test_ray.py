@@ -19,7 +19,14 @@ from thresher.pipeline import run, validate
 from thresher.templates import Rendered
 from tiny import FAMILIES
 
-ROWS = [{"instruction": f"Add {i} and {i * 7 % 13}.", "input": "" if i % 3 else "carefully", "output": f"{i} + {i * 7 % 13} = {i + i * 7 % 13}. " * (1 + i % 3)} for i in range(40)]
+ROWS = [
+    {
+        "instruction": f"Add {i} and {i * 7 % 13}.",
+        "input": "" if i % 3 else "carefully",
+        "output": f"{i} + {i * 7 % 13} = {i + i * 7 % 13}. " * (1 + i % 3),
+    }
+    for i in range(40)
+]
 ROWS.append({"instruction": "Say nothing.", "output": ""})  # rejected by the reader: empty_response
 
 
@@ -67,7 +74,15 @@ def _shards(out):
 
 
 def test_rendered_survives_the_trip_to_a_worker():
-    r = Rendered(ids=(1, 5, 9, 2), scored=(2, 4), spans={"prompt": (1, 2), "response": (2, 4)}, n_prompt_tokens=1, n_response_tokens=2, truncated="prompt", status="ok")
+    r = Rendered(
+        ids=(1, 5, 9, 2),
+        scored=(2, 4),
+        spans={"prompt": (1, 2), "response": (2, 4)},
+        n_prompt_tokens=1,
+        n_response_tokens=2,
+        truncated="prompt",
+        status="ok",
+    )
     assert decode_rendered(encode_rendered(r)) == r
 
 
@@ -76,7 +91,9 @@ def test_engine_ray_without_ray_says_how_to_install(monkeypatch):
     cfg = RunConfig()
     cfg.data.path = "data.jsonl"
     cfg.score.engine = "ray"
-    with pytest.raises(ImportError, match=r"score.engine=ray needs Ray Data.*pip install 'thresher\[ray\]'"):
+    with pytest.raises(
+        ImportError, match=r"score.engine=ray needs Ray Data.*pip install 'thresher\[ray\]'"
+    ):
         validate(cfg, need_budget=False)
 
 
@@ -94,7 +111,10 @@ def test_an_unreachable_ray_address_fails_fast_and_says_what_to_do():
         port = listening.getsockname()[1]
         for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}", "auto", "local", ""):
             check_reachable(address)  # something listens, or the address is Ray's to resolve
-    with pytest.raises(RuntimeError, match=rf"RAY_ADDRESS='ray://127.0.0.1:{port}': can't connect to 127.0.0.1:{port}.*unset RAY_ADDRESS"):
+    with pytest.raises(
+        RuntimeError,
+        match=rf"RAY_ADDRESS='ray://127.0.0.1:{port}': can't connect to 127.0.0.1:{port}.*unset RAY_ADDRESS",
+    ):
         check_reachable(f"ray://127.0.0.1:{port}")  # closed now
 
 
@@ -106,7 +126,9 @@ def local_run(job, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_local_and_ray_give_identical_scores_shards_and_selection(ray_local, job, local_run, tmp_path):
+def test_local_and_ray_give_identical_scores_shards_and_selection(
+    ray_local, job, local_run, tmp_path
+):
     local_out, local, sel_local = local_run
     remote, sel_ray, manifest = run(_cfg(job, tmp_path / "ray", "ray"))
     assert manifest["config"]["score"]["engine"] == "ray"
@@ -135,9 +157,15 @@ def test_a_run_started_on_one_engine_resumes_on_the_other(ray_local, job, local_
     cfg = _cfg(job, out, "ray")
     cfg.score.ray_concurrency = 1  # ours: one actor per pass keeps this test's start-up short
     got, _, manifest = run(cfg)
-    assert kept <= {p.name for p in out.glob("passes/*/shard-*.parquet")}  # finished shards untouched
+    assert kept <= {
+        p.name for p in out.glob("passes/*/shard-*.parquet")
+    }  # finished shards untouched
     for p in manifest["passes"].values():
         assert p["reused"] + p["scored"] == len(ROWS) - 1 and p["reused"] > 0 and p["scored"] > 0
-    ids = pa.concat_tables([pq.read_table(p) for p in out.glob("passes/cond*/shard-*.parquet")]).column("id").to_pylist()
+    ids = (
+        pa.concat_tables([pq.read_table(p) for p in out.glob("passes/cond*/shard-*.parquet")])
+        .column("id")
+        .to_pylist()
+    )
     assert len(ids) == len(set(ids)) == len(ROWS) - 1  # nothing lost, nothing twice
     np.testing.assert_array_equal(got.table.columns["ifd"], want.table.columns["ifd"])

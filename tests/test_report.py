@@ -15,7 +15,15 @@ from thresher.cli import main
 from thresher.config import RunConfig
 from thresher.pipeline import run
 
-ROWS = [{"instruction": f"Add {a} and {b}.", "input": "", "output": f"{a} + {b} = {a + b}." * (1 + a % 3)} for a in range(8) for b in range(3)]
+ROWS = [
+    {
+        "instruction": f"Add {a} and {b}.",
+        "input": "",
+        "output": f"{a} + {b} = {a + b}." * (1 + a % 3),
+    }
+    for a in range(8)
+    for b in range(3)
+]
 ROWS.append({"instruction": "Say nothing.", "input": "", "output": ""})
 
 
@@ -37,7 +45,9 @@ def runs(tiny_model_dir, tmp_path_factory):
 def test_threshold_only_when_the_subset_is_separated():
     v = np.array([1.0, 2.0, 3.0, 4.0, np.nan])
     assert report.threshold(v, np.array([0, 0, 1, 1, 0], bool)) == 3.0  # top-k: lowest kept value
-    assert report.threshold(v, np.array([1, 1, 0, 0, 0], bool)) == 2.0  # bottom-k: highest kept value
+    assert (
+        report.threshold(v, np.array([1, 1, 0, 0, 0], bool)) == 2.0
+    )  # bottom-k: highest kept value
     assert report.threshold(v, np.array([1, 0, 1, 0, 0], bool)) is None  # interleaved
     assert report.threshold(v, np.zeros(5, bool)) is None
 
@@ -53,15 +63,22 @@ def test_pca_2d_finds_the_line_the_points_lie_on():
     x = np.stack([t, 2 * t, np.full_like(t, 5.0)], axis=1)  # a constant column is dropped
     xy, var = report.pca_2d(x)
     assert var[0] == pytest.approx(1.0) and var[1] == pytest.approx(0.0, abs=1e-12)
-    assert np.allclose(np.abs(np.corrcoef(xy[:, 0], t)[0, 1]), 1.0) and np.allclose(xy[:, 1], 0, atol=1e-9)
+    assert np.allclose(np.abs(np.corrcoef(xy[:, 0], t)[0, 1]), 1.0) and np.allclose(
+        xy[:, 1], 0, atol=1e-9
+    )
 
 
 def test_histogram_marks_the_threshold_and_says_when_there_is_none():
     svg, caption = report.histogram_svg(np.arange(10.0), np.array([7.0, 8.0, 9.0]), 7.0, "ifd")
-    assert "threshold 7" in svg and svg.count("<rect") > 3 and "pool 10 rows, subset 3 rows" in caption
+    assert (
+        "threshold 7" in svg and svg.count("<rect") > 3 and "pool 10 rows, subset 3 rows" in caption
+    )
     svg, caption = report.histogram_svg(np.arange(10.0), np.array([1.0, 8.0]), None, "ppl")
     assert "threshold" not in svg and "no single threshold" in caption
-    assert report.histogram_svg(np.array([np.nan]), np.array([]), None, "x") == ("", "x: no finite values")
+    assert report.histogram_svg(np.array([np.nan]), np.array([]), None, "x") == (
+        "",
+        "x: no finite values",
+    )
 
 
 def test_activations_come_from_committed_shards_only(tmp_path):
@@ -69,20 +86,40 @@ def test_activations_come_from_committed_shards_only(tmp_path):
     d.mkdir(parents=True)
     for name, ids, done in (("shard-a", ["x", "y"], True), ("shard-b", ["z"], False)):
         arr = np.arange(len(ids) * 3, dtype=np.float32).reshape(len(ids), 3) + (10 if done else 100)
-        t = pa.table({"id": ids, "hidden.1": pa.FixedSizeListArray.from_arrays(pa.array(arr.reshape(-1)), 3), "mlp.1": pa.FixedSizeListArray.from_arrays(pa.array(arr.reshape(-1)), 3)})
+        t = pa.table(
+            {
+                "id": ids,
+                "hidden.1": pa.FixedSizeListArray.from_arrays(pa.array(arr.reshape(-1)), 3),
+                "mlp.1": pa.FixedSizeListArray.from_arrays(pa.array(arr.reshape(-1)), 3),
+            }
+        )
         pq.write_table(t, d / f"{name}.parquet")
         if done:
             (d / f"{name}.done").write_text("{}")
-    view = report.RunView(tmp_path, {}, ["y", "z", "x"], ["ok"] * 3, np.array([1, 0, 0], bool), {}, {}, [])
+    view = report.RunView(
+        tmp_path, {}, ["y", "z", "x"], ["ok"] * 3, np.array([1, 0, 0], bool), {}, {}, []
+    )
     name, rows = report.activations(view)
     assert name == "hidden.1"
-    assert rows[0].tolist() == [13.0, 14.0, 15.0] and np.isnan(rows[1]).all() and rows[2].tolist() == [10.0, 11.0, 12.0]
+    assert (
+        rows[0].tolist() == [13.0, 14.0, 15.0]
+        and np.isnan(rows[1]).all()
+        and rows[2].tolist() == [10.0, 11.0, 12.0]
+    )
 
 
 def test_a_run_writes_its_report_with_every_section(runs):
     page = (runs["ifd"] / "report.html").read_text()
-    assert "<script" not in page and "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
-    for section in ("Signals", "Lengths, subset vs pool", "Map of pool vs subset", "Rejected rows", "Manifest"):
+    assert "<script" not in page and "http://" not in page.replace(
+        'xmlns="http://www.w3.org/2000/svg"', ""
+    )
+    for section in (
+        "Signals",
+        "Lengths, subset vs pool",
+        "Map of pool vs subset",
+        "Rejected rows",
+        "Manifest",
+    ):
         assert f"<h3>{section}" in page
     assert "empty_response" in page and "threshold" in page
     assert 'class="plot"' in page and "PCA of features: ifd" in page
@@ -106,7 +143,26 @@ def test_no_report_flag_and_config(tiny_model_dir, tmp_path):
     data = tmp_path / "pool.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in ROWS[:6]))
     out = tmp_path / "run"
-    assert main(["run", "--data", str(data), "--model", str(tiny_model_dir), "--method", "random", "--count", "2", "--out", str(out), "--no-report", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--data",
+                str(data),
+                "--model",
+                str(tiny_model_dir),
+                "--method",
+                "random",
+                "--count",
+                "2",
+                "--out",
+                str(out),
+                "--no-report",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert (out / "manifest.json").exists() and not (out / "report.html").exists()
     assert json.loads((out / "manifest.json").read_text())["config"]["output"]["report"] is False
 

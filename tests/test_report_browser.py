@@ -20,15 +20,33 @@ from tiny import FAMILIES
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run", "--hide-scrollbars"]
-ROWS = [{"instruction": f"Add {a} and {b}.", "input": "", "output": f"{a} + {b} = {a + b}." * (1 + a % 3)} for a in range(10) for b in range(3)]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--hide-scrollbars",
+]
+ROWS = [
+    {
+        "instruction": f"Add {a} and {b}.",
+        "input": "",
+        "output": f"{a} + {b} = {a + b}." * (1 + a % 3),
+    }
+    for a in range(10)
+    for b in range(3)
+]
 
 
 def chromium() -> str:
     found = shutil.which("chromium") or shutil.which("chromium-browser")
     if found is None:
-        pytest.skip("chromium is not installed (`make test` installs Debian's chromium package when apt is available)")
+        pytest.skip(
+            "chromium is not installed (`make test` installs Debian's chromium package when apt is available)"
+        )
     return found
 
 
@@ -46,7 +64,9 @@ def read_png(path: Path) -> np.ndarray:
             idat.append(body)
         pos += 12 + length
     width, height, depth, color, _, _, interlace = header
-    assert depth == 8 and color in (2, 6) and interlace == 0, f"unsupported PNG: depth {depth}, colour type {color}"
+    assert depth == 8 and color in (2, 6) and interlace == 0, (
+        f"unsupported PNG: depth {depth}, colour type {color}"
+    )
     bpp = 3 if color == 2 else 4
     raw = zlib.decompress(b"".join(idat))
     stride = width * bpp
@@ -54,7 +74,9 @@ def read_png(path: Path) -> np.ndarray:
     prev = np.zeros(stride, dtype=np.int32)
     for y in range(height):
         kind = raw[y * (stride + 1)]
-        line = np.frombuffer(raw, dtype=np.uint8, count=stride, offset=y * (stride + 1) + 1).astype(np.int32)
+        line = np.frombuffer(raw, dtype=np.uint8, count=stride, offset=y * (stride + 1) + 1).astype(
+            np.int32
+        )
         if kind == 1:  # Sub: running sum per channel
             line = np.cumsum(line.reshape(width, bpp), axis=0).reshape(-1) % 256
         elif kind == 2:  # Up
@@ -85,12 +107,21 @@ def report_html(tmp_path_factory) -> Path:
     FAMILIES["chatml"][1](tok).save_pretrained(model)
     tok.save_pretrained(model)
     data = base / "pool.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in [*ROWS, {"instruction": "x", "input": "", "output": ""}]))
+    data.write_text(
+        "".join(
+            json.dumps(r) + "\n" for r in [*ROWS, {"instruction": "x", "input": "", "output": ""}]
+        )
+    )
     dirs = []
     for method in ("ifd", "ppl"):
         cfg = RunConfig()
         cfg.model.name, cfg.data.path, cfg.method.name = str(model), str(data), method
-        cfg.output.dir, cfg.score.progress, cfg.select.fraction, cfg.output.report = str(base / method), False, 0.2, False
+        cfg.output.dir, cfg.score.progress, cfg.select.fraction, cfg.output.report = (
+            str(base / method),
+            False,
+            0.2,
+            False,
+        )
         run(cfg)
         dirs.append(base / method)
     return write_report(dirs, base / "report.html")
@@ -99,7 +130,13 @@ def report_html(tmp_path_factory) -> Path:
 def test_chromium_renders_non_empty_plots(report_html, tmp_path):
     exe = chromium()
     common = [exe, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
-    dom = subprocess.run([*common, "--dump-dom", report_html.as_uri()], capture_output=True, text=True, timeout=120, check=True).stdout
+    dom = subprocess.run(
+        [*common, "--dump-dom", report_html.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
     assert "<h1>thresher report: 2 runs</h1>" in dom
     svgs = dom.split('<svg class="plot"')[1:]
     # the browser parsed every plot of the page: per run signals, token counts and the map; plus the Jaccard matrix
@@ -108,7 +145,12 @@ def test_chromium_renders_non_empty_plots(report_html, tmp_path):
         body = svg.split("</svg>")[0]
         assert body.count("<rect") + body.count("<circle") >= 3, body[:300]
     png = tmp_path / "report.png"
-    subprocess.run([*common, f"--screenshot={png}", "--window-size=1200,2200", report_html.as_uri()], capture_output=True, timeout=120, check=True)
+    subprocess.run(
+        [*common, f"--screenshot={png}", "--window-size=1200,2200", report_html.as_uri()],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
     img = read_png(png)
     assert img.shape[:2] == (2200, 1200)
     r, g, b = (img[:, :, k].astype(int) for k in range(3))
@@ -116,5 +158,7 @@ def test_chromium_renders_non_empty_plots(report_html, tmp_path):
     non_white = float(((r < 245) | (g < 245) | (b < 245)).mean())
     subset = int(((r > g + 60) & (r > b + 80)).sum())  # the subset's orange bars and points
     blue = int(((b > r + 80) & (b > g + 40)).sum())  # the Jaccard cells and the threshold line
-    print(f"screenshot {png}: {colours} colours, {non_white:.1%} non-white, {subset} subset pixels, {blue} blue pixels")
+    print(
+        f"screenshot {png}: {colours} colours, {non_white:.1%} non-white, {subset} subset pixels, {blue} blue pixels"
+    )
     assert colours > 50 and non_white > 0.05 and subset > 500 and blue > 500

@@ -19,7 +19,22 @@ pytestmark = pytest.mark.slow
 
 
 def _cmd(model_dir, data, out):
-    return [sys.executable, "-m", "thresher.cli", "score", "--model", str(model_dir), "--data", str(data), "--out", str(out), "--no-progress", "--threads", "1", "score.shard_rows=4"]
+    return [
+        sys.executable,
+        "-m",
+        "thresher.cli",
+        "score",
+        "--model",
+        str(model_dir),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--no-progress",
+        "--threads",
+        "1",
+        "score.shard_rows=4",
+    ]
 
 
 def _scores(out):
@@ -34,7 +49,13 @@ def test_sigkill_midway_then_resume(tmp_path):
     make_model(tok).save_pretrained(model_dir)
     tok.save_pretrained(model_dir)
     data = tmp_path / "data.jsonl"
-    rows = [{"instruction": f"Add {i} and {i * 3 % 17}.", "output": f"{i} + {i * 3 % 17} = {i + i * 3 % 17}. " * (1 + i % 4)} for i in range(600)]
+    rows = [
+        {
+            "instruction": f"Add {i} and {i * 3 % 17}.",
+            "output": f"{i} + {i * 3 % 17} = {i + i * 3 % 17}. " * (1 + i % 4),
+        }
+        for i in range(600)
+    ]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
 
@@ -43,7 +64,9 @@ def test_sigkill_midway_then_resume(tmp_path):
     want, _ = _scores(clean)
 
     out = tmp_path / "killed"
-    proc = subprocess.Popen(_cmd(model_dir, data, out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        _cmd(model_dir, data, out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         if len(list(out.glob("passes/*/shard-*.done"))) >= 5:
@@ -55,7 +78,9 @@ def test_sigkill_midway_then_resume(tmp_path):
     committed = len(list(out.glob("passes/*/shard-*.done")))
     assert committed > 0 and not (out / "scores.parquet").exists()
 
-    res = subprocess.run(_cmd(model_dir, data, out), check=True, env=env, capture_output=True, text=True)
+    res = subprocess.run(
+        _cmd(model_dir, data, out), check=True, env=env, capture_output=True, text=True
+    )
     assert "reused from cache" in res.stdout
     got, ids = _scores(out)
     assert len(ids) == len(set(ids)) == len(rows)  # no duplicate, no missing id

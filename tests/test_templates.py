@@ -29,9 +29,13 @@ SAMPLE_IN = alpaca("Reverse the word.", "The reversed word is olleh.", input="he
 
 def test_alpaca_text_is_verbatim():
     t = get_template("alpaca")
-    assert t.prompt(SAMPLE) == ALPACA_PROMPT_NO_INPUT.format(instruction="Give the sum of 17 and 25.")
+    assert t.prompt(SAMPLE) == ALPACA_PROMPT_NO_INPUT.format(
+        instruction="Give the sum of 17 and 25."
+    )
     assert t.prompt(SAMPLE_IN).endswith("### Input:\nhello\n\n### Response:")
-    assert t.prompt(SAMPLE_IN) == ALPACA_PROMPT_INPUT.format(instruction="Reverse the word.", input="hello")
+    assert t.prompt(SAMPLE_IN) == ALPACA_PROMPT_INPUT.format(
+        instruction="Reverse the word.", input="hello"
+    )
     assert get_template("plain").prompt(SAMPLE_IN) == "Reverse the word.\nhello\n"
     assert get_template("plain").prompt(SAMPLE) == "Give the sum of 17 and 25.\n"
 
@@ -84,12 +88,18 @@ def test_boundary_case_differs_from_joined_tokenization():
     for family, prompt, response in cases:
         tok = tok_of(family)
         joined = tok(prompt + response, add_special_tokens=False).input_ids
-        sep = tok(prompt, add_special_tokens=False).input_ids + tok(response, add_special_tokens=False).input_ids
+        sep = (
+            tok(prompt, add_special_tokens=False).input_ids
+            + tok(response, add_special_tokens=False).input_ids
+        )
         assert joined != sep
         t = get_template("{instruction}")
         s = alpaca(prompt, response)
         r = Renderer(tok, spec(template=t.text)).render(s)
-        assert list(r.ids[r.scored[0] : r.scored[1]]) == tok(response, add_special_tokens=False).input_ids
+        assert (
+            list(r.ids[r.scored[0] : r.scored[1]])
+            == tok(response, add_special_tokens=False).input_ids
+        )
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
@@ -108,7 +118,9 @@ def test_truncation_policies(family):
     # a response longer than the budget: prompt keeps half, the response the rest (cut right)
     long_resp = alpaca("Count.", "one two three four five six seven eight nine ten " * 20)
     r = Renderer(tok, spec(max_length=40)).render(long_resp)
-    assert r.status == "ok" and len(r.ids) == 40 and 0 < r.n_scored < 40 and "response" in r.truncated
+    assert (
+        r.status == "ok" and len(r.ids) == 40 and 0 < r.n_scored < 40 and "response" in r.truncated
+    )
     u = Renderer(tok, spec(max_length=40, view="uncond")).render(long_resp)
     # both views score the same response tokens
     assert u.ids[u.scored[0] : u.scored[1]] == r.ids[r.scored[0] : r.scored[1]]
@@ -117,15 +129,27 @@ def test_truncation_policies(family):
 @pytest.mark.parametrize("family", ["chatml", "gemma"])
 def test_chat_template_prefix_diff_and_single_bos(family):
     tok = tok_of(family)
-    s = Sample("c", (Message("system", "Be brief."), Message("user", "Hi there"), Message("assistant", "Hello!")), "Hi there")
+    s = Sample(
+        "c",
+        (
+            Message("system", "Be brief."),
+            Message("user", "Hi there"),
+            Message("assistant", "Hello!"),
+        ),
+        "Hi there",
+    )
     r = Renderer(tok, spec(template="chat")).render(s)
     assert r.status == "ok"
-    full = tok.apply_chat_template([{"role": m.role, "content": m.content} for m in s.messages], tokenize=False)
+    full = tok.apply_chat_template(
+        [{"role": m.role, "content": m.content} for m in s.messages], tokenize=False
+    )
     assert tok.decode(list(r.ids)) == full  # ids render back to the template's own text
     resp_text = tok.decode(list(r.ids[r.scored[0] : r.scored[1]]))
     assert resp_text.startswith("Hello!")
     if tok.bos_token_id is not None:
-        assert list(r.ids).count(tok.bos_token_id) <= 1  # the Gemma template's own BOS is not doubled
+        assert (
+            list(r.ids).count(tok.bos_token_id) <= 1
+        )  # the Gemma template's own BOS is not doubled
 
 
 def test_chat_template_needs_one():
@@ -162,7 +186,11 @@ def test_oneshot_truncates_only_the_demonstration(family):
     cond = Renderer(tok, spec(view="cond", max_length=60)).render(SAMPLE)
     assert "demo" in cut.truncated and len(cut.ids) == 60
     target = cond.ids[cond.scored[0] : cond.scored[1]]
-    assert cut.ids[cut.scored[0] : cut.scored[1]] == target == full.ids[full.scored[0] : full.scored[1]]
+    assert (
+        cut.ids[cut.scored[0] : cut.scored[1]]
+        == target
+        == full.ids[full.scored[0] : full.scored[1]]
+    )
     assert cut.spans["demo"][1] == cut.spans["prompt"][0]
 
 
@@ -177,8 +205,14 @@ def test_oneshot_uncond_is_the_oneshot_view_without_the_instruction(family):
         # the same lead, the same (equally cut) demonstration, then straight to the same response tokens
         assert bare.ids == one.ids[:d1] + one.ids[one.scored[0] :]
         assert bare.ids[bare.scored[0] : bare.scored[1]] == one.ids[one.scored[0] : one.scored[1]]
-        assert bare.spans["demo"] == (d0, d1) and bare.scored == (d1, len(bare.ids)) and bare.truncated == one.truncated
-    assert Renderer(tok, spec(view="oneshot_uncond")).render(SAMPLE, None).status == "no_demonstration"
+        assert (
+            bare.spans["demo"] == (d0, d1)
+            and bare.scored == (d1, len(bare.ids))
+            and bare.truncated == one.truncated
+        )
+    assert (
+        Renderer(tok, spec(view="oneshot_uncond")).render(SAMPLE, None).status == "no_demonstration"
+    )
 
 
 def test_empty_response_is_rejected_not_scored():
@@ -202,7 +236,9 @@ def test_cherry_reproduce_boundary():
 
 def test_superfiltering_reproduce_leaves_first_token_unscored_without_bos():
     tok = tok_of("gpt2")
-    u = Renderer(tok, spec(view="uncond", template="plain", boundary="superfiltering")).render(SAMPLE)
+    u = Renderer(tok, spec(view="uncond", template="plain", boundary="superfiltering")).render(
+        SAMPLE
+    )
     resp = tok(SAMPLE.response).input_ids
     assert u.ids == tuple(resp) and u.scored == (1, len(resp))  # T - 1 tokens, as the reference
     clean = Renderer(tok, spec(view="uncond", template="plain")).render(SAMPLE)
@@ -214,11 +250,19 @@ def test_chat_template_keeps_one_bos_through_truncation_and_one_shot():
     one-shot demonstration rendered by the same template does not bring a second one."""
     tok = tok_of("gemma")
     bos = tok.bos_token_id
-    long_prompt = Sample("c", (Message("user", "word " * 200), Message("assistant", "The answer is 42.")), "word " * 200)
+    long_prompt = Sample(
+        "c",
+        (Message("user", "word " * 200), Message("assistant", "The answer is 42.")),
+        "word " * 200,
+    )
     cut = Renderer(tok, spec(template="chat", max_length=40)).render(long_prompt)
     assert cut.status == "ok" and cut.truncated == "prompt" and len(cut.ids) == 40
     assert cut.ids[0] == bos and list(cut.ids).count(bos) == 1
-    one = Renderer(tok, spec(template="chat", view="oneshot", max_length=4096)).render(SAMPLE, long_prompt)
+    one = Renderer(tok, spec(template="chat", view="oneshot", max_length=4096)).render(
+        SAMPLE, long_prompt
+    )
     assert one.ids[0] == bos and list(one.ids).count(bos) == 1 and one.spans["demo"][0] == 1
     cond = Renderer(tok, spec(template="chat")).render(SAMPLE)
-    assert one.ids[one.spans["prompt"][0] :] == cond.ids[1:]  # the target follows the demo as in cond
+    assert (
+        one.ids[one.spans["prompt"][0] :] == cond.ids[1:]
+    )  # the target follows the demo as in cond

@@ -32,7 +32,12 @@ ROWS = [
     {"instruction": "Greet", "input": "", "output": " Hello there!\nHow are you?"},
     {"instruction": "Sort 3, 1, 2.", "input": "", "output": "1, 2, 3."},
 ]
-CASES = [(f, t) for f in FAMILIES for t in ("alpaca", "plain", "chat") if not (f == "gpt2" and t == "chat")]
+CASES = [
+    (f, t)
+    for f in FAMILIES
+    for t in ("alpaca", "plain", "chat")
+    if not (f == "gpt2" and t == "chat")
+]
 
 
 @pytest.fixture
@@ -52,10 +57,19 @@ def test_trained_tokens_equal_scored_tokens(family, template, append_eos, sample
     examples, rejected = build_examples(samples, tok, training_spec("m", cfg))
     assert rejected == {} and len(examples) == len(samples) == 4
     # what SFTTrainer actually feeds the model, after its own dataset preparation and collation
-    trainer = _trainer(copy.deepcopy(model).train(), copy.deepcopy(tok), examples, tmp_path, cfg, progress=False)
+    trainer = _trainer(
+        copy.deepcopy(model).train(), copy.deepcopy(tok), examples, tmp_path, cfg, progress=False
+    )
     fed = [trainer.data_collator([row]) for row in trainer.train_dataset]
     # the scoring pass with the same template and EOS option, through a real forward
-    spec = PassSpec(model="m", view="cond", template=template, fields=("logprob",), max_length=64, append_eos=append_eos)
+    spec = PassSpec(
+        model="m",
+        view="cond",
+        template=template,
+        fields=("logprob",),
+        max_length=64,
+        append_eos=append_eos,
+    )
     renderer = Renderer(tok, spec)
     ok = samples
     cols = Scorer(spec, model, tok)(ok)
@@ -77,9 +91,22 @@ def test_trained_tokens_equal_scored_tokens(family, template, append_eos, sample
 def test_presets_quote_the_papers_and_flags_override():
     assert preset("alpaca") == TrainConfig()
     g = preset("instructdiff-general", max_steps=5, lora=True)
-    assert (g.learning_rate, g.batch_size, g.epochs, g.warmup_ratio, g.weight_decay, g.scheduler) == (2e-5, 64, 10, 0.05, 0.01, "cosine")
+    assert (
+        g.learning_rate,
+        g.batch_size,
+        g.epochs,
+        g.warmup_ratio,
+        g.weight_decay,
+        g.scheduler,
+    ) == (2e-5, 64, 10, 0.05, 0.01, "cosine")
     assert g.max_steps == 5 and g.lora
-    assert set(PRESETS) >= {"alpaca", "instructdiff-general", "instructdiff-warmup", "tshirt", "cpu"}
+    assert set(PRESETS) >= {
+        "alpaca",
+        "instructdiff-general",
+        "instructdiff-warmup",
+        "tshirt",
+        "cpu",
+    }
     with pytest.raises(ValueError, match=r"unknown training preset 'tshrt'.*'tshirt'"):
         preset("tshrt")
     with pytest.raises(ValueError, match="unknown training option"):
@@ -102,7 +129,15 @@ def tiny_dir(tmp_path):
 @pytest.mark.parametrize("lora", [False, True])
 def test_train_writes_a_scorable_model_and_resumes(lora, tiny_dir, samples, tmp_path):
     # constant rate: the first half of a 4-step run is a 2-step run, so resuming can be compared
-    cfg = TrainConfig(batch_size=2, max_steps=4, save_steps=2, learning_rate=1e-2, lora=lora, scheduler="constant", warmup_ratio=0.0)
+    cfg = TrainConfig(
+        batch_size=2,
+        max_steps=4,
+        save_steps=2,
+        learning_rate=1e-2,
+        lora=lora,
+        scheduler="constant",
+        warmup_ratio=0.0,
+    )
     out = tmp_path / "out"
     res = train(samples, str(tiny_dir), out, cfg, progress=False)
     assert res.steps == 4 and res.rows == 4 and res.rejected == {} and not res.reused
@@ -110,8 +145,13 @@ def test_train_writes_a_scorable_model_and_resumes(lora, tiny_dir, samples, tmp_
     assert resolve_model(str(out)).kind == "local"
     base, tuned = load_model(str(tiny_dir)), load_model(str(out))
     assert tuned.info.tokenizer_hash == base.info.tokenizer_hash
-    assert not any(n.startswith("base_model") or "lora" in n for n, _ in tuned.model.named_parameters())
-    diff = max((p - q).abs().max().item() for p, q in zip(base.model.parameters(), tuned.model.parameters(), strict=True))
+    assert not any(
+        n.startswith("base_model") or "lora" in n for n, _ in tuned.model.named_parameters()
+    )
+    diff = max(
+        (p - q).abs().max().item()
+        for p, q in zip(base.model.parameters(), tuned.model.parameters(), strict=True)
+    )
     assert diff > 1e-4
     # finished: the same call returns at once; other settings refuse
     assert train(samples, str(tiny_dir), out, cfg, progress=False).reused
@@ -119,10 +159,20 @@ def test_train_writes_a_scorable_model_and_resumes(lora, tiny_dir, samples, tmp_
         train(samples, str(tiny_dir), out, TrainConfig(batch_size=2, max_steps=5), progress=False)
     # killed after the step-2 checkpoint: a rerun resumes there and ends with the same weights
     out2 = tmp_path / "out2"
-    half = train(samples, str(tiny_dir), out2, dataclasses.replace(cfg, max_steps=2), progress=False, keep_checkpoints=True)
+    half = train(
+        samples,
+        str(tiny_dir),
+        out2,
+        dataclasses.replace(cfg, max_steps=2),
+        progress=False,
+        keep_checkpoints=True,
+    )
     assert half.steps == 2 and (out2 / "checkpoints" / "checkpoint-2").is_dir()
     (out2 / "thresher-train.json").unlink()  # as if the process died right after the checkpoint
-    for other in (dataclasses.replace(cfg, learning_rate=1e-3), dataclasses.replace(cfg, lora=not lora)):  # not the run that wrote them
+    for other in (
+        dataclasses.replace(cfg, learning_rate=1e-3),
+        dataclasses.replace(cfg, lora=not lora),
+    ):  # not the run that wrote them
         with pytest.raises(RuntimeError, match="checkpoints of a training run with other settings"):
             train(samples, str(tiny_dir), out2, other, progress=False)
     with pytest.raises(RuntimeError, match="other settings or data"):
@@ -130,13 +180,22 @@ def test_train_writes_a_scorable_model_and_resumes(lora, tiny_dir, samples, tmp_
     resumed = train(samples, str(tiny_dir), out2, cfg, progress=False)
     assert resumed.steps == 4
     again = load_model(str(out2)).model
-    assert all(torch.allclose(p, q, atol=1e-6) for p, q in zip(tuned.model.parameters(), again.parameters(), strict=True))
+    assert all(
+        torch.allclose(p, q, atol=1e-6)
+        for p, q in zip(tuned.model.parameters(), again.parameters(), strict=True)
+    )
 
 
 def test_loaded_model_is_copied_not_modified(tiny_dir, samples, tmp_path):
     lm = load_model(str(tiny_dir))
     before = [p.detach().clone() for p in lm.model.parameters()]
-    train(samples, lm, tmp_path / "out", TrainConfig(batch_size=1, max_steps=2, learning_rate=1e-2), progress=False)
+    train(
+        samples,
+        lm,
+        tmp_path / "out",
+        TrainConfig(batch_size=1, max_steps=2, learning_rate=1e-2),
+        progress=False,
+    )
     assert all(torch.equal(a, b) for a, b in zip(before, lm.model.parameters(), strict=True))
     assert not lm.model.training
 
@@ -150,12 +209,41 @@ def test_cli_train_then_score_with_the_trained_model(tiny_dir, samples, tmp_path
     recipe = tmp_path / "train.yaml"
     recipe.write_text("preset: cpu\nlora: true\nbatch_size: 2\nmax_steps: 9\n")
     # the YAML gives the recipe, a flag overrides one field of it
-    args = ["train", "--data", str(data), "--model", str(tiny_dir), "--out", str(out), "--config", str(recipe), "--max-steps", "2", "--no-progress"]
+    args = [
+        "train",
+        "--data",
+        str(data),
+        "--model",
+        str(tiny_dir),
+        "--out",
+        str(out),
+        "--config",
+        str(recipe),
+        "--max-steps",
+        "2",
+        "--no-progress",
+    ]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "2 steps" in printed and "preset cpu + LoRA" in printed and "EOS appended" in printed
     assert main(args) == 0 and "already finished, reused" in capsys.readouterr().out
-    assert main(["score", "--data", str(data), "--model", str(out), "--method", "ppl", "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "score",
+                "--data",
+                str(data),
+                "--model",
+                str(out),
+                "--method",
+                "ppl",
+                "--out",
+                str(tmp_path / "run"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert "4 scored" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["train", "--help"])
@@ -167,6 +255,8 @@ def test_shipped_training_recipe_is_valid():
 
     import yaml
 
-    d = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "train" / "cpu-lora.yaml").read_text())
+    d = yaml.safe_load(
+        (Path(__file__).resolve().parents[1] / "configs" / "train" / "cpu-lora.yaml").read_text()
+    )
     cfg = preset(d.pop("preset"), **d)
     assert cfg.lora and cfg.max_steps == 50 and cfg.learning_rate == PRESETS["cpu"]["learning_rate"]

@@ -54,8 +54,15 @@ def test_lowest_selection_ascends_and_is_exact():
 def test_token_budget_adds_rows_until_the_sum_reaches_it():
     values = np.array([0.1, 0.2, 0.3, 0.4])
     tokens = np.array([5, 4, 3, 10])
-    assert lowest_within_budget(IDS[:4], values, 9, unit="tokens", tokens=tokens).ids == ("r00", "r01")
-    assert lowest_within_budget(IDS[:4], values, 10, unit="tokens", tokens=tokens).ids == ("r00", "r01", "r02")
+    assert lowest_within_budget(IDS[:4], values, 9, unit="tokens", tokens=tokens).ids == (
+        "r00",
+        "r01",
+    )
+    assert lowest_within_budget(IDS[:4], values, 10, unit="tokens", tokens=tokens).ids == (
+        "r00",
+        "r01",
+        "r02",
+    )
     over = lowest_within_budget(IDS[:4], values, 100, unit="tokens", tokens=tokens)
     assert len(over.ids) == 4 and "hold 22 response tokens" in over.note
 

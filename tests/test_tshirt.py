@@ -42,7 +42,9 @@ def test_sifd_golden_with_the_dataset_wide_threshold():
     assert sifd(delta, tau) == pytest.approx([math.exp(0.5), math.exp(-3.0)])
     mu, sd = copy_moments(sifd(delta, tau))
     assert mu == pytest.approx((math.exp(0.5) + math.exp(-3.0)) / 2)
-    assert sd == pytest.approx(abs(math.exp(0.5) - math.exp(-3.0)) / 2)  # population std of two values
+    assert sd == pytest.approx(
+        abs(math.exp(0.5) - math.exp(-3.0)) / 2
+    )  # population std of two values
 
 
 def test_sifd_clamps_when_no_token_survives_and_keeps_ties_out():
@@ -82,7 +84,15 @@ def test_abs_percentile_rejects_nothing_and_non_finite():
 def _stats(ids, rows, status=None):
     n = len(ids)
     z = np.zeros(n, np.int64)
-    return TokenStats(list(ids), status or ["ok"] * n, z, z, np.array([len(r) for r in rows]), [""] * n, Ragged.from_rows(rows))
+    return TokenStats(
+        list(ids),
+        status or ["ok"] * n,
+        z,
+        z,
+        np.array([len(r) for r in rows]),
+        [""] * n,
+        Ragged.from_rows(rows),
+    )
 
 
 def test_noisy_signals_golden_two_samples_two_copies():
@@ -120,8 +130,14 @@ def test_k_one_is_the_ifd_over_the_aligned_tokens():
 
 
 def test_rows_with_a_bad_status_or_mismatched_counts_get_a_reason_and_nan():
-    cond = _stats(["a", "b", "c"], [[-1.0, -1.0], [], [-1.0, -1.0, -1.0]], ["ok", "response_truncated_away", "ok"])
-    uncond = _stats(["a", "b", "c"], [[-2.0, -2.0], [], [-1.0]], ["ok", "response_truncated_away", "ok"])
+    cond = _stats(
+        ["a", "b", "c"],
+        [[-1.0, -1.0], [], [-1.0, -1.0, -1.0]],
+        ["ok", "response_truncated_away", "ok"],
+    )
+    uncond = _stats(
+        ["a", "b", "c"], [[-2.0, -2.0], [], [-1.0]], ["ok", "response_truncated_away", "ok"]
+    )
     out = noisy_signals(["a", "b", "c"], cond, uncond, 2, 0.5)
     assert out["status"] == ["ok", "response_truncated_away", "error:noisy_token_count_mismatch"]
     assert np.isfinite(out["sifd_mean"][0]) and np.isnan(out["sifd_mean"][1:]).all()
@@ -143,7 +159,9 @@ def test_hierarchical_ties_keep_mask_and_shortfall():
     ids = ["b", "a", "c", "d"]
     mu = np.array([1.0, 1.0, 1.0, 0.0])
     sd = np.array([0.5, 0.5, np.nan, 0.1])
-    assert hierarchical(ids, mu, sd, 1, gamma=2).ids == ("a",)  # pool a, b by id; equal spread -> id
+    assert hierarchical(ids, mu, sd, 1, gamma=2).ids == (
+        "a",
+    )  # pool a, b by id; equal spread -> id
     keep = np.array([False, True, True, True])
     sel = hierarchical(ids, mu, sd, 2, gamma=1, keep=keep)
     assert sel.ids == ("a",) and "finite spread" in sel.note  # pool a, c; c has NaN spread
@@ -188,11 +206,23 @@ def _sample(i: str, instr: str, resp: str) -> Sample:
 
 def _noisy_lp(llama, view, alpha, copies, sample):
     model, tok = llama
-    spec = PassSpec(model="m", view=view, template="plain", fields=("logprob",), max_length=64, noise_alpha=alpha, noise_copies=copies)
-    cond = Renderer(tok, PassSpec(model="m", view="cond", template="plain", fields=("logprob",), max_length=64)).render(sample)
+    spec = PassSpec(
+        model="m",
+        view=view,
+        template="plain",
+        fields=("logprob",),
+        max_length=64,
+        noise_alpha=alpha,
+        noise_copies=copies,
+    )
+    cond = Renderer(
+        tok, PassSpec(model="m", view="cond", template="plain", fields=("logprob",), max_length=64)
+    ).render(sample)
     row = Renderer(tok, spec).render(sample)
     out = HFBackend(model, tok).run([row], spec, noise=[(sample.id, len(cond.ids), cond.scored[0])])
-    clean = HFBackend(model, tok).run([row], PassSpec(model="m", view=view, template="plain", fields=("logprob",), max_length=64))
+    clean = HFBackend(model, tok).run(
+        [row], PassSpec(model="m", view=view, template="plain", fields=("logprob",), max_length=64)
+    )
     return out.logprob[0].reshape(copies, -1), clean.logprob[0]
 
 
@@ -216,15 +246,23 @@ def test_uncond_copies_reuse_the_response_slice_of_the_cond_noise(llama):
     model, tok = llama
     s = _sample("s1", "Add 1 and 2.", "1 + 2 = 3.")
     noisy, _ = _noisy_lp(llama, "uncond", 20.0, 2, s)
-    cond = Renderer(tok, PassSpec(model="m", view="cond", template="plain", max_length=64)).render(s)
-    row = Renderer(tok, PassSpec(model="m", view="uncond", template="plain", max_length=64)).render(s)
+    cond = Renderer(tok, PassSpec(model="m", view="cond", template="plain", max_length=64)).render(
+        s
+    )
+    row = Renderer(tok, PassSpec(model="m", view="uncond", template="plain", max_length=64)).render(
+        s
+    )
     delta = embedding_noise(42, "s1", 2, len(cond.ids), model.config.hidden_size, 20.0)
     # by definition: document start gets the cond's first-position noise, the response its own slice
     d_u = torch.cat([delta[:, :1], delta[:, cond.scored[0] :]], dim=1)
     ids = torch.tensor([row.ids])
     with torch.inference_mode():
         logits = model(inputs_embeds=model.get_input_embeddings()(ids) + d_u).logits.float()
-    lp = torch.log_softmax(logits, -1)[:, :-1].gather(2, ids[:, 1:, None].expand(2, -1, 1)).squeeze(2)
+    lp = (
+        torch.log_softmax(logits, -1)[:, :-1]
+        .gather(2, ids[:, 1:, None].expand(2, -1, 1))
+        .squeeze(2)
+    )
     np.testing.assert_allclose(noisy, lp.numpy(), atol=1e-5)
 
 
@@ -238,7 +276,10 @@ def test_alpha_zero_gives_zero_spread_and_the_clean_sifd():
 
 # ---------------------------------------------------------------- method and pipeline
 
-ROWS = [{"instruction": f"Add {a} and {b}.", "input": "", "output": f"{a} + {b} = {a + b}."} for a, b in [(1, 2), (3, 4), (10, 5), (7, 7), (12, 30), (2, 9), (8, 1), (6, 6)]] + [
+ROWS = [
+    {"instruction": f"Add {a} and {b}.", "input": "", "output": f"{a} + {b} = {a + b}."}
+    for a, b in [(1, 2), (3, 4), (10, 5), (7, 7), (12, 30), (2, 9), (8, 1), (6, 6)]
+] + [
     {"instruction": "Reverse the word.", "input": "stone", "output": "enots"},
     {"instruction": "Say nothing.", "input": "", "output": ""},
 ]
@@ -261,7 +302,12 @@ def _config(model_dir, data, out, method, **params):
     from thresher.config import RunConfig
 
     cfg = RunConfig()
-    cfg.model.name, cfg.data.path, cfg.method.name, cfg.output.dir = str(model_dir), str(data), method, str(out)
+    cfg.model.name, cfg.data.path, cfg.method.name, cfg.output.dir = (
+        str(model_dir),
+        str(data),
+        method,
+        str(out),
+    )
     cfg.method.params = params
     cfg.score.progress, cfg.score.shard_rows = False, 4
     cfg.select.count = 2
@@ -277,16 +323,29 @@ def data_file(tmp_path):
 
 def test_defaults_and_shared_clean_passes():
     plan = build("tshirt", "gpt2")
-    assert plan.params["k"] == 0.5 and plan.params["alpha"] == 5.0 and plan.params["copies"] == 30 and plan.params["gamma"] == 2
+    assert (
+        plan.params["k"] == 0.5
+        and plan.params["alpha"] == 5.0
+        and plan.params["copies"] == 30
+        and plan.params["gamma"] == 2
+    )
     sf = build("superfiltering", "gpt2")
     assert plan.passes["cond"] == sf.passes["cond"] and plan.passes["uncond"] == sf.passes["uncond"]
-    assert build("tshirt", "gpt2", reproduce=True).passes["uncond"] == build("superfiltering", "gpt2", reproduce=True).passes["uncond"]
-    assert plan.passes["noisy_cond"].noise_copies == 30 and plan.streamed == ("noisy_cond", "noisy_uncond")
+    assert (
+        build("tshirt", "gpt2", reproduce=True).passes["uncond"]
+        == build("superfiltering", "gpt2", reproduce=True).passes["uncond"]
+    )
+    assert plan.passes["noisy_cond"].noise_copies == 30 and plan.streamed == (
+        "noisy_cond",
+        "noisy_uncond",
+    )
     with pytest.raises(ValueError, match="k=0"):
         build("tshirt", "gpt2", {"k": 0.0})
 
 
-def test_tshirt_run_reuses_superfiltering_passes_and_selects_exactly(model_dirs, data_file, tmp_path):
+def test_tshirt_run_reuses_superfiltering_passes_and_selects_exactly(
+    model_dirs, data_file, tmp_path
+):
     out = tmp_path / "run"
     run(_config(model_dirs["chatml"], data_file, out, "superfiltering"))
     result, sel, _ = run(_config(model_dirs["chatml"], data_file, out, "tshirt", copies=3))
@@ -298,15 +357,22 @@ def test_tshirt_run_reuses_superfiltering_passes_and_selects_exactly(model_dirs,
         if s == "ok" or s.startswith("filtered:"):
             assert math.isfinite(mu) and math.isfinite(sd) and sd > 0
     assert len(sel.ids) == min(2, sel.eligible)
-    assert not (out / "tshirt_spill").exists() and json.loads((out / "tshirt_threshold.json").read_text())["k"] == 0.5
+    assert (
+        not (out / "tshirt_spill").exists()
+        and json.loads((out / "tshirt_threshold.json").read_text())["k"] == 0.5
+    )
     again, _, _ = run(_config(model_dirs["chatml"], data_file, out, "tshirt", copies=3))
-    np.testing.assert_array_equal(again.table.columns["sifd_mean"], t.columns["sifd_mean"])  # resumed, same numbers
+    np.testing.assert_array_equal(
+        again.table.columns["sifd_mean"], t.columns["sifd_mean"]
+    )  # resumed, same numbers
     with pytest.raises(CacheMismatch, match="noise_seed"):
         run(_config(model_dirs["chatml"], data_file, out, "tshirt", copies=3, seed=7))
 
 
 def test_reproduce_mode_on_gpt2_drops_the_first_token(model_dirs, data_file, tmp_path):
-    result, _, _ = run(_config(model_dirs["gpt2"], data_file, tmp_path / "r", "tshirt", copies=2, reproduce=True))
+    result, _, _ = run(
+        _config(model_dirs["gpt2"], data_file, tmp_path / "r", "tshirt", copies=2, reproduce=True)
+    )
     t = result.table
     ok = [i for i, s in enumerate(t.status) if s == "ok" or s.startswith("filtered:")]
     assert ok and all(t.columns["n_scored"][i] == t.columns["n_scored_uncond"][i] + 1 for i in ok)
@@ -326,7 +392,11 @@ def test_tshirt_smollm2_on_40_real_rows(shared_data, tmp_path):
     from thresher.models import load_model
 
     cfg = RunConfig()
-    cfg.data.path, cfg.data.limit, cfg.method.name = str(shared_data / "alpaca_en_demo.json"), 40, "tshirt"
+    cfg.data.path, cfg.data.limit, cfg.method.name = (
+        str(shared_data / "alpaca_en_demo.json"),
+        40,
+        "tshirt",
+    )
     # ours, to keep the suite short: 2 copies and 128 tokens (the defaults are 30 and 1024); the
     # noisy passes cost copies x the clean ones
     cfg.method.params = {"copies": 2, "max_length": 128}
@@ -335,7 +405,11 @@ def test_tshirt_smollm2_on_40_real_rows(shared_data, tmp_path):
     t = result.table
     valid = {s.id for s in result.samples if s.response.strip()}
     assert len(valid) >= 38
-    for i, s, mu, sd in zip(t.ids, t.status, t.columns["sifd_mean"], t.columns["sifd_std"], strict=True):
+    for i, s, mu, sd in zip(
+        t.ids, t.status, t.columns["sifd_mean"], t.columns["sifd_std"], strict=True
+    ):
         if i in valid:
-            assert (s == "ok" or s.startswith("filtered:")) and math.isfinite(mu) and math.isfinite(sd), (i, s, mu, sd)
+            assert (
+                (s == "ok" or s.startswith("filtered:")) and math.isfinite(mu) and math.isfinite(sd)
+            ), (i, s, mu, sd)
     assert len(sel.ids) == 4 and sel.note == ""

@@ -33,7 +33,9 @@ class CacheMismatch(RuntimeError):
     """The run folder holds a pass computed with different inputs."""
 
 
-def key_material(spec: PassSpec, model_info: dict[str, Any], template_text: str, data_hash: str) -> dict[str, Any]:
+def key_material(
+    spec: PassSpec, model_info: dict[str, Any], template_text: str, data_hash: str
+) -> dict[str, Any]:
     """Everything a pass result depends on. Batch size and worker count are not in it."""
     return {
         "pass_version": PASS_VERSION,
@@ -68,7 +70,9 @@ def pass_label(spec: PassSpec) -> str:
     acts = [f for f in spec.fields if f in ACTIVATION_FIELDS]
     if acts:  # passes with activations pooled differently must not share a folder
         what = [acts, list(spec.layers), spec.pool, spec.pool_span, spec.pool_threshold]
-        what += [spec.mlp_tap] if spec.mlp_tap != "act" else []  # absent by default: earlier labels stay valid
+        what += (
+            [spec.mlp_tap] if spec.mlp_tap != "act" else []
+        )  # absent by default: earlier labels stay valid
         what = json.dumps(what)
         label += f".{'+'.join(acts)}-{hashlib.sha256(what.encode()).hexdigest()[:8]}"
     if spec.noise_copies:  # T-SHIRT's perturbed copies never share the clean pass's folder
@@ -94,7 +98,9 @@ def satisfies(stored: dict[str, Any], wanted: dict[str, Any]) -> bool:
     """Whether a stored pass (its key material) holds everything a wanted pass would: the same
     inputs, model, template and data, and a superset of its fields and layers (with the same
     pooling when activations are wanted). Lets `ifd` read the cond pass a `nait` run stored."""
-    if {k: v for k, v in stored.items() if k != "pass"} != {k: v for k, v in wanted.items() if k != "pass"}:
+    if {k: v for k, v in stored.items() if k != "pass"} != {
+        k: v for k, v in wanted.items() if k != "pass"
+    }:
         return False
     s, w = stored["pass"], wanted["pass"]
     acts = any(f in ACTIVATION_FIELDS for f in w["fields"])
@@ -102,7 +108,9 @@ def satisfies(stored: dict[str, Any], wanted: dict[str, Any]) -> bool:
         return False
     if not set(w["fields"]) <= set(s["fields"]):
         return False
-    return not acts or (set(w["layers"]) <= set(s["layers"]) and all(s.get(k) == w.get(k) for k in _POOLING))
+    return not acts or (
+        set(w["layers"]) <= set(s["layers"]) and all(s.get(k) == w.get(k) for k in _POOLING)
+    )
 
 
 def find_pass(run_dir: str | Path, material: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
@@ -121,7 +129,13 @@ def find_pass(run_dir: str | Path, material: dict[str, Any]) -> tuple[str, dict[
 class PassStore:
     """The shards of one pass in one run folder."""
 
-    def __init__(self, run_dir: str | Path, spec: PassSpec, material: dict[str, Any], label: str | None = None) -> None:
+    def __init__(
+        self,
+        run_dir: str | Path,
+        spec: PassSpec,
+        material: dict[str, Any],
+        label: str | None = None,
+    ) -> None:
         self.spec = spec
         self.dir = Path(run_dir) / "passes" / (label or pass_label(spec))
         self.material = material
@@ -144,7 +158,12 @@ class PassStore:
                 )
         else:
             self.dir.mkdir(parents=True, exist_ok=True)
-            write_atomic(key_path, json.dumps({"key": self.key, "material": self.material}, indent=1, sort_keys=True).encode())
+            write_atomic(
+                key_path,
+                json.dumps(
+                    {"key": self.key, "material": self.material}, indent=1, sort_keys=True
+                ).encode(),
+            )
         discarded = 0
         for p in self.dir.glob("shard-*.parquet"):
             if not p.with_suffix(".done").exists():
@@ -176,17 +195,25 @@ class PassStore:
             try:
                 t = pq.read_table(p, columns=["id", "status"])
             except (OSError, pa.ArrowException) as e:
-                raise RuntimeError(f"shard {p} cannot be read ({e}); delete it and its .done marker and rerun") from e
-            for k, (i, s) in enumerate(zip(t.column("id").to_pylist(), t.column("status").to_pylist(), strict=True)):
+                raise RuntimeError(
+                    f"shard {p} cannot be read ({e}); delete it and its .done marker and rerun"
+                ) from e
+            for k, (i, s) in enumerate(
+                zip(t.column("id").to_pylist(), t.column("status").to_pylist(), strict=True)
+            ):
                 failed = s.startswith("error:")
                 if i in best and not best[i][2] and not failed:
-                    raise RuntimeError(f"{self.dir} holds sample {i!r} twice; rerun with --overwrite")
+                    raise RuntimeError(
+                        f"{self.dir} holds sample {i!r} twice; rerun with --overwrite"
+                    )
                 if i not in best or best[i][2]:
                     best[i] = (p, k, failed)
         return best
 
     def _in_commit_order(self) -> list[Path]:
-        def committed_at(p: Path) -> tuple[int, str]:  # markers before this field sort first, by name
+        def committed_at(
+            p: Path,
+        ) -> tuple[int, str]:  # markers before this field sort first, by name
             return json.loads(p.with_suffix(".done").read_text()).get("ns", 0), p.name
 
         return sorted(self.committed(), key=committed_at)
@@ -199,8 +226,13 @@ class PassStore:
             keep.setdefault(p, []).append(k)
         for p in sorted(keep):
             data = p.read_bytes()
-            if hashlib.sha256(data).hexdigest() != json.loads(p.with_suffix(".done").read_text())["sha256"]:
-                raise RuntimeError(f"shard {p} does not match its completion marker; delete both files and rerun")
+            if (
+                hashlib.sha256(data).hexdigest()
+                != json.loads(p.with_suffix(".done").read_text())["sha256"]
+            ):
+                raise RuntimeError(
+                    f"shard {p} does not match its completion marker; delete both files and rerun"
+                )
             t = pq.read_table(pa.BufferReader(data))
             rows = sorted(keep[p])
             yield t if len(rows) == t.num_rows else t.take(pa.array(rows, type=pa.int64()))
@@ -221,7 +253,11 @@ class PassStore:
             _fsync(tmp)
             os.replace(tmp, final)
         digest = hashlib.sha256(final.read_bytes()).hexdigest()
-        marker = {"rows": table.num_rows, "sha256": digest, "ns": time.time_ns()}  # ns: the commit order
+        marker = {
+            "rows": table.num_rows,
+            "sha256": digest,
+            "ns": time.time_ns(),
+        }  # ns: the commit order
         write_atomic(final.with_suffix(".done"), json.dumps(marker).encode())
         return final
 
@@ -231,7 +267,9 @@ class PassStore:
         for t in self._shards():
             yield _from_table(_keep(t, activations))
 
-    def load(self, activations: tuple[str, ...] | None = None, order: list[str] | None = None) -> TokenStats:
+    def load(
+        self, activations: tuple[str, ...] | None = None, order: list[str] | None = None
+    ) -> TokenStats:
         """All committed rows, with only the pooled `activations` columns named (None: all of
         them; `()` for a method that reads log-probs from a pass that also holds activations), in
         the order of the ids in `order` (each must be stored) or else in stored order. A shard
@@ -254,7 +292,9 @@ class PassStore:
             seen += t.num_rows
             for c in names:
                 x = fixed_rows(t.column(c))
-                if c not in acts:  # every row is written below: align() refuses an id of `order` not stored
+                if (
+                    c not in acts
+                ):  # every row is written below: align() refuses an id of `order` not stored
                     acts[c] = np.empty((n, x.shape[1]), dtype=np.float32)
                 acts[c][where] = x[rows]
             tables.append(t.drop_columns(names))
@@ -267,7 +307,9 @@ class PassStore:
 
 def _list_column(rows: list[np.ndarray]) -> pa.Array:
     r = Ragged.from_rows(rows, dtype=np.float32)
-    return pa.ListArray.from_arrays(pa.array(r.offsets.astype(np.int32)), pa.array(r.values, type=pa.float32()))
+    return pa.ListArray.from_arrays(
+        pa.array(r.offsets.astype(np.int32)), pa.array(r.values, type=pa.float32())
+    )
 
 
 def shard_table(columns: dict[str, Any]) -> pa.Table:
@@ -303,7 +345,9 @@ def _ragged(col: pa.ChunkedArray) -> Ragged:
 
 def activation_columns(spec: PassSpec) -> tuple[str, ...]:
     """The stored column of each pooled activation `spec` asks for, e.g. `hidden.3`."""
-    return tuple(f"{f}.{layer}" for f in spec.fields if f in ACTIVATION_FIELDS for layer in spec.layers)
+    return tuple(
+        f"{f}.{layer}" for f in spec.fields if f in ACTIVATION_FIELDS for layer in spec.layers
+    )
 
 
 def fixed_rows(col: pa.ChunkedArray) -> np.ndarray:
@@ -317,15 +361,23 @@ def _keep(t: pa.Table, activations: tuple[str, ...] | None) -> pa.Table:
         return t
     missing = [c for c in activations if c not in t.column_names]
     if missing:
-        raise KeyError(f"the pass has no activation columns {missing} (it holds {[c for c in t.column_names if c.startswith(ACTIVATION_PREFIXES)]})")
-    return t.select([c for c in t.column_names if not c.startswith(ACTIVATION_PREFIXES) or c in activations])
+        raise KeyError(
+            f"the pass has no activation columns {missing} (it holds {[c for c in t.column_names if c.startswith(ACTIVATION_PREFIXES)]})"
+        )
+    return t.select(
+        [c for c in t.column_names if not c.startswith(ACTIVATION_PREFIXES) or c in activations]
+    )
 
 
 def _from_table(t: pa.Table | None) -> TokenStats:
     if t is None:
         z = np.zeros(0, dtype=np.int64)
         return TokenStats([], [], z, z, z, [], Ragged(np.zeros(0), np.zeros(1)))
-    acts = {name: fixed_rows(t.column(name)) for name in t.column_names if name.startswith(ACTIVATION_PREFIXES)}
+    acts = {
+        name: fixed_rows(t.column(name))
+        for name in t.column_names
+        if name.startswith(ACTIVATION_PREFIXES)
+    }
     return TokenStats(
         ids=t.column("id").to_pylist(),
         status=t.column("status").to_pylist(),

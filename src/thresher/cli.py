@@ -64,72 +64,179 @@ EXAMPLES = {
 
 def _parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
-    p = argparse.ArgumentParser(prog="thresher", description="Select instruction-tuning data with the model's own signals.", epilog=EXAMPLES["main"], formatter_class=fmt)
+    p = argparse.ArgumentParser(
+        prog="thresher",
+        description="Select instruction-tuning data with the model's own signals.",
+        epilog=EXAMPLES["main"],
+        formatter_class=fmt,
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = p.add_subparsers(dest="command", required=True)
 
-    ls = sub.add_parser("ls", help="list methods, templates, models and formats", epilog=EXAMPLES["ls"], formatter_class=fmt)
-    ls.add_argument("what", nargs="?", choices=["methods", "templates", "models", "formats"], help="one list only")
+    ls = sub.add_parser(
+        "ls",
+        help="list methods, templates, models and formats",
+        epilog=EXAMPLES["ls"],
+        formatter_class=fmt,
+    )
+    ls.add_argument(
+        "what",
+        nargs="?",
+        choices=["methods", "templates", "models", "formats"],
+        help="one list only",
+    )
 
-    for name, help_ in (("validate", "check a config fully, loading no model"), ("score", "score a dataset (no selection)"), ("run", "score, select and export")):
+    for name, help_ in (
+        ("validate", "check a config fully, loading no model"),
+        ("score", "score a dataset (no selection)"),
+        ("run", "score, select and export"),
+    ):
         sp = sub.add_parser(name, help=help_, epilog=EXAMPLES[name], formatter_class=fmt)
         _add_run_flags(sp, with_budget=name != "score")
 
-    sel = sub.add_parser("select", help="select again from a scored run folder (no model)", epilog=EXAMPLES["select"], formatter_class=fmt)
+    sel = sub.add_parser(
+        "select",
+        help="select again from a scored run folder (no model)",
+        epilog=EXAMPLES["select"],
+        formatter_class=fmt,
+    )
     sel.add_argument("run_dir", help="the --out folder of a finished run or score")
     _add_budget_flags(sel)
     sel.add_argument("overrides", nargs="*", help="dotted key=value overrides")
 
-    ev = sub.add_parser("eval", help="held-out NLL, multiple choice, GSM8K exact match, lm-eval tasks", epilog=EXAMPLES["eval"], formatter_class=fmt)
+    ev = sub.add_parser(
+        "eval",
+        help="held-out NLL, multiple choice, GSM8K exact match, lm-eval tasks",
+        epilog=EXAMPLES["eval"],
+        formatter_class=fmt,
+    )
     _add_eval_flags(ev)
-    rep = sub.add_parser("report", help="write a self-contained report.html for one or more runs", epilog=EXAMPLES["report"], formatter_class=fmt)
-    rep.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="--out folders of finished runs")
-    rep.add_argument("--out", help="the HTML file (default: RUN_DIR/report.html for one run, report.html for several)")
+    rep = sub.add_parser(
+        "report",
+        help="write a self-contained report.html for one or more runs",
+        epilog=EXAMPLES["report"],
+        formatter_class=fmt,
+    )
+    rep.add_argument(
+        "run_dirs", nargs="+", metavar="RUN_DIR", help="--out folders of finished runs"
+    )
+    rep.add_argument(
+        "--out",
+        help="the HTML file (default: RUN_DIR/report.html for one run, report.html for several)",
+    )
 
-    tr = sub.add_parser("train", help="fine-tune a model on a subset (TRL SFTTrainer; full or LoRA)", epilog=EXAMPLES["train"], formatter_class=fmt)
+    tr = sub.add_parser(
+        "train",
+        help="fine-tune a model on a subset (TRL SFTTrainer; full or LoRA)",
+        epilog=EXAMPLES["train"],
+        formatter_class=fmt,
+    )
     _add_train_flags(tr)
 
-    demo = sub.add_parser("demo", help="score the built-in planted-defect pool and select 10%% by IFD", epilog=EXAMPLES["demo"], formatter_class=fmt)
+    demo = sub.add_parser(
+        "demo",
+        help="score the built-in planted-defect pool and select 10%% by IFD",
+        epilog=EXAMPLES["demo"],
+        formatter_class=fmt,
+    )
     demo.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     demo.add_argument("--model", default="smollm2-135m", help="model (default: smollm2-135m)")
     demo.add_argument("--method", default="ifd", help="method (default: ifd)")
-    demo.add_argument("--fraction", type=float, default=0.1, help="budget as a fraction (default: 0.1)")
+    demo.add_argument(
+        "--fraction", type=float, default=0.1, help="budget as a fraction (default: 0.1)"
+    )
     demo.add_argument("--threads", type=int, default=None, help="torch threads")
     demo.add_argument("--overwrite", action="store_true", help="start the passes afresh")
     return p
 
 
 def _add_eval_flags(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("target", metavar="MODEL_OR_RUN", help="alias, model folder, hub id, or a run folder")
-    sp.add_argument("--tasks", nargs="+", required=True, metavar="KIND:TARGET", help="nll:FILE, mc:FILE, gsm8k:FILE, lm_eval:TASK[,TASK]")
+    sp.add_argument(
+        "target", metavar="MODEL_OR_RUN", help="alias, model folder, hub id, or a run folder"
+    )
+    sp.add_argument(
+        "--tasks",
+        nargs="+",
+        required=True,
+        metavar="KIND:TARGET",
+        help="nll:FILE, mc:FILE, gsm8k:FILE, lm_eval:TASK[,TASK]",
+    )
     sp.add_argument("--limit", type=int, help="first N items of each task")
-    sp.add_argument("--template", default="alpaca", help="prompt template for nll and gsm8k (default: alpaca)")
-    sp.add_argument("--column", action="append", default=[], metavar="NAME=COL", help="map a field to your column, e.g. output=answer")
-    sp.add_argument("--mc-style", choices=["cloze", "letters"], default="cloze", help="continuations: choice text (default) or letters")
-    sp.add_argument("--max-length", type=int, default=1024, help="token budget per item (default: 1024)")
-    sp.add_argument("--max-new-tokens", type=int, default=256, help="gsm8k generation budget (default: 256)")
-    sp.add_argument("--batch-tokens", type=int, default=2048, help="rows x padded length per forward batch")
+    sp.add_argument(
+        "--template", default="alpaca", help="prompt template for nll and gsm8k (default: alpaca)"
+    )
+    sp.add_argument(
+        "--column",
+        action="append",
+        default=[],
+        metavar="NAME=COL",
+        help="map a field to your column, e.g. output=answer",
+    )
+    sp.add_argument(
+        "--mc-style",
+        choices=["cloze", "letters"],
+        default="cloze",
+        help="continuations: choice text (default) or letters",
+    )
+    sp.add_argument(
+        "--max-length", type=int, default=1024, help="token budget per item (default: 1024)"
+    )
+    sp.add_argument(
+        "--max-new-tokens", type=int, default=256, help="gsm8k generation budget (default: 256)"
+    )
+    sp.add_argument(
+        "--batch-tokens", type=int, default=2048, help="rows x padded length per forward batch"
+    )
     sp.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     sp.add_argument("--out", help="results JSON (default: RUN/eval.json for a run folder)")
-    sp.add_argument("--lm-eval-include", metavar="DIR", help="lm_eval tasks: a folder of your own task YAMLs (lm-eval's --include_path)")
+    sp.add_argument(
+        "--lm-eval-include",
+        metavar="DIR",
+        help="lm_eval tasks: a folder of your own task YAMLs (lm-eval's --include_path)",
+    )
     sp.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
 def _add_train_flags(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("--data", required=True, help="a run folder (its selected.jsonl), or any supported data file")
-    sp.add_argument("--model", default="smollm2-135m", help="the model to fine-tune (default: smollm2-135m)")
+    sp.add_argument(
+        "--data",
+        required=True,
+        help="a run folder (its selected.jsonl), or any supported data file",
+    )
+    sp.add_argument(
+        "--model", default="smollm2-135m", help="the model to fine-tune (default: smollm2-135m)"
+    )
     sp.add_argument("--out", help="output folder (default: RUN/model for a run folder)")
-    sp.add_argument("--preset", help="recipe: alpaca, instructdiff-general, tshirt, cpu, ... (default: alpaca)")
-    sp.add_argument("--config", help="a YAML of `preset` and training options (see configs/train/cpu-lora.yaml); flags override it")
-    sp.add_argument("--lora", action="store_true", help="train LoRA adapters (merged into the saved model)")
+    sp.add_argument(
+        "--preset", help="recipe: alpaca, instructdiff-general, tshirt, cpu, ... (default: alpaca)"
+    )
+    sp.add_argument(
+        "--config",
+        help="a YAML of `preset` and training options (see configs/train/cpu-lora.yaml); flags override it",
+    )
+    sp.add_argument(
+        "--lora", action="store_true", help="train LoRA adapters (merged into the saved model)"
+    )
     sp.add_argument("--max-steps", type=int, help="stop after N optimizer steps")
     sp.add_argument("--epochs", type=float, help="override the preset's epochs")
     sp.add_argument("--lr", type=float, help="override the preset's learning rate")
-    sp.add_argument("--batch-size", type=int, help="override the preset's effective batch (rows per step)")
-    sp.add_argument("--micro-batch", type=int, help="rows per forward; the rest is gradient accumulation (default: 1)")
-    sp.add_argument("--template", help="alpaca | plain | chat | a format string (default: alpaca, as scoring)")
+    sp.add_argument(
+        "--batch-size", type=int, help="override the preset's effective batch (rows per step)"
+    )
+    sp.add_argument(
+        "--micro-batch",
+        type=int,
+        help="rows per forward; the rest is gradient accumulation (default: 1)",
+    )
+    sp.add_argument(
+        "--template", help="alpaca | plain | chat | a format string (default: alpaca, as scoring)"
+    )
     sp.add_argument("--max-length", type=int, help="token budget per example")
-    sp.add_argument("--no-eos", action="store_true", help="do not append EOS to the response (as the IFD passes score)")
+    sp.add_argument(
+        "--no-eos",
+        action="store_true",
+        help="do not append EOS to the response (as the IFD passes score)",
+    )
     sp.add_argument("--format", help="data format (default: detect)")
     sp.add_argument("--limit", type=int, help="read only the first N rows")
     sp.add_argument("--threads", type=int, help="torch threads (default: torch's)")
@@ -138,33 +245,79 @@ def _add_train_flags(sp: argparse.ArgumentParser) -> None:
 
 
 def _add_budget_flags(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("--fraction", type=float, help="budget as a fraction of the samples read, e.g. 0.1")
+    sp.add_argument(
+        "--fraction", type=float, help="budget as a fraction of the samples read, e.g. 0.1"
+    )
     sp.add_argument("--count", type=int, help="budget as a number of rows, e.g. 500")
     sp.add_argument("--seed", type=int, help="seed for random steps (default 42)")
 
 
 def _add_run_flags(sp: argparse.ArgumentParser, with_budget: bool) -> None:
     sp.add_argument("config", nargs="?", help="a YAML config (see configs/); optional")
-    sp.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. select.fraction=0.05")
-    sp.add_argument("--data", help="dataset: .json/.jsonl/.parquet, a save_to_disk folder, or a hub id")
-    sp.add_argument("--format", help="alpaca | sharegpt | messages | prompt_completion (default: detect)")
-    sp.add_argument("--column", action="append", default=[], metavar="NAME=COL", help="map a field to your column, e.g. output=answer")
-    sp.add_argument("--role", action="append", default=[], metavar="FROM=ROLE", help="ShareGPT role map, e.g. bot=assistant")
-    sp.add_argument("--id-column", help="column holding a unique id (default: `id` if present, else a content hash)")
+    sp.add_argument(
+        "overrides", nargs="*", help="dotted key=value overrides, e.g. select.fraction=0.05"
+    )
+    sp.add_argument(
+        "--data", help="dataset: .json/.jsonl/.parquet, a save_to_disk folder, or a hub id"
+    )
+    sp.add_argument(
+        "--format", help="alpaca | sharegpt | messages | prompt_completion (default: detect)"
+    )
+    sp.add_argument(
+        "--column",
+        action="append",
+        default=[],
+        metavar="NAME=COL",
+        help="map a field to your column, e.g. output=answer",
+    )
+    sp.add_argument(
+        "--role",
+        action="append",
+        default=[],
+        metavar="FROM=ROLE",
+        help="ShareGPT role map, e.g. bot=assistant",
+    )
+    sp.add_argument(
+        "--id-column",
+        help="column holding a unique id (default: `id` if present, else a content hash)",
+    )
     sp.add_argument("--limit", type=int, help="read only the first N rows")
-    sp.add_argument("--model", help="alias (smollm2-135m, gemma3-270m), local folder, .gguf file or hub id")
+    sp.add_argument(
+        "--model", help="alias (smollm2-135m, gemma3-270m), local folder, .gguf file or hub id"
+    )
     sp.add_argument("--method", help="see `thresher ls methods`")
-    sp.add_argument("--reproduce", action="store_true", help="follow the reference code's boundary and budget rules")
-    sp.add_argument("--target", nargs="+", metavar="FILE", help="nait: in-domain reference sets (any data format, or question/answer JSONL)")
-    sp.add_argument("--then", metavar="METHOD", help="a second method choosing the budget from the first's top 3 x budget, e.g. --method nait --then mads")
+    sp.add_argument(
+        "--reproduce",
+        action="store_true",
+        help="follow the reference code's boundary and budget rules",
+    )
+    sp.add_argument(
+        "--target",
+        nargs="+",
+        metavar="FILE",
+        help="nait: in-domain reference sets (any data format, or question/answer JSONL)",
+    )
+    sp.add_argument(
+        "--then",
+        metavar="METHOD",
+        help="a second method choosing the budget from the first's top 3 x budget, e.g. --method nait --then mads",
+    )
     sp.add_argument("--template", help="alpaca | plain | chat | a format string with {instruction}")
     sp.add_argument("--max-length", type=int, help="token budget per view")
     sp.add_argument("--out", help="output folder (default: runs/thresher)")
     sp.add_argument("--overwrite", action="store_true", help="recompute passes cached in --out")
     sp.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     sp.add_argument("--batch-tokens", type=int, help="rows x padded length per forward batch")
-    sp.add_argument("--engine", choices=["local", "ray"], help="where passes run (default: local; ray needs thresher[ray])")
-    sp.add_argument("--capture", metavar="METHOD", help="nait | mads: also pool that method's activations in this run's cond pass, so running it later in --out needs no new pass")
+    sp.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        help="where passes run (default: local; ray needs thresher[ray])",
+    )
+    sp.add_argument(
+        "--capture",
+        metavar="METHOD",
+        help="nait | mads: also pool that method's activations in this run's cond pass, so running it later in --out needs no new pass",
+    )
     sp.add_argument("--no-progress", action="store_true", help="hide progress bars")
     sp.add_argument("--no-report", action="store_true", help="do not write report.html")
     if with_budget:
@@ -186,10 +339,20 @@ def config_from_args(a: argparse.Namespace) -> RunConfig:
         a.config, a.overrides = None, [a.config, *a.overrides]
     cfg = RunConfig.from_yaml(a.config) if a.config else RunConfig()
     flags: dict[str, Any] = {
-        "data.path": a.data, "data.format": a.format, "data.id_column": a.id_column, "data.limit": a.limit,
-        "model.name": a.model, "model.threads": a.threads, "method.name": a.method,
-        "output.dir": a.out, "score.batch_tokens": a.batch_tokens, "score.engine": a.engine, "score.capture": a.capture,
-        "select.fraction": getattr(a, "fraction", None), "select.count": getattr(a, "count", None), "select.seed": getattr(a, "seed", None),
+        "data.path": a.data,
+        "data.format": a.format,
+        "data.id_column": a.id_column,
+        "data.limit": a.limit,
+        "model.name": a.model,
+        "model.threads": a.threads,
+        "method.name": a.method,
+        "output.dir": a.out,
+        "score.batch_tokens": a.batch_tokens,
+        "score.engine": a.engine,
+        "score.capture": a.capture,
+        "select.fraction": getattr(a, "fraction", None),
+        "select.count": getattr(a, "count", None),
+        "select.seed": getattr(a, "seed", None),
     }
     for key, value in flags.items():
         if value is not None:
@@ -206,7 +369,9 @@ def config_from_args(a: argparse.Namespace) -> RunConfig:
     if a.target:  # `--target a.jsonl b.jsonl select.count=5`: the dotted overrides after the files are overrides
         files = [t for t in a.target if "=" not in t or Path(t).exists()]
         if not files:
-            raise ValueError(f"--target {' '.join(a.target)}: expected at least one in-domain file before any key=value override")
+            raise ValueError(
+                f"--target {' '.join(a.target)}: expected at least one in-domain file before any key=value override"
+            )
         a.overrides = [*a.overrides, *(t for t in a.target if t not in files)]
         cfg.method.params["target"] = files
     if a.then:
@@ -229,12 +394,16 @@ def cmd_ls(what: str | None) -> None:
     if what in (None, "methods"):
         print("methods:")
         for m in METHODS.values():
-            print(f"  {m.name:<15} {m.summary}\n  {'':<15} paper: {m.paper}\n  {'':<15} passes: {m.passes}; paper's scorer: {m.reference_model}; reproduce mode: {'yes' if m.reproducible else 'no'}")
+            print(
+                f"  {m.name:<15} {m.summary}\n  {'':<15} paper: {m.paper}\n  {'':<15} passes: {m.passes}; paper's scorer: {m.reference_model}; reproduce mode: {'yes' if m.reproducible else 'no'}"
+            )
             print(f"  {'':<15} defaults: {json.dumps(m.defaults())}")
     if what in (None, "templates"):
         print("templates:")
         print(f"  alpaca  Stanford Alpaca, verbatim: {ALPACA_PROMPT_NO_INPUT[:60]!r}...")
-        print(f"  plain   Superfiltering / T-SHIRT, no template: {PLAIN_PROMPT_NO_INPUT!r} (+ '{{input}}\\n')")
+        print(
+            f"  plain   Superfiltering / T-SHIRT, no template: {PLAIN_PROMPT_NO_INPUT!r} (+ '{{input}}\\n')"
+        )
         print("  chat    the tokenizer's own chat template (apply_chat_template)")
         print("  custom  any format string with {instruction}, optionally {input} and {system}")
     if what in (None, "models"):
@@ -242,7 +411,11 @@ def cmd_ls(what: str | None) -> None:
         for name, alias in ALIASES.items():
             print(f"  {name:<15} {alias.description}")
     if what in (None, "formats"):
-        print("formats: " + ", ".join(data.FORMATS) + " (from .json, .jsonl, .parquet, save_to_disk folders, hub ids)")
+        print(
+            "formats: "
+            + ", ".join(data.FORMATS)
+            + " (from .json, .jsonl, .parquet, save_to_disk folders, hub ids)"
+        )
 
 
 def cmd_demo(a: argparse.Namespace) -> None:
@@ -269,25 +442,36 @@ def cmd_demo(a: argparse.Namespace) -> None:
     readable = [s.meta["record"] for s in result.samples]
     by_id = {s.id: s for s in result.samples}
     selected_records = [by_id[i].meta["record"] for i in sel.ids]
-    print(f"planted defects, selection vs the {len(readable)} readable rows (defect labels are never shown to the scorer):")
+    print(
+        f"planted defects, selection vs the {len(readable)} readable rows (defect labels are never shown to the scorer):"
+    )
     print(format_defect_audit(defect_audit(selected_records, readable)))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         return _dispatch(args)
     except KeyboardInterrupt:
-        print("interrupted: finished shards are kept; rerun the same command to resume", file=sys.stderr)
+        print(
+            "interrupted: finished shards are kept; rerun the same command to resume",
+            file=sys.stderr,
+        )
         return 130
     except (ValueError, ImportError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e, (ValueError, ImportError, FileNotFoundError)) else 1
     except OSError as e:  # a full disk, a folder we may not write to, a read-only file system
         where = f": {e.filename}" if e.filename else ""
-        print(f"error: {e.strerror or e}{where}. Finished shards are kept: free space or fix the permissions (or pick another --out), then rerun the same command to resume.", file=sys.stderr)
+        print(
+            f"error: {e.strerror or e}{where}. Finished shards are kept: free space or fix the permissions (or pick another --out), then rerun the same command to resume.",
+            file=sys.stderr,
+        )
         return 1
 
 
@@ -308,9 +492,21 @@ def _dispatch(a: argparse.Namespace) -> int:
     if a.command == "eval":
         from thresher.evaluate import evaluate, format_results
 
-        results = evaluate(a.target, a.tasks, template=a.template, limit=a.limit, columns=_pairs(a.column, "--column") or None, mc_style=a.mc_style,
-                           max_length=a.max_length, max_new_tokens=a.max_new_tokens, batch_tokens=a.batch_tokens, threads=a.threads, progress=not a.no_progress, out=a.out,
-                           lm_eval_include=a.lm_eval_include)
+        results = evaluate(
+            a.target,
+            a.tasks,
+            template=a.template,
+            limit=a.limit,
+            columns=_pairs(a.column, "--column") or None,
+            mc_style=a.mc_style,
+            max_length=a.max_length,
+            max_new_tokens=a.max_new_tokens,
+            batch_tokens=a.batch_tokens,
+            threads=a.threads,
+            progress=not a.no_progress,
+            out=a.out,
+            lm_eval_include=a.lm_eval_include,
+        )
         print(format_results(results))
         return 0
     if a.command == "report":
@@ -321,7 +517,10 @@ def _dispatch(a: argparse.Namespace) -> int:
     if a.command == "select":
         overrides = list(a.overrides)
         if a.fraction is not None or a.count is not None:
-            overrides += [f"select.fraction={a.fraction if a.fraction is not None else 'null'}", f"select.count={a.count if a.count is not None else 'null'}"]
+            overrides += [
+                f"select.fraction={a.fraction if a.fraction is not None else 'null'}",
+                f"select.count={a.count if a.count is not None else 'null'}",
+            ]
         if a.seed is not None:
             overrides.append(f"select.seed={a.seed}")
         cfg, result = pipeline.load_run(a.run_dir, overrides)
@@ -332,12 +531,16 @@ def _dispatch(a: argparse.Namespace) -> int:
     cfg = config_from_args(a)
     if a.command == "validate":
         plan = pipeline.validate(cfg, need_budget=False)
-        print(f"ok: method {plan.method} with {json.dumps(plan.params)}; passes: {', '.join(f'{k}={v.name()}' for k, v in plan.passes.items()) or 'none'}")
+        print(
+            f"ok: method {plan.method} with {json.dumps(plan.params)}; passes: {', '.join(f'{k}={v.name()}' for k, v in plan.passes.items()) or 'none'}"
+        )
         return 0
     if a.command == "score":
         t0 = time.perf_counter()
         result = pipeline.score(cfg)
-        manifest = pipeline.write_outputs(result, None, cfg, timings={"score": time.perf_counter() - t0})
+        manifest = pipeline.write_outputs(
+            result, None, cfg, timings={"score": time.perf_counter() - t0}
+        )
         print(pipeline.summary(result, None, manifest))
         return 0
     result, sel, manifest = pipeline.run(cfg)

@@ -27,7 +27,9 @@ def plan_for(cfg: Any) -> Plan:
     first = build(m.name, cfg.model.name, m.params, reproduce=m.reproduce)
     if not m.then:
         if m.then_params:
-            raise ValueError(f"method.then_params={m.then_params} is set but method.then is empty: name the second method, e.g. --then mads")
+            raise ValueError(
+                f"method.then_params={m.then_params} is set but method.then is empty: name the second method, e.g. --then mads"
+            )
         return first
     return chain(first, build(m.then, cfg.model.name, m.then_params), m.narrow_factor)
 
@@ -39,11 +41,18 @@ def _sub(stats: dict[str, TokenStats], prefix: str) -> dict[str, TokenStats]:
 def chain(first: Plan, second: Plan, narrow_factor: float = NARROW_FACTOR) -> Plan:
     """A plan running both methods' passes; selection = second's selector on first's top factor*b."""
     if first.method == second.method:
-        raise ValueError(f"--then {second.method!r} repeats the first method; chain two different methods")
+        raise ValueError(
+            f"--then {second.method!r} repeats the first method; chain two different methods"
+        )
     if narrow_factor < 1:
-        raise ValueError(f"narrow_factor={narrow_factor}: the narrowed pool must hold at least the budget (>= 1)")
+        raise ValueError(
+            f"narrow_factor={narrow_factor}: the narrowed pool must hold at least the budget (>= 1)"
+        )
     p1, p2 = f"{first.method}.", f"{second.method}."
-    passes = {**{p1 + r: s for r, s in first.passes.items()}, **{p2 + r: s for r, s in second.passes.items()}}
+    passes = {
+        **{p1 + r: s for r, s in first.passes.items()},
+        **{p2 + r: s for r, s in second.passes.items()},
+    }
 
     def prepare(ctx: RunContext) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
@@ -57,12 +66,16 @@ def chain(first: Plan, second: Plan, narrow_factor: float = NARROW_FACTOR) -> Pl
     def compute(stats: dict[str, TokenStats], samples: list[Sample]) -> SignalTable:
         t1, t2 = first.compute(_sub(stats, p1), samples), second.compute(_sub(stats, p2), samples)
         status = [a if a != "ok" else b for a, b in zip(t1.status, t2.status, strict=True)]
-        return SignalTable(t1.ids, {**t1.columns, **{p2 + k: v for k, v in t2.columns.items()}}, status, t1.score)
+        return SignalTable(
+            t1.ids, {**t1.columns, **{p2 + k: v for k, v in t2.columns.items()}}, status, t1.score
+        )
 
     def split(table: SignalTable) -> tuple[SignalTable, SignalTable]:
         c1 = {k: v for k, v in table.columns.items() if not k.startswith(p2)}
         c2 = {k[len(p2) :]: v for k, v in table.columns.items() if k.startswith(p2)}
-        return SignalTable(table.ids, c1, table.status, first.method), SignalTable(table.ids, c2, table.status, second.method)
+        return SignalTable(table.ids, c1, table.status, first.method), SignalTable(
+            table.ids, c2, table.status, second.method
+        )
 
     def choose(table: SignalTable, budget: float | int, n_rows_read: int, seed: int) -> Selection:
         b = budget_count(budget, len(table.ids))
@@ -71,9 +84,14 @@ def chain(first: Plan, second: Plan, narrow_factor: float = NARROW_FACTOR) -> Pl
             return Selection((), 0, int(table.eligible.sum()), "")
         narrowed = first.choose(t1, max(int(narrow_factor * b), b), n_rows_read, seed)
         inside = set(narrowed.ids)
-        status = [s if i in inside else "filtered:outside_narrowed_pool" for i, s in zip(t2.ids, t2.status, strict=True)]
+        status = [
+            s if i in inside else "filtered:outside_narrowed_pool"
+            for i, s in zip(t2.ids, t2.status, strict=True)
+        ]
         sel = second.choose(SignalTable(t2.ids, t2.columns, status, t2.score), b, n_rows_read, seed)
-        note = sel.note or ("" if len(sel.ids) == b else f"{first.method} left {len(narrowed.ids)} rows")
+        note = sel.note or (
+            "" if len(sel.ids) == b else f"{first.method} left {len(narrowed.ids)} rows"
+        )
         return Selection(sel.ids, b, len(narrowed.ids), note)
 
     def diagnostics(table: SignalTable, sel: Selection | None) -> dict[str, Any]:
@@ -84,10 +102,28 @@ def chain(first: Plan, second: Plan, narrow_factor: float = NARROW_FACTOR) -> Pl
                 out.update({prefix + k: v for k, v in plan.diagnostics(t, sel).items()})
         return out
 
-    params = {"chain": [{"method": first.method, "params": first.params, "keeps": f"its top {narrow_factor:g} x budget"},
-                        {"method": second.method, "params": second.params, "keeps": "the budget"}], "narrow_factor": narrow_factor}
+    params = {
+        "chain": [
+            {
+                "method": first.method,
+                "params": first.params,
+                "keeps": f"its top {narrow_factor:g} x budget",
+            },
+            {"method": second.method, "params": second.params, "keeps": "the budget"},
+        ],
+        "narrow_factor": narrow_factor,
+    }
     streamed = tuple(p1 + r for r in first.streamed) + tuple(p2 + r for r in second.streamed)
-    return Plan(f"{first.method}+{second.method}", params, passes, compute, choose, prepare=prepare, diagnostics=diagnostics, streamed=streamed)
+    return Plan(
+        f"{first.method}+{second.method}",
+        params,
+        passes,
+        compute,
+        choose,
+        prepare=prepare,
+        diagnostics=diagnostics,
+        streamed=streamed,
+    )
 
 
 # `score.capture`: the pool pass of an activation method, built by its `pool_pass(model, n_layers)`
@@ -106,7 +142,12 @@ def capturing_roles(passes: dict[str, PassSpec], extra: PassSpec) -> list[str]:
     """The passes that can also pool `extra`'s activations: a `cond` pass of the same model,
     template, length and truncation that pools none of its own."""
     fixed = dataclasses.asdict(extra)
-    return [role for role, spec in passes.items() if not set(ACTIVATION_FIELDS) & set(spec.fields) and same_reading(dataclasses.asdict(spec), fixed)]
+    return [
+        role
+        for role, spec in passes.items()
+        if not set(ACTIVATION_FIELDS) & set(spec.fields)
+        and same_reading(dataclasses.asdict(spec), fixed)
+    ]
 
 
 def with_capture(spec: PassSpec, extra: PassSpec) -> PassSpec:

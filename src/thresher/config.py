@@ -18,7 +18,9 @@ class DataConfig:
     path: str | None = None  # file, save_to_disk folder, or hub dataset id
     format: str | None = None  # alpaca | sharegpt | messages | prompt_completion; None = detect
     columns: dict[str, str] = field(default_factory=dict)  # canonical name -> your column
-    roles: dict[str, str] = field(default_factory=dict)  # ShareGPT `from` value -> user/assistant/system
+    roles: dict[str, str] = field(
+        default_factory=dict
+    )  # ShareGPT `from` value -> user/assistant/system
     id_column: str | None = None
     split: str = "train"
     limit: int | None = None
@@ -27,7 +29,9 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "smollm2-135m"  # ours: the packaged offline model, so every command runs out of the box
+    name: str = (
+        "smollm2-135m"  # ours: the packaged offline model, so every command runs out of the box
+    )
     revision: str | None = None
     dtype: str = "float32"  # DESIGN: fp32 on CPU (bf16 is ~4x slower on these CPUs)
     device: str = "cpu"
@@ -40,7 +44,9 @@ class MethodConfig:
     name: str = "ifd"
     reproduce: bool = False
     params: dict[str, Any] = field(default_factory=dict)
-    then: str | None = None  # a second method selecting the budget from the first's top narrow_factor x budget
+    then: str | None = (
+        None  # a second method selecting the budget from the first's top narrow_factor x budget
+    )
     then_params: dict[str, Any] = field(default_factory=dict)
     narrow_factor: float = 3.0  # ours: see thresher.compose
 
@@ -107,7 +113,9 @@ class RunConfig:
         text = Path(path).read_text()
         d = yaml.safe_load(text) or {}
         if not isinstance(d, dict):
-            raise ValueError(f"{path} must hold a YAML mapping of sections (data, model, method, ...), not {type(d).__name__}")
+            raise ValueError(
+                f"{path} must hold a YAML mapping of sections (data, model, method, ...), not {type(d).__name__}"
+            )
         cfg = cls.from_dict(d)
         for o in overrides or []:
             override(cfg, o)
@@ -124,11 +132,15 @@ def apply(obj: Any, d: dict[str, Any], prefix: str = "") -> None:
     names = [f.name for f in dataclasses.fields(obj)]
     for key, value in d.items():
         if key not in names:
-            raise ValueError(f"unknown config key {prefix + key!r}: expected one of {names}{_suggest(key, names)}")
+            raise ValueError(
+                f"unknown config key {prefix + key!r}: expected one of {names}{_suggest(key, names)}"
+            )
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
-                raise ValueError(f"config key {prefix + key!r} is a section; give a mapping, not {value!r}")
+                raise ValueError(
+                    f"config key {prefix + key!r} is a section; give a mapping, not {value!r}"
+                )
             apply(current, value, f"{prefix}{key}.")
         else:
             setattr(obj, key, value)
@@ -137,7 +149,9 @@ def apply(obj: Any, d: dict[str, Any], prefix: str = "") -> None:
 def override(cfg: RunConfig, text: str) -> None:
     """Apply one `dotted.key=value` override; the value is parsed as a YAML scalar or list."""
     if "=" not in text:
-        raise ValueError(f"override {text!r} is not of the form key=value, e.g. select.fraction=0.05")
+        raise ValueError(
+            f"override {text!r} is not of the form key=value, e.g. select.fraction=0.05"
+        )
     key, raw = text.split("=", 1)
     value = yaml.safe_load(raw) if raw else None
     parts = key.strip().split(".")

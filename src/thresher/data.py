@@ -60,7 +60,9 @@ class Sample:
 
     @property
     def system(self) -> str:
-        return self.messages[0].content if self.messages and self.messages[0].role == "system" else ""
+        return (
+            self.messages[0].content if self.messages and self.messages[0].role == "system" else ""
+        )
 
     @property
     def prompt_messages(self) -> tuple[Message, ...]:
@@ -82,7 +84,16 @@ class Sample:
 # (blank lines are not rows but still count as lines), the element index for a JSON array, and
 # the row index for Parquet and `datasets` sources.
 
-__all__ = ["FORMATS", "Message", "ReadResult", "Rejected", "Sample", "read", "rejected_counts", "write_rejected"]
+__all__ = [
+    "FORMATS",
+    "Message",
+    "ReadResult",
+    "Rejected",
+    "Sample",
+    "read",
+    "rejected_counts",
+    "write_rejected",
+]
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +124,11 @@ class ReadResult:
     content_hash: str  # sha256 over sample ids and contents in order; part of every cache key
 
     def __post_init__(self) -> None:
-        assert len(self.samples) + len(self.rejected) == self.rows_read, (len(self.samples), len(self.rejected), self.rows_read)
+        assert len(self.samples) + len(self.rejected) == self.rows_read, (
+            len(self.samples),
+            len(self.rejected),
+            self.rows_read,
+        )
 
 
 Row = tuple[int, Any]  # (line, parsed value)
@@ -144,7 +159,9 @@ def read(
         raise ValueError(f"limit={limit}: expected a row count >= 0, or None for every row")
     schema = make_schema(columns, roles)
     items = list(_rows(source, split, limit))
-    objects = [item for item in items if isinstance(item, tuple) and isinstance(item[1], dict)][:DETECT_ROWS]
+    objects = [item for item in items if isinstance(item, tuple) and isinstance(item[1], dict)][
+        :DETECT_ROWS
+    ]
     detected = format is None
     if format is None and not allow_mixed:
         format = _detect(objects, schema, source, items)
@@ -178,10 +195,20 @@ def read(
     digest = hashlib.sha256()
     for sample, content in zip(samples, contents, strict=True):
         digest.update(sample.id.encode() + b"\0" + content + b"\n")
-    return ReadResult(samples, rejected, format, detected, source, len(items), dict(counts), digest.hexdigest())
+    return ReadResult(
+        samples, rejected, format, detected, source, len(items), dict(counts), digest.hexdigest()
+    )
 
 
-def _sample(line: int, row: Any, source: str, schema: Schema, format: str | None, allow_mixed: bool, id_column: str | None) -> tuple[Sample, bytes]:
+def _sample(
+    line: int,
+    row: Any,
+    source: str,
+    schema: Schema,
+    format: str | None,
+    allow_mixed: bool,
+    id_column: str | None,
+) -> tuple[Sample, bytes]:
     """One row as a Sample (with its hash id, before repeat suffixes) and its canonical content bytes."""
     if not isinstance(row, dict):
         raise RowError("not_an_object")
@@ -205,8 +232,14 @@ def _sample(line: int, row: Any, source: str, schema: Schema, format: str | None
         raise RowError(e.reason, user_id) from None
     messages = tuple(Message(role, content) for role, content in parsed.turns)
     canonical = json.dumps(
-        {"messages": [[m.role, m.content] for m in messages], "instruction": parsed.instruction, "input": parsed.input},
-        ensure_ascii=False, sort_keys=True, separators=(",", ":"),
+        {
+            "messages": [[m.role, m.content] for m in messages],
+            "instruction": parsed.instruction,
+            "input": parsed.input,
+        },
+        ensure_ascii=False,
+        sort_keys=True,
+        separators=(",", ":"),
     )
     try:  # valid JSON may still carry lone surrogates (`"\ud800"`), which no tokenizer or file can hold
         content = canonical.encode("utf-8")
@@ -225,7 +258,9 @@ def _detect(objects: list[Row], schema: Schema, source: str, items: list[Any]) -
         keys.update(row)
         found = full_matches(map_columns(row, schema))
         if len(found) > 1:
-            raise ValueError(f"{source}: can't detect the format: line {line} has keys {sorted(row)}, which fit {found}. Pass format= one of {list(FORMATS)}.")
+            raise ValueError(
+                f"{source}: can't detect the format: line {line} has keys {sorted(row)}, which fit {found}. Pass format= one of {list(FORMATS)}."
+            )
         for fmt in found:
             matched.setdefault(fmt, line)
     if len(matched) == 1:
@@ -234,7 +269,9 @@ def _detect(objects: list[Row], schema: Schema, source: str, items: list[Any]) -
         return format
     if not objects:
         reasons = rejected_counts([i for i in items if isinstance(i, Rejected)])
-        raise ValueError(f"{source}: can't detect the format: no JSON object among the first rows ({len(items)} rows read; rejected: {reasons}). Check the file, or pass format=.")
+        raise ValueError(
+            f"{source}: can't detect the format: no JSON object among the first rows ({len(items)} rows read; rejected: {reasons}). Check the file, or pass format=."
+        )
     seen = ", ".join(f"{f} (first at line {line})" for f, line in matched.items()) or "none"
     raise ValueError(
         f"{source}: can't detect the format from the first {len(objects)} rows: keys seen {sorted(keys)}; formats that fit: {seen}. "
@@ -251,9 +288,13 @@ def check_source(source: str) -> str:
         return "dir"
     if path.is_file():
         if path.suffix.lower() not in READABLE_SUFFIXES:
-            raise ValueError(f"{source}: unsupported file type {path.suffix.lower()!r}; expected .json, .jsonl or .parquet, a save_to_disk folder, or a hub dataset id")
+            raise ValueError(
+                f"{source}: unsupported file type {path.suffix.lower()!r}; expected .json, .jsonl or .parquet, a save_to_disk folder, or a hub dataset id"
+            )
         return "file"
-    if path.suffix.lower() in FILE_SUFFIXES or (("/" in source or os.sep in source) and not HUB_ID.match(source)):
+    if path.suffix.lower() in FILE_SUFFIXES or (
+        ("/" in source or os.sep in source) and not HUB_ID.match(source)
+    ):
         raise FileNotFoundError(f"{source}: no such file or folder")
     return "hub"
 
@@ -288,7 +329,7 @@ def _json_lines(path: Path, limit: int | None) -> Iterator[Row | Rejected]:
     with open(path, "rb") as f:
         for line, raw in enumerate(f, 1):
             if line == 1 and raw.startswith(codecs.BOM_UTF8):
-                raw = raw[len(codecs.BOM_UTF8):]
+                raw = raw[len(codecs.BOM_UTF8) :]
             if not raw.strip():
                 continue
             count += 1
@@ -323,7 +364,9 @@ def _json_array(path: Path) -> list[Any]:
     try:
         return json.loads(text)
     except (ValueError, RecursionError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e}); fix the file, or write it as JSON lines (.jsonl) so only the bad rows are rejected") from e
+        raise ValueError(
+            f"{path}: not valid JSON ({e}); fix the file, or write it as JSON lines (.jsonl) so only the bad rows are rejected"
+        ) from e
 
 
 def _parquet(path: Path, limit: int | None) -> list[dict[str, Any]]:
@@ -343,10 +386,14 @@ def _dataset_dir(path: Path, split: str) -> Iterable[dict[str, Any]]:
     try:
         ds = datasets.load_from_disk(str(path))
     except FileNotFoundError as e:
-        raise ValueError(f"{path}: a folder, but not one written by datasets' save_to_disk ({e}); pass a .json/.jsonl/.parquet file instead") from e
+        raise ValueError(
+            f"{path}: a folder, but not one written by datasets' save_to_disk ({e}); pass a .json/.jsonl/.parquet file instead"
+        ) from e
     if isinstance(ds, datasets.DatasetDict):
         if split not in ds:
-            raise ValueError(f"{path}: no split {split!r}; it has {sorted(ds)}. Pass split= one of them.")
+            raise ValueError(
+                f"{path}: no split {split!r}; it has {sorted(ds)}. Pass split= one of them."
+            )
         ds = ds[split]
     return ds
 
@@ -357,7 +404,9 @@ def _hub(source: str, split: str) -> Iterable[dict[str, Any]]:
     try:
         return datasets.load_dataset(source, split=split)
     except Exception as e:  # the hub raises many types (network, auth, missing repo, bad split)
-        raise ValueError(f"{source}: not a local path, and loading it as a hub dataset (split={split!r}) failed: {type(e).__name__}: {e}") from e
+        raise ValueError(
+            f"{source}: not a local path, and loading it as a hub dataset (split={split!r}) failed: {type(e).__name__}: {e}"
+        ) from e
 
 
 def rejected_counts(rejected: Iterable[Rejected]) -> dict[str, int]:
@@ -368,4 +417,7 @@ def rejected_counts(rejected: Iterable[Rejected]) -> dict[str, int]:
 
 def write_rejected(rejected: Iterable[Rejected], path: str | os.PathLike[str]) -> None:
     """rejected.jsonl: one `{line, reason, id, record}` per rejected row, written atomically."""
-    write_jsonl(({"line": r.line, "reason": r.reason, "id": r.id, "record": r.record} for r in rejected), path)
+    write_jsonl(
+        ({"line": r.line, "reason": r.reason, "id": r.id, "record": r.record} for r in rejected),
+        path,
+    )

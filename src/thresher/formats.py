@@ -31,11 +31,26 @@ REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
     "messages": ("messages",),
     "prompt_completion": ("prompt", "completion"),
 }
-CANONICAL_KEYS = ("instruction", "input", "output", "system", "history", "conversations", "messages", "prompt", "completion")
+CANONICAL_KEYS = (
+    "instruction",
+    "input",
+    "output",
+    "system",
+    "history",
+    "conversations",
+    "messages",
+    "prompt",
+    "completion",
+)
 
 SHAREGPT_ROLES = {
-    "human": "user", "user": "user",
-    "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant", "bard": "assistant", "model": "assistant",
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "chatgpt": "assistant",
+    "bard": "assistant",
+    "model": "assistant",
     "system": "system",
 }
 MESSAGE_ROLES = {"system": "system", "user": "user", "assistant": "assistant"}
@@ -86,9 +101,13 @@ def make_schema(columns: dict[str, str] | None, roles: dict[str, str] | None) ->
         if key not in CANONICAL_KEYS:
             near = difflib.get_close_matches(key, CANONICAL_KEYS, n=1)
             hint = f"; did you mean {near[0]!r}?" if near else ""
-            raise ValueError(f"columns: unknown field {key!r}{hint} Expected keys among {list(CANONICAL_KEYS)}, mapped to your column names, e.g. {{'output': 'answer'}}")
+            raise ValueError(
+                f"columns: unknown field {key!r}{hint} Expected keys among {list(CANONICAL_KEYS)}, mapped to your column names, e.g. {{'output': 'answer'}}"
+            )
         if not isinstance(col, str) or not col:
-            raise ValueError(f"columns[{key!r}] = {col!r}: expected the name of a column in your data")
+            raise ValueError(
+                f"columns[{key!r}] = {col!r}: expected the name of a column in your data"
+            )
     role_map, role_key, content_key = dict(SHAREGPT_ROLES), "from", "value"
     for key, value in (roles or {}).items():
         if key == "role_tag":
@@ -155,7 +174,9 @@ def _text(view: dict[str, Any], key: str, schema: Schema, *, required: bool) -> 
     return value
 
 
-def _turn_list(items: Any, list_name: str, role_key: str, content_key: str, role_map: dict[str, str]) -> Turns:
+def _turn_list(
+    items: Any, list_name: str, role_key: str, content_key: str, role_map: dict[str, str]
+) -> Turns:
     if not isinstance(items, list):
         raise RowError(f"bad_type:{list_name}")
     turns = []
@@ -178,7 +199,11 @@ def _finish(turns: Turns, instruction: str | None = None, input: str = "") -> Pa
     if turns and turns[0] == ("system", ""):
         turns = turns[1:]
     body = [role for role, _ in (turns[1:] if turns and turns[0][0] == "system" else turns)]
-    if not body or len(body) % 2 or any(role != ("user", "assistant")[i % 2] for i, role in enumerate(body)):
+    if (
+        not body
+        or len(body) % 2
+        or any(role != ("user", "assistant")[i % 2] for i, role in enumerate(body))
+    ):
         raise RowError("bad_roles")
     if not turns[-1][1].strip():
         raise RowError("empty_response")
@@ -195,7 +220,8 @@ def parse_alpaca(view: dict[str, Any], schema: Schema) -> Parsed:
     history = view.get("history")
     history = [] if history is None else history
     if not isinstance(history, list) or not all(
-        isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(t, str) for t in pair) for pair in history
+        isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(t, str) for t in pair)
+        for pair in history
     ):
         raise RowError(f"bad_type:{schema.name('history')}")
     turns: Turns = [("system", system)] if system else []
@@ -209,7 +235,13 @@ def parse_sharegpt(view: dict[str, Any], schema: Schema) -> Parsed:
     conversations = view.get("conversations")
     if conversations is None:
         raise RowError(f"missing_field:{schema.name('conversations')}")
-    turns = _turn_list(conversations, schema.name("conversations"), schema.role_key, schema.content_key, schema.role_map)
+    turns = _turn_list(
+        conversations,
+        schema.name("conversations"),
+        schema.role_key,
+        schema.content_key,
+        schema.role_map,
+    )
     if not (turns and turns[0][0] == "system"):
         system = _text(view, "system", schema, required=False)
         turns = [("system", system), *turns] if system else turns
@@ -232,7 +264,9 @@ def parse_prompt_completion(view: dict[str, Any], schema: Schema) -> Parsed:
             raise RowError(f"bad_type:{schema.name(key)}")
     if isinstance(prompt, str) and isinstance(completion, str):
         return _finish([("user", prompt), ("assistant", completion)])
-    if not (isinstance(prompt, list) and isinstance(completion, list)):  # TRL needs both in one form
+    if not (
+        isinstance(prompt, list) and isinstance(completion, list)
+    ):  # TRL needs both in one form
         raise RowError(f"bad_type:{schema.name('completion')}")
     head = _turn_list(prompt, schema.name("prompt"), "role", "content", MESSAGE_ROLES)
     tail = _turn_list(completion, schema.name("completion"), "role", "content", MESSAGE_ROLES)

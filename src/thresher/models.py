@@ -381,4 +381,6 @@ def _write_json(path: Path, obj: dict[str, Any]) -> None:
     from thresher.export import write_atomic
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, json.dumps(obj, indent=2, sort_keys=True).encode())  # readers see the old file or the new one
+    write_atomic(
+        path, json.dumps(obj, indent=2, sort_keys=True).encode()
+    )  # readers see the old file or the new one

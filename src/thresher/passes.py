@@ -79,28 +79,38 @@ class PassSpec:
         check_choice("truncation", self.truncation, TRUNCATIONS)
         check_choice("boundary", self.boundary, BOUNDARIES)
         if self.max_length < 4:
-            raise ValueError(f"max_length={self.max_length} is too small: expected at least 4 tokens")
+            raise ValueError(
+                f"max_length={self.max_length} is too small: expected at least 4 tokens"
+            )
         if ("hidden" in self.fields or "mlp" in self.fields) and not self.layers:
             raise ValueError(
                 f"fields={list(self.fields)} asks for activations but layers=() is empty: "
                 "name the decoder layers to pool, e.g. layers=(0, 5, 11)"
             )
         if self.mlp_tap != "act" and "mlp" not in self.fields:
-            raise ValueError(f"mlp_tap={self.mlp_tap!r} says where to read the MLP, but fields={list(self.fields)} has no 'mlp'")
+            raise ValueError(
+                f"mlp_tap={self.mlp_tap!r} says where to read the MLP, but fields={list(self.fields)} has no 'mlp'"
+            )
         if (self.pool == "frac_above") != (self.pool_threshold is not None):
             raise ValueError(
                 f"pool={self.pool!r} with pool_threshold={self.pool_threshold!r}: pool_threshold is "
                 "required by pool='frac_above' and meaningless otherwise"
             )
         if self.noise_copies < 0 or self.noise_alpha < 0:
-            raise ValueError(f"noise_copies={self.noise_copies} and noise_alpha={self.noise_alpha}: expected both >= 0")
-        if self.noise_copies and (self.view not in ("cond", "uncond") or tuple(self.fields) != ("logprob",)):
+            raise ValueError(
+                f"noise_copies={self.noise_copies} and noise_alpha={self.noise_alpha}: expected both >= 0"
+            )
+        if self.noise_copies and (
+            self.view not in ("cond", "uncond") or tuple(self.fields) != ("logprob",)
+        ):
             raise ValueError(
                 f"noisy copies (noise_copies={self.noise_copies}) are scored for the cond and uncond views with "
                 f"fields=('logprob',) only, not view={self.view!r} fields={list(self.fields)}"
             )
         if self.noise_alpha and not self.noise_copies:
-            raise ValueError(f"noise_alpha={self.noise_alpha} needs noise_copies >= 1 (how many perturbed copies to score)")
+            raise ValueError(
+                f"noise_alpha={self.noise_alpha} needs noise_copies >= 1 (how many perturbed copies to score)"
+            )
         if self.boundary != "exact" and self.view not in ("cond", "uncond"):
             raise ValueError(
                 f"boundary={self.boundary!r} reproduces a reference's IFD passes and applies to the "
@@ -129,14 +139,19 @@ class PassSpec:
 
     def name(self) -> str:
         """A short human-readable label, e.g. `cond/alpaca`."""
-        return f"{self.view}/{self.template}" + (f"/noisy{self.noise_copies}" if self.noise_copies else "")
+        return f"{self.view}/{self.template}" + (
+            f"/noisy{self.noise_copies}" if self.noise_copies else ""
+        )
 
 
 def check_choice(what: str, value: str, choices: tuple[str, ...] | list[str]) -> None:
     """Raise naming the value, the choices and the nearest one when `value` is not a choice."""
     if value not in choices:
         close = difflib.get_close_matches(str(value), list(choices), n=1, cutoff=0.5)
-        raise ValueError(f"{what}={value!r} is not one of {list(choices)}" + (f"; did you mean {close[0]!r}?" if close else ""))
+        raise ValueError(
+            f"{what}={value!r} is not one of {list(choices)}"
+            + (f"; did you mean {close[0]!r}?" if close else "")
+        )
 
 
 @dataclass

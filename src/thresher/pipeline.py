@@ -84,13 +84,19 @@ def validate(cfg: RunConfig, *, need_budget: bool = True) -> Plan:
     if cfg.data.format is not None:
         check_choice("data.format", cfg.data.format, data_mod.FORMATS)
     if not cfg.data.path:
-        raise ValueError("no data given: set data.path (or --data) to a .json/.jsonl/.parquet file, a save_to_disk folder or a hub id")
+        raise ValueError(
+            "no data given: set data.path (or --data) to a .json/.jsonl/.parquet file, a save_to_disk folder or a hub id"
+        )
     data_mod.check_source(cfg.data.path)
-    make_schema(cfg.data.columns or None, cfg.data.roles or None)  # a typo in --column / --role fails here
+    make_schema(
+        cfg.data.columns or None, cfg.data.roles or None
+    )  # a typo in --column / --role fails here
     plan = plan_for(cfg)
     if plan.passes:
         resolve_model(cfg.model.name)
-    if cfg.score.capture is not None and not capturing_roles(plan.passes, capture_pass(cfg.score.capture, cfg.model.name, None)):
+    if cfg.score.capture is not None and not capturing_roles(
+        plan.passes, capture_pass(cfg.score.capture, cfg.model.name, None)
+    ):
         raise ValueError(
             f"score.capture={cfg.score.capture!r} adds activations to a cond pass without any, of the same template, max_length "
             f"and truncation as {cfg.score.capture} (alpaca, 512, prompt_first), but {cfg.method.name!r} has none: capture with "
@@ -99,7 +105,9 @@ def validate(cfg: RunConfig, *, need_budget: bool = True) -> Plan:
     for role, spec in plan.passes.items():
         missing = [f for f in spec.fields if f not in CAPABILITIES]
         if missing:
-            raise ValueError(f"the {role} pass asks for {missing}, which the hf backend cannot produce ({list(CAPABILITIES)})")
+            raise ValueError(
+                f"the {role} pass asks for {missing}, which the hf backend cannot produce ({list(CAPABILITIES)})"
+            )
         if spec.template != "chat":
             get_template(spec.template)
     if need_budget or cfg.select.fraction is not None or cfg.select.count is not None:
@@ -115,8 +123,23 @@ def score(cfg: RunConfig, *, loaded: Any = None) -> ScoreResult:
     run_dir = Path(cfg.output.dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     d = cfg.data
-    read = data_mod.read(d.path, format=d.format, columns=d.columns or None, roles=d.roles or None, id_column=d.id_column, split=d.split, limit=d.limit, allow_mixed=d.allow_mixed)
-    log.info("read %d rows from %s as %s%s", read.rows_read, read.source, read.format, " (detected)" if read.detected else "")
+    read = data_mod.read(
+        d.path,
+        format=d.format,
+        columns=d.columns or None,
+        roles=d.roles or None,
+        id_column=d.id_column,
+        split=d.split,
+        limit=d.limit,
+        allow_mixed=d.allow_mixed,
+    )
+    log.info(
+        "read %d rows from %s as %s%s",
+        read.rows_read,
+        read.source,
+        read.format,
+        " (detected)" if read.detected else "",
+    )
     samples = read.samples
     stats, passes, infos, template_text = {}, {}, {}, None
     models: dict[str, Any] = {cfg.model.name: loaded} if loaded is not None else {}
@@ -124,15 +147,29 @@ def score(cfg: RunConfig, *, loaded: Any = None) -> ScoreResult:
     def get_model(name: str) -> Any:  # each model loads once, whatever the number of passes
         if name not in models:
             m = cfg.model
-            models[name] = load_model(name, dtype=m.dtype, device=m.device, revision=m.revision if name == m.name else None, trust_remote_code=m.trust_remote_code)
+            models[name] = load_model(
+                name,
+                dtype=m.dtype,
+                device=m.device,
+                revision=m.revision if name == m.name else None,
+                trust_remote_code=m.trust_remote_code,
+            )
         return models[name]
 
     if plan.passes:
         set_threads(cfg.model.threads)
-    extra = plan.prepare(RunContext(run_dir, samples, get_model, cfg, cfg.score.progress, read.content_hash)) if plan.prepare else {}
+    extra = (
+        plan.prepare(
+            RunContext(run_dir, samples, get_model, cfg, cfg.score.progress, read.content_hash)
+        )
+        if plan.prepare
+        else {}
+    )
     captured: list[str] = []  # passes that store activations for a later method, and load none now
     if cfg.score.capture is not None:
-        extra_spec = capture_pass(cfg.score.capture, cfg.model.name, get_model(cfg.model.name).info.n_layers)
+        extra_spec = capture_pass(
+            cfg.score.capture, cfg.model.name, get_model(cfg.model.name).info.n_layers
+        )
         captured = capturing_roles(plan.passes, extra_spec)
         for role in captured:
             plan.passes[role] = with_capture(plan.passes[role], extra_spec)
@@ -147,7 +184,9 @@ def score(cfg: RunConfig, *, loaded: Any = None) -> ScoreResult:
         # model (e.g. a calibrated copy) gets a folder of its own role
         label = pass_label(spec) if spec.model == cfg.model.name else f"{pass_label(spec)}@{role}"
         material = key_material(spec, infos[spec.model], text, read.content_hash)
-        if extra.get(role, {}).get("key_extra"):  # what `prepare` decided, e.g. MIWV's demonstration per sample
+        if extra.get(role, {}).get(
+            "key_extra"
+        ):  # what `prepare` decided, e.g. MIWV's demonstration per sample
             material["extra"] = extra[role]["key_extra"]
         # a stored pass with more fields or layers serves this one (e.g. ifd reads nait's cond pass);
         # it is resumed with its own spec so all its shards hold the same columns
@@ -159,16 +198,34 @@ def score(cfg: RunConfig, *, loaded: Any = None) -> ScoreResult:
             spec = PassSpec.from_dict(material["pass"])
         store = PassStore(run_dir, spec, material, label)
         scorer = Scorer(spec, lm.model, lm.tokenizer, batch_tokens=cfg.score.batch_tokens)
-        pass_args = {"shard_rows": cfg.score.shard_rows, "overwrite": cfg.score.overwrite, "progress": cfg.score.progress, "demos": extra.get(role, {}).get("demos"), "load_stats": role not in plan.streamed, "activations": wanted}
+        pass_args = {
+            "shard_rows": cfg.score.shard_rows,
+            "overwrite": cfg.score.overwrite,
+            "progress": cfg.score.progress,
+            "demos": extra.get(role, {}).get("demos"),
+            "load_stats": role not in plan.streamed,
+            "activations": wanted,
+        }
         res = run_on_engine(cfg, samples, scorer, store, **pass_args)
         stats[role] = res.stats if res.stats is not None else store
-        passes[role] = {"label": store.dir.name, "model": spec.model, "key": store.key, "reused": res.reused, "scored": res.scored, "discarded_shards": res.discarded_shards}
+        passes[role] = {
+            "label": store.dir.name,
+            "model": spec.model,
+            "key": store.key,
+            "reused": res.reused,
+            "scored": res.scored,
+            "discarded_shards": res.discarded_shards,
+        }
     info = infos.get(cfg.model.name) or next(iter(infos.values()), None)
     table = plan.compute(stats, samples)
     rejected = list(read.rejected)
     for s, status in zip(samples, table.status, strict=True):
         if status != "ok" and not status.startswith("filtered:"):
-            rejected.append(Rejected(line=s.meta.get("line", 0), reason=status, id=s.id, record=s.meta.get("record")))
+            rejected.append(
+                Rejected(
+                    line=s.meta.get("line", 0), reason=status, id=s.id, record=s.meta.get("record")
+                )
+            )
     result = ScoreResult(run_dir, table, read, samples, rejected, passes, info, template_text)
     c = result.counts
     assert c["scored"] + c["rejected"] == c["rows_read"], c
@@ -188,7 +245,13 @@ def select(result: ScoreResult, cfg: RunConfig, plan: Plan | None = None) -> Sel
     return plan.choose(result.table, cfg.select.budget(), result.read.rows_read, cfg.select.seed)
 
 
-def write_outputs(result: ScoreResult, sel: Selection | None, cfg: RunConfig, *, timings: dict[str, float] | None = None) -> dict[str, Any]:
+def write_outputs(
+    result: ScoreResult,
+    sel: Selection | None,
+    cfg: RunConfig,
+    *,
+    timings: dict[str, float] | None = None,
+) -> dict[str, Any]:
     """Write every output file of a run; returns the manifest."""
     out = result.run_dir
     rank = {i: k for k, i in enumerate(sel.ids)} if sel else {}
@@ -220,27 +283,60 @@ def write_outputs(result: ScoreResult, sel: Selection | None, cfg: RunConfig, *,
         "thresher_manifest": 1,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "config": cfg.to_dict(),
-        "method": {"name": cfg.method.name, "reproduce": cfg.method.reproduce, "params": _plan_params(cfg)},
-        "data": {"source": result.read.source, "format": result.read.format, "detected": result.read.detected, "content_hash": result.read.content_hash, "format_counts": result.read.format_counts},
+        "method": {
+            "name": cfg.method.name,
+            "reproduce": cfg.method.reproduce,
+            "params": _plan_params(cfg),
+        },
+        "data": {
+            "source": result.read.source,
+            "format": result.read.format,
+            "detected": result.read.detected,
+            "content_hash": result.read.content_hash,
+            "format_counts": result.read.format_counts,
+        },
         "model": result.model_info,
         "template_text": result.template_text,
         "passes": result.passes,
         "counts": result.counts,
         "rejected_reasons": data_mod.rejected_counts(result.rejected),
         "diagnostics": _diagnostics(cfg, result.table, sel),
-        "selection": {"requested": sel.requested, "returned": len(sel.ids), "eligible": sel.eligible, "note": sel.note, "budget": cfg.select.budget(), "seed": cfg.select.seed} if sel else None,
-        "exports": {"selected": "selected.jsonl", "trl": "trl.jsonl", "trl_format": "prompt_completion" if prompts is not None else "conversational_prompt_completion", "llamafactory": lf_entry},
+        "selection": {
+            "requested": sel.requested,
+            "returned": len(sel.ids),
+            "eligible": sel.eligible,
+            "note": sel.note,
+            "budget": cfg.select.budget(),
+            "seed": cfg.select.seed,
+        }
+        if sel
+        else None,
+        "exports": {
+            "selected": "selected.jsonl",
+            "trl": "trl.jsonl",
+            "trl_format": "prompt_completion"
+            if prompts is not None
+            else "conversational_prompt_completion",
+            "llamafactory": lf_entry,
+        },
         "timings_s": timings or {},
         "versions": _versions(),
     }
-    export.write_atomic(out / "manifest.json", json.dumps(manifest, indent=1, default=_json_default).encode())
+    export.write_atomic(
+        out / "manifest.json", json.dumps(manifest, indent=1, default=_json_default).encode()
+    )
     if cfg.output.report:
         from thresher.report import write_report
 
         try:  # every output above is written: a report that fails must not fail the run
             write_report([out])
         except Exception as e:
-            log.warning("report.html was not written (%s: %s); rerun `thresher report %s`", type(e).__name__, e, out)
+            log.warning(
+                "report.html was not written (%s: %s); rerun `thresher report %s`",
+                type(e).__name__,
+                e,
+                out,
+            )
     return manifest
 
 
@@ -282,12 +378,23 @@ def run(cfg: RunConfig, *, loaded: Any = None) -> tuple[ScoreResult, Selection, 
     plan = validate(cfg)
     t0 = time.perf_counter()
     if plan.passes and loaded is None:
-        loaded = load_model(cfg.model.name, dtype=cfg.model.dtype, device=cfg.model.device, revision=cfg.model.revision, trust_remote_code=cfg.model.trust_remote_code)
+        loaded = load_model(
+            cfg.model.name,
+            dtype=cfg.model.dtype,
+            device=cfg.model.device,
+            revision=cfg.model.revision,
+            trust_remote_code=cfg.model.trust_remote_code,
+        )
     t1 = time.perf_counter()
     result = score(cfg, loaded=loaded)
     t2 = time.perf_counter()
     sel = select(result, cfg, plan)
-    manifest = write_outputs(result, sel, cfg, timings={"load_model": t1 - t0, "score": t2 - t1, "select": time.perf_counter() - t2})
+    manifest = write_outputs(
+        result,
+        sel,
+        cfg,
+        timings={"load_model": t1 - t0, "score": t2 - t1, "select": time.perf_counter() - t2},
+    )
     return result, sel, manifest
 
 
@@ -300,45 +407,94 @@ def summary(result: ScoreResult, sel: Selection | None, manifest: dict[str, Any]
         f"({c['rejected_reading']} reading, {c['rejected_scoring']} scoring)",
     ]
     for role, p in result.passes.items():
-        lines.append(f"pass      {role:<7} {p['label']:<24} {p['scored']} scored, {p['reused']} reused from cache" + (f", {p['discarded_shards']} unfinished shards redone" if p["discarded_shards"] else ""))
+        lines.append(
+            f"pass      {role:<7} {p['label']:<24} {p['scored']} scored, {p['reused']} reused from cache"
+            + (
+                f", {p['discarded_shards']} unfinished shards redone"
+                if p["discarded_shards"]
+                else ""
+            )
+        )
     if c["filtered"]:
-        lines.append(f"filtered  {c['filtered']} by the method's rule ({', '.join(sorted({s for s in result.table.status if s.startswith('filtered:')}))})")
+        lines.append(
+            f"filtered  {c['filtered']} by the method's rule ({', '.join(sorted({s for s in result.table.status if s.startswith('filtered:')}))})"
+        )
     if manifest.get("rejected_reasons"):
-        lines.append("rejected  " + ", ".join(f"{k}: {v}" for k, v in manifest["rejected_reasons"].items()))
+        lines.append(
+            "rejected  " + ", ".join(f"{k}: {v}" for k, v in manifest["rejected_reasons"].items())
+        )
     if sel is not None:
-        lines.append(f"selected  {len(sel.ids)} of {sel.requested} requested ({sel.eligible} eligible)" + (f" - {sel.note}" if sel.note else ""))
+        lines.append(
+            f"selected  {len(sel.ids)} of {sel.requested} requested ({sel.eligible} eligible)"
+            + (f" - {sel.note}" if sel.note else "")
+        )
     for k, v in (manifest.get("diagnostics") or {}).items():
-        lines.append(f"diag      {k:<28} {v:.4g}" if isinstance(v, float) else f"diag      {k:<28} {v}")
-    lines.append(f"outputs   {result.run_dir}/ scores.parquet selected.jsonl trl.jsonl llamafactory/ rejected.jsonl manifest.json" + (" report.html" if (result.run_dir / "report.html").exists() else ""))
+        lines.append(
+            f"diag      {k:<28} {v:.4g}" if isinstance(v, float) else f"diag      {k:<28} {v}"
+        )
+    lines.append(
+        f"outputs   {result.run_dir}/ scores.parquet selected.jsonl trl.jsonl llamafactory/ rejected.jsonl manifest.json"
+        + (" report.html" if (result.run_dir / "report.html").exists() else "")
+    )
     return "\n".join(lines)
 
 
-def load_run(run_dir: str | Path, overrides: list[str] | None = None) -> tuple[RunConfig, ScoreResult]:
+def load_run(
+    run_dir: str | Path, overrides: list[str] | None = None
+) -> tuple[RunConfig, ScoreResult]:
     """Reopen a finished run: its config (with overrides applied), data and signals, no model."""
     from thresher.config import override
 
     run_dir = Path(run_dir)
     path = run_dir / "manifest.json"
     if not path.exists():
-        raise FileNotFoundError(f"{run_dir} has no manifest.json: is it the --out folder of a finished `thresher run` or `thresher score`?")
+        raise FileNotFoundError(
+            f"{run_dir} has no manifest.json: is it the --out folder of a finished `thresher run` or `thresher score`?"
+        )
     manifest = json.loads(path.read_text())
     cfg = RunConfig.from_dict(manifest["config"])
     cfg.output.dir = str(run_dir)
     for o in overrides or []:
         override(cfg, o)
     d = cfg.data
-    read = data_mod.read(d.path, format=d.format, columns=d.columns or None, roles=d.roles or None, id_column=d.id_column, split=d.split, limit=d.limit, allow_mixed=d.allow_mixed)
+    read = data_mod.read(
+        d.path,
+        format=d.format,
+        columns=d.columns or None,
+        roles=d.roles or None,
+        id_column=d.id_column,
+        split=d.split,
+        limit=d.limit,
+        allow_mixed=d.allow_mixed,
+    )
     if read.content_hash != manifest["data"]["content_hash"]:
-        raise RuntimeError(f"{d.path} changed since {run_dir} was scored (content hash differs); rescore with `thresher run --overwrite`")
+        raise RuntimeError(
+            f"{d.path} changed since {run_dir} was scored (content hash differs); rescore with `thresher run --overwrite`"
+        )
     t = pq.read_table(run_dir / "scores.parquet")
     skip = {"id", "line", "status", "selected", "rank"}
-    columns = {c: t.column(c).to_numpy(zero_copy_only=False) for c in t.column_names if c not in skip}
+    columns = {
+        c: t.column(c).to_numpy(zero_copy_only=False) for c in t.column_names if c not in skip
+    }
     table = SignalTable(t.column("id").to_pylist(), columns, t.column("status").to_pylist(), None)
     rejected = list(read.rejected)
     by_id = {s.id: s for s in read.samples}
     for i, status in zip(table.ids, table.status, strict=True):
         if status != "ok" and not status.startswith("filtered:"):
             s = by_id[i]
-            rejected.append(Rejected(line=s.meta.get("line", 0), reason=status, id=i, record=s.meta.get("record")))
-    result = ScoreResult(run_dir, table, read, read.samples, rejected, manifest["passes"], manifest["model"], manifest["template_text"])
+            rejected.append(
+                Rejected(
+                    line=s.meta.get("line", 0), reason=status, id=i, record=s.meta.get("record")
+                )
+            )
+    result = ScoreResult(
+        run_dir,
+        table,
+        read,
+        read.samples,
+        rejected,
+        manifest["passes"],
+        manifest["model"],
+        manifest["template_text"],
+    )
     return cfg, result

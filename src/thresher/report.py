@@ -59,30 +59,56 @@ def read_run(run_dir: str | Path) -> RunView:
     d = Path(run_dir)
     for f in ("manifest.json", "scores.parquet"):
         if not (d / f).is_file():
-            raise FileNotFoundError(f"{d} has no {f}: give the --out folder of a finished `thresher run` or `thresher score`")
+            raise FileNotFoundError(
+                f"{d} has no {f}: give the --out folder of a finished `thresher run` or `thresher score`"
+            )
     t = pq.read_table(d / "scores.parquet")
     signals, lengths = {}, {}
     for name in t.column_names:
         col = t.column(name)
-        if name in NOT_SIGNALS or not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)):
+        if name in NOT_SIGNALS or not (
+            pa.types.is_integer(col.type) or pa.types.is_floating(col.type)
+        ):
             continue
         arr = np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float64)
         (lengths if name.startswith("n_") else signals)[name] = arr
     rejected_path = d / "rejected.jsonl"
-    rejected = [json.loads(x) for x in rejected_path.read_text().splitlines() if x.strip()] if rejected_path.exists() else []
-    selected = np.asarray(t.column("selected").to_pylist() if "selected" in t.column_names else [False] * t.num_rows, dtype=bool)
-    return RunView(d, json.loads((d / "manifest.json").read_text()), t.column("id").to_pylist(), t.column("status").to_pylist(), selected, signals, lengths, rejected)
+    rejected = (
+        [json.loads(x) for x in rejected_path.read_text().splitlines() if x.strip()]
+        if rejected_path.exists()
+        else []
+    )
+    selected = np.asarray(
+        t.column("selected").to_pylist() if "selected" in t.column_names else [False] * t.num_rows,
+        dtype=bool,
+    )
+    return RunView(
+        d,
+        json.loads((d / "manifest.json").read_text()),
+        t.column("id").to_pylist(),
+        t.column("status").to_pylist(),
+        selected,
+        signals,
+        lengths,
+        rejected,
+    )
 
 
 def activations(run: RunView) -> tuple[str, np.ndarray] | None:
     """The deepest pooled activation column stored in the run's committed pass shards, aligned to
     the run's rows (NaN rows where missing), or None when the run has none."""
-    shards = {p: pq.read_schema(p).names for p in sorted((run.dir / "passes").glob("*/shard-*.parquet")) if p.with_suffix(".done").exists()}
+    shards = {
+        p: pq.read_schema(p).names
+        for p in sorted((run.dir / "passes").glob("*/shard-*.parquet"))
+        if p.with_suffix(".done").exists()
+    }
     names = {n for cols in shards.values() for n in cols if n.startswith(ACTIVATION_PREFIXES)}
     if not names:
         return None
     name = max(names, key=lambda n: (n.startswith("hidden."), int(n.split(".")[1])))
-    found: dict[str, np.ndarray] = {}  # only this column is read, as float32: one layer a row, not every layer
+    found: dict[
+        str, np.ndarray
+    ] = {}  # only this column is read, as float32: one layer a row, not every layer
     for p, cols in shards.items():
         if name in cols:
             t = pq.read_table(p, columns=["id", name])
@@ -123,7 +149,9 @@ def map_features(run: RunView) -> tuple[str, np.ndarray, np.ndarray]:
     if len(rows) > MAX_POINTS:
         rng = np.random.default_rng(0)
         pool_rows = rows[~run.selected[rows]]
-        keep = rng.choice(pool_rows, size=max(MAX_POINTS - int(run.selected[rows].sum()), 0), replace=False)
+        keep = rng.choice(
+            pool_rows, size=max(MAX_POINTS - int(run.selected[rows].sum()), 0), replace=False
+        )
         rows = np.sort(np.concatenate([rows[run.selected[rows]], keep]))
     xy, var = pca_2d(x[rows]) if len(rows) > 1 else (np.zeros((len(rows), 2)), np.zeros(2))
     return f"{what} (PC1 {var[0]:.0%}, PC2 {var[1]:.0%} of variance)", xy, rows
@@ -160,7 +188,9 @@ def _num(v: float) -> str:
     return f"{v:.3g}"
 
 
-def histogram_svg(pool: np.ndarray, subset: np.ndarray, mark: float | None, label: str, ranked: bool = True) -> tuple[str, str]:
+def histogram_svg(
+    pool: np.ndarray, subset: np.ndarray, mark: float | None, label: str, ranked: bool = True
+) -> tuple[str, str]:
     """Pool and subset as shares of their own rows per bin (so a small subset stays visible)."""
     pool, subset = pool[np.isfinite(pool)], subset[np.isfinite(subset)]
     if len(pool) == 0:
@@ -180,13 +210,23 @@ def histogram_svg(pool: np.ndarray, subset: np.ndarray, mark: float | None, labe
         for k, h in enumerate(heights):
             if h > 0:
                 y = PAD + ph * (1 - h / top)
-                parts.append(f'<rect x="{PAD + k * bw:.1f}" y="{y:.1f}" width="{bw:.1f}" height="{PAD + ph - y:.1f}" fill="{color}" fill-opacity="{opacity}"/>')
+                parts.append(
+                    f'<rect x="{PAD + k * bw:.1f}" y="{y:.1f}" width="{bw:.1f}" height="{PAD + ph - y:.1f}" fill="{color}" fill-opacity="{opacity}"/>'
+                )
     if mark is not None and lo <= mark <= hi:
         x = PAD + pw * (mark - lo) / (hi - lo)
-        parts.append(f'<line x1="{x:.1f}" y1="{PAD - 6}" x2="{x:.1f}" y2="{PAD + ph}" stroke="{MARK}" stroke-width="2" stroke-dasharray="5,3"/>')
-        parts.append(f'<text x="{x + 3:.1f}" y="{PAD - 8}" font-size="11" fill="{MARK}">threshold {_num(mark)}</text>')
+        parts.append(
+            f'<line x1="{x:.1f}" y1="{PAD - 6}" x2="{x:.1f}" y2="{PAD + ph}" stroke="{MARK}" stroke-width="2" stroke-dasharray="5,3"/>'
+        )
+        parts.append(
+            f'<text x="{x + 3:.1f}" y="{PAD - 8}" font-size="11" fill="{MARK}">threshold {_num(mark)}</text>'
+        )
     parts += _axes(lo, hi, top, label, "share of rows")
-    caption = f"{label}: pool {len(pool)} rows, subset {len(subset)} rows" + (f"; {outside} pool values outside the 0.5-99.5 percentile range are drawn in the edge bins" if outside else "")
+    caption = f"{label}: pool {len(pool)} rows, subset {len(subset)} rows" + (
+        f"; {outside} pool values outside the 0.5-99.5 percentile range are drawn in the edge bins"
+        if outside
+        else ""
+    )
     if ranked and mark is None and len(subset):
         caption += "; no single threshold separates the subset on this column"
     return _svg(parts), caption
@@ -197,10 +237,18 @@ def _axes(lo: float, hi: float, top: float, xlabel: str, ylabel: str) -> list[st
     out = []
     for k in range(5):
         v = lo + (hi - lo) * k / 4
-        out.append(f'<text x="{PAD + pw * k / 4:.1f}" y="{H - PAD + 14}" font-size="10" text-anchor="middle">{_num(v)}</text>')
-    out.append(f'<text x="{W / 2}" y="{H - 4}" font-size="11" text-anchor="middle">{html.escape(xlabel)}</text>')
-    out.append(f'<text x="{PAD - 4}" y="{PAD + 4}" font-size="10" text-anchor="end">{_num(top)}</text>')
-    out.append(f'<text x="10" y="{PAD + ph / 2}" font-size="10" transform="rotate(-90 10 {PAD + ph / 2})" text-anchor="middle">{ylabel}</text>')
+        out.append(
+            f'<text x="{PAD + pw * k / 4:.1f}" y="{H - PAD + 14}" font-size="10" text-anchor="middle">{_num(v)}</text>'
+        )
+    out.append(
+        f'<text x="{W / 2}" y="{H - 4}" font-size="11" text-anchor="middle">{html.escape(xlabel)}</text>'
+    )
+    out.append(
+        f'<text x="{PAD - 4}" y="{PAD + 4}" font-size="10" text-anchor="end">{_num(top)}</text>'
+    )
+    out.append(
+        f'<text x="10" y="{PAD + ph / 2}" font-size="10" transform="rotate(-90 10 {PAD + ph / 2})" text-anchor="middle">{ylabel}</text>'
+    )
     return out
 
 
@@ -212,9 +260,13 @@ def scatter_svg(xy: np.ndarray, selected: np.ndarray) -> str:
     parts = [f'<rect x="{PAD}" y="{PAD}" width="{pw}" height="{ph}" fill="none" stroke="#ccc"/>']
     for flag, color, r in ((False, POOL, 2.2), (True, SUBSET, 3.0)):  # subset drawn on top
         for x, y in p[selected == flag]:
-            parts.append(f'<circle cx="{PAD + x * pw:.1f}" cy="{PAD + (1 - y) * ph:.1f}" r="{r}" fill="{color}" fill-opacity="0.7"/>')
+            parts.append(
+                f'<circle cx="{PAD + x * pw:.1f}" cy="{PAD + (1 - y) * ph:.1f}" r="{r}" fill="{color}" fill-opacity="0.7"/>'
+            )
     parts.append(f'<text x="{W / 2}" y="{H - 8}" font-size="11" text-anchor="middle">PC1</text>')
-    parts.append(f'<text x="12" y="{H / 2}" font-size="11" transform="rotate(-90 12 {H / 2})" text-anchor="middle">PC2</text>')
+    parts.append(
+        f'<text x="12" y="{H / 2}" font-size="11" transform="rotate(-90 12 {H / 2})" text-anchor="middle">PC2</text>'
+    )
     return _svg(parts)
 
 
@@ -223,24 +275,40 @@ def heatmap_svg(m: np.ndarray, labels: list[str]) -> str:
     cell, left, topm = 56, 170, 24
     parts = []
     for i in range(n):
-        parts.append(f'<text x="{left - 6}" y="{topm + i * cell + cell / 2 + 4}" font-size="11" text-anchor="end">{html.escape(labels[i][:26])}</text>')
-        parts.append(f'<text x="{left + i * cell + cell / 2}" y="{topm - 6}" font-size="11" text-anchor="middle">{i + 1}</text>')
+        parts.append(
+            f'<text x="{left - 6}" y="{topm + i * cell + cell / 2 + 4}" font-size="11" text-anchor="end">{html.escape(labels[i][:26])}</text>'
+        )
+        parts.append(
+            f'<text x="{left + i * cell + cell / 2}" y="{topm - 6}" font-size="11" text-anchor="middle">{i + 1}</text>'
+        )
         for j in range(n):
             shade = int(245 - 190 * m[i, j])
-            parts.append(f'<rect x="{left + j * cell}" y="{topm + i * cell}" width="{cell - 2}" height="{cell - 2}" fill="rgb({shade},{shade + 5 if shade < 250 else 250},255)"/>')
-            parts.append(f'<text x="{left + j * cell + cell / 2 - 1}" y="{topm + i * cell + cell / 2 + 4}" font-size="12" text-anchor="middle" fill="{"#fff" if m[i, j] > 0.6 else "#222"}">{m[i, j]:.2f}</text>')
+            parts.append(
+                f'<rect x="{left + j * cell}" y="{topm + i * cell}" width="{cell - 2}" height="{cell - 2}" fill="rgb({shade},{shade + 5 if shade < 250 else 250},255)"/>'
+            )
+            parts.append(
+                f'<text x="{left + j * cell + cell / 2 - 1}" y="{topm + i * cell + cell / 2 + 4}" font-size="12" text-anchor="middle" fill="{"#fff" if m[i, j] > 0.6 else "#222"}">{m[i, j]:.2f}</text>'
+            )
     return _svg(parts, left + n * cell + 10, topm + n * cell + 10)
 
 
 def _svg(parts: list[str], width: int = W, height: int = H) -> str:
-    return f'<svg class="plot" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}">' + "".join(parts) + "</svg>"
+    return (
+        f'<svg class="plot" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}">'
+        + "".join(parts)
+        + "</svg>"
+    )
 
 
 # ------------------------------------------------------------------ page
 
 
 def _figure(svg: str, caption: str) -> str:
-    return f"<figure>{svg}<figcaption>{html.escape(caption)}</figcaption></figure>" if svg else f"<p>{html.escape(caption)}</p>"
+    return (
+        f"<figure>{svg}<figcaption>{html.escape(caption)}</figcaption></figure>"
+        if svg
+        else f"<p>{html.escape(caption)}</p>"
+    )
 
 
 def _run_section(k: int, run: RunView) -> str:
@@ -249,26 +317,45 @@ def _run_section(k: int, run: RunView) -> str:
     eligible = np.array([s == "ok" for s in run.status], dtype=bool)
     counts = m.get("counts", {})
     sel = m.get("selection") or {}
-    out = [f"<h2>{k}. {html.escape(run.name)}</h2>",
-           f"<p>{html.escape(str(run.dir))}: {counts.get('rows_read', '?')} rows read, {counts.get('scored', '?')} scored, "
-           f"{counts.get('rejected', '?')} rejected; {int(run.selected.sum())} selected"
-           + (f" ({html.escape(sel['note'])})" if sel.get("note") else "") + ".</p>",
-           f'<p class="key"><span style="background:{POOL}"></span>pool (scored rows, filtered ones included: {int((scored & ~eligible).sum())})'
-           f'<span style="background:{SUBSET}"></span>subset<span style="background:{MARK}"></span>threshold (among eligible rows)</p>']
+    out = [
+        f"<h2>{k}. {html.escape(run.name)}</h2>",
+        f"<p>{html.escape(str(run.dir))}: {counts.get('rows_read', '?')} rows read, {counts.get('scored', '?')} scored, "
+        f"{counts.get('rejected', '?')} rejected; {int(run.selected.sum())} selected"
+        + (f" ({html.escape(sel['note'])})" if sel.get("note") else "")
+        + ".</p>",
+        f'<p class="key"><span style="background:{POOL}"></span>pool (scored rows, filtered ones included: {int((scored & ~eligible).sum())})'
+        f'<span style="background:{SUBSET}"></span>subset<span style="background:{MARK}"></span>threshold (among eligible rows)</p>',
+    ]
     out.append("<h3>Signals</h3><div class='grid'>")
     for name, v in run.signals.items():
         # the threshold is read among eligible rows: rows a method's filter excluded are not ranked
-        out.append(_figure(*histogram_svg(v[scored], v[run.selected], threshold(v[eligible], run.selected[eligible]), name)))
-    out.append("</div>" if run.signals else "<p>this run computed no signals (its method runs no pass)</p></div>")
+        out.append(
+            _figure(
+                *histogram_svg(
+                    v[scored], v[run.selected], threshold(v[eligible], run.selected[eligible]), name
+                )
+            )
+        )
+    out.append(
+        "</div>"
+        if run.signals
+        else "<p>this run computed no signals (its method runs no pass)</p></div>"
+    )
     out.append("<h3>Lengths, subset vs pool</h3><div class='grid'>")
     for name, v in run.lengths.items():
         out.append(_figure(*histogram_svg(v[scored], v[run.selected], None, name, ranked=False)))
     out.append("</div>" if run.lengths else "<p>this run stored no token counts</p></div>")
     what, xy, rows = map_features(run)
     out.append("<h3>Map of pool vs subset</h3>")
-    out.append(_figure(scatter_svg(xy, run.selected[rows]), f"PCA of {what}; {len(rows)} rows drawn") if len(rows) > 1 else "<p>too few rows with finite features for a map</p>")
+    out.append(
+        _figure(scatter_svg(xy, run.selected[rows]), f"PCA of {what}; {len(rows)} rows drawn")
+        if len(rows) > 1
+        else "<p>too few rows with finite features for a map</p>"
+    )
     out.append("<h3>Rejected rows</h3>" + _rejected_table(run.rejected))
-    out.append(f"<h3>Manifest</h3><details><summary>manifest.json</summary><pre>{html.escape(json.dumps(m, indent=1))}</pre></details>")
+    out.append(
+        f"<h3>Manifest</h3><details><summary>manifest.json</summary><pre>{html.escape(json.dumps(m, indent=1))}</pre></details>"
+    )
     return "\n".join(out)
 
 
@@ -280,9 +367,16 @@ def _rejected_table(rejected: list[dict[str, Any]]) -> str:
         by.setdefault(str(r.get("reason")), []).append(r)
     rows = []
     for reason, items in sorted(by.items(), key=lambda kv: -len(kv[1])):
-        ex = "; ".join(f"line {r.get('line')}: {json.dumps(r.get('record'), ensure_ascii=False)[:120]}" for r in items[:EXAMPLES_PER_REASON])
-        rows.append(f"<tr><td>{html.escape(reason)}</td><td>{len(items)}</td><td>{html.escape(ex)}</td></tr>")
-    return "<table><tr><th>reason</th><th>rows</th><th>examples</th></tr>" + "".join(rows) + "</table>"
+        ex = "; ".join(
+            f"line {r.get('line')}: {json.dumps(r.get('record'), ensure_ascii=False)[:120]}"
+            for r in items[:EXAMPLES_PER_REASON]
+        )
+        rows.append(
+            f"<tr><td>{html.escape(reason)}</td><td>{len(items)}</td><td>{html.escape(ex)}</td></tr>"
+        )
+    return (
+        "<table><tr><th>reason</th><th>rows</th><th>examples</th></tr>" + "".join(rows) + "</table>"
+    )
 
 
 def render(runs: list[RunView]) -> str:
@@ -291,7 +385,13 @@ def render(runs: list[RunView]) -> str:
         sets = [{i for i, s in zip(r.ids, r.selected, strict=True) if s} for r in runs]
         labels = [f"{k + 1}. {r.name}" for k, r in enumerate(runs)]
         body.append("<h2>Overlap of the selected subsets (Jaccard)</h2>")
-        body.append(_figure(heatmap_svg(jaccard(sets), labels), "|A ∩ B| / |A ∪ B| of the selected ids; subset sizes: " + ", ".join(f"{k + 1}: {len(s)}" for k, s in enumerate(sets))))
+        body.append(
+            _figure(
+                heatmap_svg(jaccard(sets), labels),
+                "|A ∩ B| / |A ∪ B| of the selected ids; subset sizes: "
+                + ", ".join(f"{k + 1}: {len(s)}" for k, s in enumerate(sets)),
+            )
+        )
     body += [_run_section(k + 1, r) for k, r in enumerate(runs)]
     return f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>thresher report</title><style>{CSS}</style></head><body>{''.join(body)}</body></html>"
 
@@ -302,6 +402,10 @@ def write_report(run_dirs: list[str | Path], out: str | Path | None = None) -> P
     if not run_dirs:
         raise ValueError("no run folders given: pass one or more --out folders of finished runs")
     runs = [read_run(d) for d in run_dirs]
-    dest = Path(out) if out else (runs[0].dir / "report.html" if len(runs) == 1 else Path("report.html"))
+    dest = (
+        Path(out)
+        if out
+        else (runs[0].dir / "report.html" if len(runs) == 1 else Path("report.html"))
+    )
     write_atomic(dest, render(runs).encode("utf-8"))
     return dest

@@ -59,7 +59,9 @@ class Template:
         if self.name == "chat":
             return _chat_prompt_and_response(sample, tokenizer)[0]
         # custom format string; values are inserted as data, never parsed as format code
-        return self.text.format(instruction=sample.instruction, input=sample.input, system=sample.system)
+        return self.text.format(
+            instruction=sample.instruction, input=sample.input, system=sample.system
+        )
 
     def response(self, sample: Sample, tokenizer: Any = None) -> str:
         """The response text as the template renders it (chat: content plus end-of-turn markup)."""
@@ -147,7 +149,9 @@ class Rendered:
 
 
 def _rejected(reason: str) -> Rendered:
-    return Rendered(ids=(), scored=(0, 0), spans={}, n_prompt_tokens=0, n_response_tokens=0, status=reason)
+    return Rendered(
+        ids=(), scored=(0, 0), spans={}, n_prompt_tokens=0, n_response_tokens=0, status=reason
+    )
 
 
 class Renderer:
@@ -165,8 +169,14 @@ class Renderer:
         # `<|endoftext|>` document separator of GPT-2-style vocabularies (GPT-2, SmolLM, Qwen),
         # else EOS. Measured on SmolLM2-135M over 40 Alpaca responses: first-token NLL 8.21 after
         # <|endoftext|> vs 9.68 after its nominal bos_token <|im_start|> (a chat-turn marker).
-        endoftext = tokenizer.convert_tokens_to_ids("<|endoftext|>") if "<|endoftext|>" in tokenizer.get_vocab() else None
-        start = bos if self.adds_bos else endoftext if endoftext is not None else tokenizer.eos_token_id
+        endoftext = (
+            tokenizer.convert_tokens_to_ids("<|endoftext|>")
+            if "<|endoftext|>" in tokenizer.get_vocab()
+            else None
+        )
+        start = (
+            bos if self.adds_bos else endoftext if endoftext is not None else tokenizer.eos_token_id
+        )
         if start is None:
             start = bos
         if start is None:
@@ -175,7 +185,11 @@ class Renderer:
                 "unconditioned view has no document-start token to put before the response"
             )
         self.doc_start = [start]
-        self.eos = [tokenizer.eos_token_id] if spec.append_eos and tokenizer.eos_token_id is not None else []
+        self.eos = (
+            [tokenizer.eos_token_id]
+            if spec.append_eos and tokenizer.eos_token_id is not None
+            else []
+        )
 
     def enc(self, text: str) -> list[int]:
         return list(self.tok(text, add_special_tokens=False).input_ids)
@@ -205,17 +219,28 @@ class Renderer:
         # prompt tokens are cut from the left, after BOS: the end of the prompt, nearest the
         # response, conditions it most
         cut = len(p_ids) - p_keep
-        truncated = "+".join(x for x, c in (("prompt", cut > 0), ("response", r_keep < len(r_ids))) if c)
+        truncated = "+".join(
+            x for x, c in (("prompt", cut > 0), ("response", r_keep < len(r_ids))) if c
+        )
         p_ids = p_ids[:n_lead] + p_ids[n_lead + cut :]
         r_ids = r_ids[:r_keep]
         if view == "cond":
             ids = p_ids + r_ids
             resp = (len(p_ids), len(ids))
-            return Rendered(tuple(ids), resp, {"prompt": (n_lead, len(p_ids)), "response": resp}, len(p_ids), len(r_ids), truncated)
+            return Rendered(
+                tuple(ids),
+                resp,
+                {"prompt": (n_lead, len(p_ids)), "response": resp},
+                len(p_ids),
+                len(r_ids),
+                truncated,
+            )
         if view == "uncond":
             ids = self.doc_start + r_ids
             resp = (1, len(ids))
-            return Rendered(tuple(ids), resp, {"prompt": (1, 1), "response": resp}, 0, len(r_ids), truncated)
+            return Rendered(
+                tuple(ids), resp, {"prompt": (1, 1), "response": resp}, 0, len(r_ids), truncated
+            )
         return self._oneshot(sample, demo, p_ids, r_ids, n_lead, truncated)
 
     def _leading_bos(self, ids: list[int]) -> int:
@@ -253,16 +278,35 @@ class Renderer:
         if len(p_ids) - start <= 0:
             return _rejected("empty_instruction")
         span = (n_lead, len(p_ids))
-        return Rendered(tuple(p_ids), (start, len(p_ids)), {"prompt": span, "response": (len(p_ids), len(p_ids))}, len(p_ids), 0, truncated)
+        return Rendered(
+            tuple(p_ids),
+            (start, len(p_ids)),
+            {"prompt": span, "response": (len(p_ids), len(p_ids))},
+            len(p_ids),
+            0,
+            truncated,
+        )
 
-    def _oneshot(self, sample: Sample, demo: Sample | None, p_ids: list[int], r_ids: list[int], n_lead: int, truncated: str) -> Rendered:
+    def _oneshot(
+        self,
+        sample: Sample,
+        demo: Sample | None,
+        p_ids: list[int],
+        r_ids: list[int],
+        n_lead: int,
+        truncated: str,
+    ) -> Rendered:
         """`oneshot`: BOS, demonstration, prompt, response. `oneshot_uncond`: the same without the
         prompt (the denominator L(y | C) of MIWV's ICL-IFD); its demonstration is cut exactly as
         in `oneshot`, so the two views differ only by the instruction."""
         if demo is None:  # e.g. a one-row pool, or every other sample excluded as a near-duplicate
             return _rejected("no_demonstration")
         try:
-            d_text = self.template.prompt(demo, self.tok) + self.template.response(demo, self.tok) + ONESHOT_SEPARATOR
+            d_text = (
+                self.template.prompt(demo, self.tok)
+                + self.template.response(demo, self.tok)
+                + ONESHOT_SEPARATOR
+            )
         except TemplateError as e:
             return _rejected(e.reason)
         d_ids = self.enc(d_text)
@@ -277,14 +321,30 @@ class Renderer:
         if self.spec.view == "oneshot_uncond":
             ids = p_ids[:n_lead] + d_ids + r_ids
             resp = (n_lead + len(d_ids), len(ids))
-            if resp[0] == 0:  # no BOS and the demonstration cut away: the first token has no context
+            if (
+                resp[0] == 0
+            ):  # no BOS and the demonstration cut away: the first token has no context
                 return _rejected("demo_truncated_away")
-            return Rendered(tuple(ids), resp, {"demo": (n_lead, resp[0]), "prompt": (resp[0], resp[0]), "response": resp}, 0, len(r_ids), truncated)
+            return Rendered(
+                tuple(ids),
+                resp,
+                {"demo": (n_lead, resp[0]), "prompt": (resp[0], resp[0]), "response": resp},
+                0,
+                len(r_ids),
+                truncated,
+            )
         ids = p_ids[:n_lead] + d_ids + target
         demo_span = (n_lead, n_lead + len(d_ids))
         p_span = (demo_span[1], demo_span[1] + len(p_ids) - n_lead)
         resp = (p_span[1], len(ids))
-        return Rendered(tuple(ids), resp, {"demo": demo_span, "prompt": p_span, "response": resp}, len(p_ids), len(r_ids), truncated)
+        return Rendered(
+            tuple(ids),
+            resp,
+            {"demo": demo_span, "prompt": p_span, "response": resp},
+            len(p_ids),
+            len(r_ids),
+            truncated,
+        )
 
     def _render_reference(self, sample: Sample) -> Rendered:
         """Cherry_LLM / Superfiltering boundary rules, reproduced (METHODS §1.3–1.4, §2.4–2.5).
@@ -315,7 +375,13 @@ class Renderer:
             return _rejected("prompt_fills_max_length")
         ids = tok(response, truncation=True, max_length=budget).input_ids
         n_lead = 1 if self.adds_bos else 0
-        return Rendered(tuple(ids), (1, len(ids)), {"prompt": (0, n_lead), "response": (n_lead, len(ids))}, instruct_len, len(ids) - n_lead)
+        return Rendered(
+            tuple(ids),
+            (1, len(ids)),
+            {"prompt": (0, n_lead), "response": (n_lead, len(ids))},
+            instruct_len,
+            len(ids) - n_lead,
+        )
 
 
 def _by_rfind(tok: Any, text: str, response: str, max_length: int, instruct_len: int) -> Rendered:
@@ -324,4 +390,6 @@ def _by_rfind(tok: Any, text: str, response: str, max_length: int, instruct_len:
     if start >= len(ids):
         return _rejected("response_truncated_away")
     resp = (start, len(ids))
-    return Rendered(tuple(ids), resp, {"prompt": (0, start), "response": resp}, instruct_len, len(ids) - start)
+    return Rendered(
+        tuple(ids), resp, {"prompt": (0, start), "response": resp}, instruct_len, len(ids) - start
+    )

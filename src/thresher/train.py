@@ -75,7 +75,9 @@ class TrainConfig:
                 "counts with batch_size a multiple of micro_batch (it is reached by accumulation)"
             )
         if self.learning_rate <= 0 or self.epochs <= 0:
-            raise ValueError(f"learning_rate={self.learning_rate}, epochs={self.epochs}: both must be positive")
+            raise ValueError(
+                f"learning_rate={self.learning_rate}, epochs={self.epochs}: both must be positive"
+            )
 
 
 # Named paper recipes (`--preset NAME`); flags override single fields.
@@ -85,26 +87,82 @@ PRESETS: dict[str, dict[str, Any]] = {
     "alpaca": {},
     # InstructDiff Table 9, general domain: "lr 2e-5 / batch 64 / 10 epochs / 2048", AdamW,
     # cosine, 5% warmup, wd 0.01, grad clip 1.0
-    "instructdiff-general": dict(learning_rate=2e-5, batch_size=64, epochs=10, warmup_ratio=0.05, weight_decay=0.01, max_length=2048),
+    "instructdiff-general": dict(
+        learning_rate=2e-5,
+        batch_size=64,
+        epochs=10,
+        warmup_ratio=0.05,
+        weight_decay=0.01,
+        max_length=2048,
+    ),
     # InstructDiff Table 9, math: "5e-5 / 256 / 3 / 2048"
-    "instructdiff-math": dict(learning_rate=5e-5, batch_size=256, epochs=3, warmup_ratio=0.05, weight_decay=0.01, max_length=2048),
+    "instructdiff-math": dict(
+        learning_rate=5e-5,
+        batch_size=256,
+        epochs=3,
+        warmup_ratio=0.05,
+        weight_decay=0.01,
+        max_length=2048,
+    ),
     # InstructDiff Table 9, medical: "2e-5 / 64 / 3 / 512"
-    "instructdiff-medical": dict(learning_rate=2e-5, batch_size=64, epochs=3, warmup_ratio=0.05, weight_decay=0.01, max_length=512),
+    "instructdiff-medical": dict(
+        learning_rate=2e-5,
+        batch_size=64,
+        epochs=3,
+        warmup_ratio=0.05,
+        weight_decay=0.01,
+        max_length=512,
+    ),
     # InstructDiff Table 9, code: "1e-5 / 256 / 5 / 4096"
-    "instructdiff-code": dict(learning_rate=1e-5, batch_size=256, epochs=5, warmup_ratio=0.05, weight_decay=0.01, max_length=4096),
+    "instructdiff-code": dict(
+        learning_rate=1e-5,
+        batch_size=256,
+        epochs=5,
+        warmup_ratio=0.05,
+        weight_decay=0.01,
+        max_length=4096,
+    ),
     # InstructDiff warm-up calibration (configs): "3 epochs at the same lr and batch as the
     # domain"; general domain values; max length 512 as the scoring passes (ours)
-    "instructdiff-warmup": dict(learning_rate=2e-5, batch_size=64, epochs=3, warmup_ratio=0.05, weight_decay=0.01, max_length=512),
+    "instructdiff-warmup": dict(
+        learning_rate=2e-5,
+        batch_size=64,
+        epochs=3,
+        warmup_ratio=0.05,
+        weight_decay=0.01,
+        max_length=512,
+    ),
     # T-SHIRT scripts/train_llama31_8b.sh: "--num_train_epochs 3", "TOTALBSZ=128",
     # "--learning_rate 2e-5", "--warmup_ratio 0.03", "--lr_scheduler_type cosine",
     # "--model_max_length 2048", no weight decay (HF's 0); it formats with the vicuna_v1.1
     # conversation template, which is not built in here (pass --template)
-    "tshirt": dict(learning_rate=2e-5, batch_size=128, epochs=3, warmup_ratio=0.03, weight_decay=0.0, max_length=2048),
+    "tshirt": dict(
+        learning_rate=2e-5,
+        batch_size=128,
+        epochs=3,
+        warmup_ratio=0.03,
+        weight_decay=0.0,
+        max_length=2048,
+    ),
     # NAIT App. D: LLaMA-2-7B full FT, "3 epochs, batch 128, lr 2e-5 cosine to 0, Adam(0.9, 0.999),
     # warmup 0.03, weight decay 0.1, cutoff 2048"
-    "nait": dict(learning_rate=2e-5, batch_size=128, epochs=3, warmup_ratio=0.03, weight_decay=0.1, max_length=2048),
+    "nait": dict(
+        learning_rate=2e-5,
+        batch_size=128,
+        epochs=3,
+        warmup_ratio=0.03,
+        weight_decay=0.1,
+        max_length=2048,
+    ),
     # ours: a few-minute CPU run for small models and smoke tests: batch 8, 1 epoch, LoRA-sized lr
-    "cpu": dict(learning_rate=1e-4, batch_size=8, epochs=1, warmup_ratio=0.03, weight_decay=0.0, max_length=512),
+    "cpu": dict(
+        learning_rate=1e-4,
+        batch_size=8,
+        epochs=1,
+        warmup_ratio=0.03,
+        weight_decay=0.0,
+        max_length=512,
+    ),
 }
 
 
@@ -113,7 +171,9 @@ def preset(name: str = "alpaca", **overrides: Any) -> TrainConfig:
     if name not in PRESETS:
         from thresher.methods import suggest
 
-        raise ValueError(f"unknown training preset {name!r}: expected one of {sorted(PRESETS)}{suggest(name, list(PRESETS))}")
+        raise ValueError(
+            f"unknown training preset {name!r}: expected one of {sorted(PRESETS)}{suggest(name, list(PRESETS))}"
+        )
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     bad = [k for k in overrides if k not in fields]
     if bad:
@@ -136,10 +196,20 @@ class TrainResult:
 
 def training_spec(model: str, cfg: TrainConfig) -> PassSpec:
     """The `cond` pass whose rendering the training examples use."""
-    return PassSpec(model=model, view="cond", template=cfg.template, fields=("logprob",), max_length=cfg.max_length, truncation=cfg.truncation, append_eos=cfg.append_eos)
+    return PassSpec(
+        model=model,
+        view="cond",
+        template=cfg.template,
+        fields=("logprob",),
+        max_length=cfg.max_length,
+        truncation=cfg.truncation,
+        append_eos=cfg.append_eos,
+    )
 
 
-def build_examples(samples: list[Sample], tokenizer: Any, spec: PassSpec) -> tuple[list[dict[str, list[int]]], dict[str, int]]:
+def build_examples(
+    samples: list[Sample], tokenizer: Any, spec: PassSpec
+) -> tuple[list[dict[str, list[int]]], dict[str, int]]:
     """Pre-tokenized examples: `input_ids` as the pass renders them and `labels` equal to them
     on the pass's scored positions, -100 elsewhere. Rows the pass cannot render are counted."""
     renderer = Renderer(tokenizer, spec)
@@ -151,7 +221,9 @@ def build_examples(samples: list[Sample], tokenizer: Any, spec: PassSpec) -> tup
             continue
         a, b = r.scored
         ids = list(r.ids)
-        examples.append({"input_ids": ids, "labels": [-100] * a + ids[a:b] + [-100] * (len(ids) - b)})
+        examples.append(
+            {"input_ids": ids, "labels": [-100] * a + ids[a:b] + [-100] * (len(ids) - b)}
+        )
     return examples, rejected
 
 
@@ -178,22 +250,43 @@ def train(
     out = Path(out_dir)
     name = model.info.name if isinstance(model, LoadedModel) else str(model)
     # what the weights depend on (threads and logging do not change them)
-    recipe = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("threads", "logging_steps", "save_steps")}
+    recipe = {
+        k: v
+        for k, v in dataclasses.asdict(cfg).items()
+        if k not in ("threads", "logging_steps", "save_steps")
+    }
     record = {"model": name, "config": recipe, "samples": sorted(s.id for s in samples)}
     done = out / MARKER
     if done.is_file() and not overwrite:
         old = json.loads(done.read_text())
         if {k: old.get(k) for k in record} == record:
-            return TrainResult(out, old["rows"], old["rejected"], old["tokens"], old["loss_tokens"], old["steps"], old["seconds"], old["train_seconds"], True)
-        raise RuntimeError(f"{out} holds a finished training run with other settings or data; pass overwrite=True (--overwrite) or choose another output folder")
+            return TrainResult(
+                out,
+                old["rows"],
+                old["rejected"],
+                old["tokens"],
+                old["loss_tokens"],
+                old["steps"],
+                old["seconds"],
+                old["train_seconds"],
+                True,
+            )
+        raise RuntimeError(
+            f"{out} holds a finished training run with other settings or data; pass overwrite=True (--overwrite) or choose another output folder"
+        )
     if overwrite:  # start afresh: no finished marker, no checkpoint to resume from
         done.unlink(missing_ok=True)
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
     ckpt = out / "checkpoints"
     resume = ckpt.is_dir() and any(ckpt.glob("checkpoint-*"))
     # checkpoints resume only the run that wrote them; the length may grow (resume to train longer)
-    started = {**record, "config": {k: v for k, v in recipe.items() if k not in ("max_steps", "epochs")}}
-    if resume and (not (ckpt / STARTED).is_file() or json.loads((ckpt / STARTED).read_text()) != started):
+    started = {
+        **record,
+        "config": {k: v for k, v in recipe.items() if k not in ("max_steps", "epochs")},
+    }
+    if resume and (
+        not (ckpt / STARTED).is_file() or json.loads((ckpt / STARTED).read_text()) != started
+    ):
         raise RuntimeError(
             f"{ckpt} holds checkpoints of a training run with other settings or data (see {ckpt / STARTED}); "
             "pass overwrite=True (--overwrite) to start afresh, or choose another output folder"
@@ -205,7 +298,9 @@ def train(
     tokenizer = copy.deepcopy(lm.tokenizer)  # SFTTrainer sets a pad token on the one it gets
     examples, rejected = build_examples(samples, tokenizer, training_spec(name, cfg))
     if not examples:
-        raise ValueError(f"none of the {len(samples)} samples can be rendered for training ({rejected}); check the data and the template")
+        raise ValueError(
+            f"none of the {len(samples)} samples can be rendered for training ({rejected}); check the data and the template"
+        )
     t0 = time.perf_counter()
     net = _trainable(copy.deepcopy(lm.model) if isinstance(model, LoadedModel) else lm.model, cfg)
     trainer = _trainer(net, tokenizer, examples, out, cfg, progress)
@@ -220,8 +315,28 @@ def train(
         final.save_pretrained(out)
         lm.tokenizer.save_pretrained(out)  # the original tokenizer, not TRL's padded copy
     seconds = time.perf_counter() - t0
-    res = TrainResult(out, len(examples), rejected, sum(len(e["input_ids"]) for e in examples), sum(sum(x != -100 for x in e["labels"]) for e in examples), steps, seconds, train_seconds, False)
-    meta = {**record, "rows": res.rows, "rejected": rejected, "tokens": res.tokens, "loss_tokens": res.loss_tokens, "steps": steps, "seconds": seconds, "train_seconds": train_seconds, "versions": _versions()}
+    res = TrainResult(
+        out,
+        len(examples),
+        rejected,
+        sum(len(e["input_ids"]) for e in examples),
+        sum(sum(x != -100 for x in e["labels"]) for e in examples),
+        steps,
+        seconds,
+        train_seconds,
+        False,
+    )
+    meta = {
+        **record,
+        "rows": res.rows,
+        "rejected": rejected,
+        "tokens": res.tokens,
+        "loss_tokens": res.loss_tokens,
+        "steps": steps,
+        "seconds": seconds,
+        "train_seconds": train_seconds,
+        "versions": _versions(),
+    }
     write_atomic(done, json.dumps(meta, indent=1).encode())
     if not keep_checkpoints:
         shutil.rmtree(ckpt, ignore_errors=True)
@@ -237,10 +352,14 @@ def train_command(a: Any) -> str:
     if run_dir is not None:
         data = run_dir / "selected.jsonl"
         if not data.is_file():
-            raise FileNotFoundError(f"{run_dir} has no selected.jsonl: run `thresher select {run_dir} --fraction 0.1` first")
+            raise FileNotFoundError(
+                f"{run_dir} has no selected.jsonl: run `thresher select {run_dir} --fraction 0.1` first"
+            )
     out = a.out or (str(run_dir / "model") if run_dir is not None else None)
     if out is None:
-        raise ValueError("give --out: the folder the fine-tuned model is written to (it can then be passed to --model)")
+        raise ValueError(
+            "give --out: the folder the fine-tuned model is written to (it can then be passed to --model)"
+        )
     got = read(str(data), format=a.format, limit=a.limit)
     base = _read_yaml(a.config) if a.config else {}
     name = a.preset or base.pop("preset", "alpaca")
@@ -260,7 +379,22 @@ def train_command(a: Any) -> str:
 
 def _flags(a: Any) -> dict[str, Any]:
     """The TrainConfig fields given as `thresher train` flags (unset flags are None)."""
-    return {k: v for k, v in dict(lora=a.lora or None, max_steps=a.max_steps, epochs=a.epochs, learning_rate=a.lr, batch_size=a.batch_size, micro_batch=a.micro_batch, template=a.template, max_length=a.max_length, append_eos=False if a.no_eos else None, threads=a.threads).items() if v is not None}
+    return {
+        k: v
+        for k, v in dict(
+            lora=a.lora or None,
+            max_steps=a.max_steps,
+            epochs=a.epochs,
+            learning_rate=a.lr,
+            batch_size=a.batch_size,
+            micro_batch=a.micro_batch,
+            template=a.template,
+            max_length=a.max_length,
+            append_eos=False if a.no_eos else None,
+            threads=a.threads,
+        ).items()
+        if v is not None
+    }
 
 
 def _read_yaml(path: str) -> dict[str, Any]:
@@ -268,7 +402,9 @@ def _read_yaml(path: str) -> dict[str, Any]:
 
     d = yaml.safe_load(Path(path).read_text()) or {}
     if not isinstance(d, dict):
-        raise ValueError(f"{path} must hold a YAML mapping of `preset` and training options, not {type(d).__name__}")
+        raise ValueError(
+            f"{path} must hold a YAML mapping of `preset` and training options, not {type(d).__name__}"
+        )
     return d
 
 
@@ -280,12 +416,27 @@ def _trainable(model: Any, cfg: TrainConfig) -> Any:
     from peft import LoraConfig, get_peft_model
     from transformers import set_seed
 
-    set_seed(cfg.seed)  # the adapter's random init, so a run and its resumed copy agree (as Trainer seeds)
-    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules="all-linear", task_type="CAUSAL_LM")
+    set_seed(
+        cfg.seed
+    )  # the adapter's random init, so a run and its resumed copy agree (as Trainer seeds)
+    lora = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
     return get_peft_model(model, lora)
 
 
-def _trainer(model: Any, tokenizer: Any, examples: list[dict[str, list[int]]], out: Path, cfg: TrainConfig, progress: bool) -> Any:
+def _trainer(
+    model: Any,
+    tokenizer: Any,
+    examples: list[dict[str, list[int]]],
+    out: Path,
+    cfg: TrainConfig,
+    progress: bool,
+) -> Any:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 

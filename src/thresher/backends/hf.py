@@ -90,27 +90,39 @@ class HFBackend:
     def check(self, spec: PassSpec) -> None:
         bad = [f for f in spec.fields if f not in self.capabilities]
         if bad:
-            raise ValueError(f"the hf backend cannot produce {bad}; it offers {list(self.capabilities)}")
+            raise ValueError(
+                f"the hf backend cannot produce {bad}; it offers {list(self.capabilities)}"
+            )
         out = [layer for layer in spec.layers if not -self.n_layers <= layer < self.n_layers]
         if out:
-            raise ValueError(f"layers {out} do not exist: the model has {self.n_layers} decoder layers (0..{self.n_layers - 1})")
+            raise ValueError(
+                f"layers {out} do not exist: the model has {self.n_layers} decoder layers (0..{self.n_layers - 1})"
+            )
 
     @torch.inference_mode()
     def activation_widths(self, spec: PassSpec) -> dict[str, int]:
         """Width of each pooled activation column, read off one two-token forward pass."""
         if not {"hidden", "mlp"} & set(spec.fields):
             return {}
-        probe = Rendered((self.pad_id, self.pad_id), (1, 2), {"prompt": (0, 1), "response": (1, 2)}, 1, 1)
+        probe = Rendered(
+            (self.pad_id, self.pad_id), (1, 2), {"prompt": (0, 1), "response": (1, 2)}, 1, 1
+        )
         return {k: v.shape[1] for k, v in self.run([probe], spec).activations.items()}
 
     @torch.inference_mode()
-    def run(self, rows: list[Rendered], spec: PassSpec, noise: list[tuple[str, int, int]] | None = None) -> BatchOutput:
+    def run(
+        self, rows: list[Rendered], spec: PassSpec, noise: list[tuple[str, int, int]] | None = None
+    ) -> BatchOutput:
         """Score `rows`. A noisy spec (T-SHIRT) needs `noise`: per row (sample id, cond-view
         length, cond response start); each row's log-probs are then its copies back to back."""
         if spec.noise_copies:
             if noise is None or len(noise) != len(rows):
-                raise ValueError(f"a noisy pass needs one noise key per row (got {None if noise is None else len(noise)} for {len(rows)} rows)")
-            return BatchOutput([self._noisy_row(r, spec, key) for r, key in zip(rows, noise, strict=True)], None)
+                raise ValueError(
+                    f"a noisy pass needs one noise key per row (got {None if noise is None else len(noise)} for {len(rows)} rows)"
+                )
+            return BatchOutput(
+                [self._noisy_row(r, spec, key) for r, key in zip(rows, noise, strict=True)], None
+            )
         if not rows:
             return BatchOutput([], [] if "entropy" in spec.fields else None)
         device = self.lm_head.weight.device
@@ -123,12 +135,16 @@ class HFBackend:
         pooled: dict[str, torch.Tensor] = {}
         handles = self._hooks(rows, spec, width, pooled)
         try:
-            hidden = self.model.base_model(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+            hidden = self.model.base_model(
+                input_ids=ids.to(device), attention_mask=mask.to(device)
+            ).last_hidden_state
         finally:
             for h in handles:
                 h.remove()
         # target t is predicted by the state at t - 1
-        row_idx = torch.cat([torch.full((r.n_scored,), i, dtype=torch.long) for i, r in enumerate(rows)])
+        row_idx = torch.cat(
+            [torch.full((r.n_scored,), i, dtype=torch.long) for i, r in enumerate(rows)]
+        )
         tgt_pos = torch.cat([torch.arange(r.scored[0], r.scored[1]) for r in rows])
         states = hidden[row_idx.to(device), (tgt_pos - 1).to(device)]
         targets = ids[row_idx, tgt_pos].to(device)
@@ -146,25 +162,43 @@ class HFBackend:
         document-start row takes the cond's first-position row (METHODS §4.3/§4.7, the BOS fix)."""
         sample_id, n_cond, resp_start = key
         embed = self.model.get_input_embeddings()
-        delta = embedding_noise(spec.noise_seed, sample_id, spec.noise_copies, n_cond, embed.weight.shape[1], spec.noise_alpha)
+        delta = embedding_noise(
+            spec.noise_seed,
+            sample_id,
+            spec.noise_copies,
+            n_cond,
+            embed.weight.shape[1],
+            spec.noise_alpha,
+        )
         if spec.view == "uncond":
             lead = row.spans["response"][0]
             n_resp = len(row.ids) - lead
             if resp_start + n_resp > n_cond:
-                raise ValueError(f"the uncond view of {sample_id!r} has {n_resp} response tokens but the cond view only {n_cond - resp_start}")
-            delta = torch.cat([delta[:, :1].expand(-1, lead, -1), delta[:, resp_start : resp_start + n_resp]], dim=1)
+                raise ValueError(
+                    f"the uncond view of {sample_id!r} has {n_resp} response tokens but the cond view only {n_cond - resp_start}"
+                )
+            delta = torch.cat(
+                [delta[:, :1].expand(-1, lead, -1), delta[:, resp_start : resp_start + n_resp]],
+                dim=1,
+            )
         elif n_cond != len(row.ids):
-            raise ValueError(f"noise key length {n_cond} does not match the {len(row.ids)} tokens of {sample_id!r}")
+            raise ValueError(
+                f"noise key length {n_cond} does not match the {len(row.ids)} tokens of {sample_id!r}"
+            )
         device = self.lm_head.weight.device
         ids = torch.tensor([row.ids], device=device)
         x = embed(ids) + delta.to(device=device, dtype=embed.weight.dtype)
         hidden = self.model.base_model(inputs_embeds=x).last_hidden_state  # [copies, L, h]
         a, b = row.scored
         states = hidden[:, a - 1 : b - 1].reshape(-1, hidden.shape[-1])
-        lp, _ = self.token_logprobs(states, ids[0, a:b].repeat(spec.noise_copies), with_entropy=False)
+        lp, _ = self.token_logprobs(
+            states, ids[0, a:b].repeat(spec.noise_copies), with_entropy=False
+        )
         return lp.float().cpu().numpy()
 
-    def token_logprobs(self, states: torch.Tensor, targets: torch.Tensor, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def token_logprobs(
+        self, states: torch.Tensor, targets: torch.Tensor, with_entropy: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """log p(target) and the predictive entropy (nats) for each row of `states`, in chunks."""
         n = states.shape[0]
         chunk = max(1, LOGIT_CHUNK_ELEMENTS // self.vocab)
@@ -179,9 +213,13 @@ class HFBackend:
                 p = torch.softmax(logits, dim=-1)
                 ents.append(lse - (p * logits).sum(-1))
         empty = states.new_zeros(0)
-        return (torch.cat(lps) if lps else empty), ((torch.cat(ents) if ents else empty) if with_entropy else None)
+        return (torch.cat(lps) if lps else empty), (
+            (torch.cat(ents) if ents else empty) if with_entropy else None
+        )
 
-    def _hooks(self, rows: list[Rendered], spec: PassSpec, width: int, out: dict[str, torch.Tensor]) -> list[Any]:
+    def _hooks(
+        self, rows: list[Rendered], spec: PassSpec, width: int, out: dict[str, torch.Tensor]
+    ) -> list[Any]:
         kinds = [f for f in ("hidden", "mlp") if f in spec.fields]
         if not kinds:
             return []
@@ -189,10 +227,20 @@ class HFBackend:
         layers = decoder_layers(self.model)
 
         def pool(name: str, x: torch.Tensor) -> None:
-            out[name] = _pool(x.float(), spec.pool, weights.to(x.device), valid.to(x.device), first, last, spec.pool_threshold)
+            out[name] = _pool(
+                x.float(),
+                spec.pool,
+                weights.to(x.device),
+                valid.to(x.device),
+                first,
+                last,
+                spec.pool_threshold,
+            )
 
         def after(name: str):  # a module's output
-            return lambda _module, _inputs, output: pool(name, output[0] if isinstance(output, tuple) else output)
+            return lambda _module, _inputs, output: pool(
+                name, output[0] if isinstance(output, tuple) else output
+            )
 
         def before(name: str):  # a module's input
             return lambda _module, inputs: pool(name, inputs[0])
@@ -203,13 +251,19 @@ class HFBackend:
             if "hidden" in kinds:
                 handles.append(block.register_forward_hook(after(f"hidden.{layer}")))
             if "mlp" in kinds and spec.mlp_tap == "act":
-                handles.append(mlp_activation_module(block).register_forward_hook(after(f"mlp.{layer}")))
+                handles.append(
+                    mlp_activation_module(block).register_forward_hook(after(f"mlp.{layer}"))
+                )
             elif "mlp" in kinds:
-                handles.append(mlp_input_module(block).register_forward_pre_hook(before(f"mlp.{layer}")))
+                handles.append(
+                    mlp_input_module(block).register_forward_pre_hook(before(f"mlp.{layer}"))
+                )
         return handles
 
 
-def embedding_noise(seed: int, sample_id: str, copies: int, length: int, width: int, alpha: float) -> torch.Tensor:
+def embedding_noise(
+    seed: int, sample_id: str, copies: int, length: int, width: int, alpha: float
+) -> torch.Tensor:
     """T-SHIRT's perturbation: [copies, length, width] of U(-e, e), e = alpha / sqrt(length * width)
     (drawn as U(-1, 1) times e, as the reference code). Copy m comes from its own generator seeded by
     (seed, sample id, m), so the noise depends on neither the batch nor the other samples."""
@@ -221,7 +275,9 @@ def embedding_noise(seed: int, sample_id: str, copies: int, length: int, width: 
     return out * (alpha / math.sqrt(length * width))
 
 
-def _pool_index(rows: list[Rendered], span: str, width: int) -> tuple[torch.Tensor, torch.Tensor, list[int], list[int]]:
+def _pool_index(
+    rows: list[Rendered], span: str, width: int
+) -> tuple[torch.Tensor, torch.Tensor, list[int], list[int]]:
     weights = torch.zeros((len(rows), width))
     valid = torch.zeros(len(rows), dtype=torch.bool)
     first, last = [], []
@@ -235,7 +291,15 @@ def _pool_index(rows: list[Rendered], span: str, width: int) -> tuple[torch.Tens
     return weights, valid, first, last
 
 
-def _pool(x: torch.Tensor, how: str, weights: torch.Tensor, valid: torch.Tensor, first: list[int], last: list[int], threshold: float | None = None) -> torch.Tensor:
+def _pool(
+    x: torch.Tensor,
+    how: str,
+    weights: torch.Tensor,
+    valid: torch.Tensor,
+    first: list[int],
+    last: list[int],
+    threshold: float | None = None,
+) -> torch.Tensor:
     """Pool [batch, seq, width] activations over each row's span; NaN for an empty span."""
     if how == "mean":
         pooled = torch.einsum("bt,btd->bd", weights, x)

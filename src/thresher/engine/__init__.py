@@ -14,8 +14,22 @@ def run_on_engine(cfg: Any, samples: list[Any], scorer: Any, store: Any, **pass_
         from thresher.engine.ray import ModelLoad, RayOptions, run_pass_ray
 
         m, sc, name = cfg.model, cfg.score, scorer.spec.model
-        load = ModelLoad(name, m.dtype, m.device, m.revision if name == m.name else None, m.trust_remote_code, m.threads)
-        return run_pass_ray(samples, scorer, store, load, RayOptions(sc.ray_concurrency, sc.ray_num_gpus, sc.ray_num_cpus, sc.ray_batch_size), **pass_args)
+        load = ModelLoad(
+            name,
+            m.dtype,
+            m.device,
+            m.revision if name == m.name else None,
+            m.trust_remote_code,
+            m.threads,
+        )
+        return run_pass_ray(
+            samples,
+            scorer,
+            store,
+            load,
+            RayOptions(sc.ray_concurrency, sc.ray_num_gpus, sc.ray_num_cpus, sc.ray_batch_size),
+            **pass_args,
+        )
     from thresher.engine.local import run_pass
 
     return run_pass(samples, scorer, store, **pass_args)

@@ -22,7 +22,9 @@ DEFAULT_SHARD_ROWS = 64
 
 @dataclass
 class PassResult:
-    stats: TokenStats | None  # None when the pass was not loaded (`load_stats=False`: read it with PassStore.scan)
+    stats: (
+        TokenStats | None
+    )  # None when the pass was not loaded (`load_stats=False`: read it with PassStore.scan)
     reused: int  # rows found finished in committed shards
     scored: int  # rows computed in this call
     discarded_shards: int  # unmarked shards from an interrupted run, deleted and redone
@@ -48,7 +50,9 @@ def run_pass(
     todo = [s for s in samples if s.id not in done]
     if todo:
         rendered = scorer.render(samples, demos)
-        bar = tqdm(total=len(todo), desc=f"{scorer.spec.name()} pass", unit="row", disable=not progress)
+        bar = tqdm(
+            total=len(todo), desc=f"{scorer.spec.name()} pass", unit="row", disable=not progress
+        )
         for part in plan_shards(samples, rendered, done, shard_rows):
             cols = scorer.score_rendered([samples[i].id for i in part], [rendered[i] for i in part])
             store.write_shard(cols)
@@ -57,7 +61,9 @@ def run_pass(
     return finish_pass(samples, store, done, len(todo), discarded, load_stats, activations)
 
 
-def plan_shards(samples: list[Sample], rendered: list[Rendered], done: set[str], shard_rows: int) -> list[list[int]]:
+def plan_shards(
+    samples: list[Sample], rendered: list[Rendered], done: set[str], shard_rows: int
+) -> list[list[int]]:
     """Positions of the unfinished samples, shard by shard; every engine cuts shards here.
 
     Shards are cut from the whole dataset sorted by (length, id), not from what is left, so a
@@ -65,19 +71,30 @@ def plan_shards(samples: list[Sample], rendered: list[Rendered], done: set[str],
     (identical fp32 numbers); sorting by length also keeps padding small.
     """
     order = sorted(range(len(samples)), key=lambda i: (len(rendered[i].ids), samples[i].id))
-    shards = ([i for i in order[a : a + shard_rows] if samples[i].id not in done] for a in range(0, len(order), shard_rows))
+    shards = (
+        [i for i in order[a : a + shard_rows] if samples[i].id not in done]
+        for a in range(0, len(order), shard_rows)
+    )
     return [part for part in shards if part]
 
 
 def finish_pass(
-    samples: list[Sample], store: PassStore, done: set[str], n_scored: int, discarded: int, load_stats: bool = True, activations: tuple[str, ...] | None = None
+    samples: list[Sample],
+    store: PassStore,
+    done: set[str],
+    n_scored: int,
+    discarded: int,
+    load_stats: bool = True,
+    activations: tuple[str, ...] | None = None,
 ) -> PassResult:
     """Load every committed row of the pass, aligned to `samples` (only check the ids if not `load_stats`)."""
     if not load_stats:
         ids = store.stored_ids()
         wanted = {s.id for s in samples}
         if ids != wanted:
-            raise RuntimeError(f"{store.dir} holds {len(ids - wanted)} ids not in this dataset and lacks {len(wanted - ids)}: rerun with --overwrite")
+            raise RuntimeError(
+                f"{store.dir} holds {len(ids - wanted)} ids not in this dataset and lacks {len(wanted - ids)}: rerun with --overwrite"
+            )
         return PassResult(None, len(done & wanted), n_scored, discarded)
     wanted = {s.id for s in samples}
     extra = sorted(store.stored_ids() - wanted)
@@ -86,4 +103,9 @@ def finish_pass(
             f"{store.dir} holds {len(extra)} ids that are not in this dataset (e.g. {extra[:3]}); "
             "the input changed: rerun with --overwrite"
         )
-    return PassResult(store.load(activations, order=[s.id for s in samples]), len(done & wanted), n_scored, discarded)
+    return PassResult(
+        store.load(activations, order=[s.id for s in samples]),
+        len(done & wanted),
+        n_scored,
+        discarded,
+    )

@@ -50,10 +50,14 @@ INSTALL_HINT = "install the optional extra: pip install 'thresher[ray]' (or pip 
 class RayOptions:
     """How the actor pool is sized; none of this enters a cache key."""
 
-    concurrency: int = 2  # ours: one actor per core of a 2-core machine; set it to the GPU count on a GPU cluster
+    concurrency: int = (
+        2  # ours: one actor per core of a 2-core machine; set it to the GPU count on a GPU cluster
+    )
     num_gpus: float = 0.0  # ours: CPU by default; 1 gives each actor a whole GPU
     num_cpus: float = 1.0  # ours: one core per actor, so actors never oversubscribe the machine
-    batch_size: int = 1  # ours: shards per actor call; a shard (score.shard_rows) is already a full batch of work
+    batch_size: int = (
+        1  # ours: shards per actor call; a shard (score.shard_rows) is already a full batch of work
+    )
 
     def __post_init__(self) -> None:
         for name in ("concurrency", "batch_size"):
@@ -83,7 +87,9 @@ def require_ray() -> Any:
         import ray
         import ray.data
     except ImportError as e:
-        raise ImportError(f"score.engine=ray needs Ray Data, which is not importable ({e}); {INSTALL_HINT}") from e
+        raise ImportError(
+            f"score.engine=ray needs Ray Data, which is not importable ({e}); {INSTALL_HINT}"
+        ) from e
     return ray
 
 
@@ -131,20 +137,34 @@ def decode_rendered(text: str) -> Rendered:
 class ScorerActor:
     """A Ray Data actor: loads the model once, then scores whole shards with `Scorer`."""
 
-    def __init__(self, spec: PassSpec, load: ModelLoad, batch_tokens: int = DEFAULT_BATCH_TOKENS) -> None:
+    def __init__(
+        self, spec: PassSpec, load: ModelLoad, batch_tokens: int = DEFAULT_BATCH_TOKENS
+    ) -> None:
         from thresher.models import load_model, set_threads
 
         set_threads(load.threads)
-        lm = load_model(load.name, dtype=load.dtype, device=load.device, revision=load.revision, trust_remote_code=load.trust_remote_code)
+        lm = load_model(
+            load.name,
+            dtype=load.dtype,
+            device=load.device,
+            revision=load.revision,
+            trust_remote_code=load.trust_remote_code,
+        )
         self.scorer = Scorer(spec, lm.model, lm.tokenizer, batch_tokens=batch_tokens)
 
     def __call__(self, batch: dict[str, Any]) -> pa.Table:
         tables = []
-        for shard, ids, rendered, layout in zip(batch["shard"], batch["ids"], batch["rendered"], batch["noise_layout"], strict=True):
+        for shard, ids, rendered, layout in zip(
+            batch["shard"], batch["ids"], batch["rendered"], batch["noise_layout"], strict=True
+        ):
             self.scorer.noise_layout.update({i: tuple(v) for i, v in json.loads(layout).items()})
-            cols = self.scorer.score_rendered(json.loads(ids), [decode_rendered(r) for r in json.loads(rendered)])
+            cols = self.scorer.score_rendered(
+                json.loads(ids), [decode_rendered(r) for r in json.loads(rendered)]
+            )
             t = shard_table(cols)
-            tables.append(t.append_column("shard", pa.array([int(shard)] * t.num_rows, type=pa.int64())))
+            tables.append(
+                t.append_column("shard", pa.array([int(shard)] * t.num_rows, type=pa.int64()))
+            )
         return pa.concat_tables(tables)
 
 
@@ -176,11 +196,18 @@ def run_pass_ray(
                 "ids": json.dumps(planned[k]),
                 "rendered": json.dumps([encode_rendered(rendered[i]) for i in part]),
                 # noisy passes slice each row's noise by its cond-view layout, known to the driver's render
-                "noise_layout": json.dumps({i: scorer.noise_layout[i] for i in planned[k] if i in scorer.noise_layout}),
+                "noise_layout": json.dumps(
+                    {i: scorer.noise_layout[i] for i in planned[k] if i in scorer.noise_layout}
+                ),
             }
             for k, part in enumerate(shards)
         ]
-        bar = tqdm(total=len(todo), desc=f"{scorer.spec.name()} pass (ray)", unit="row", disable=not progress)
+        bar = tqdm(
+            total=len(todo),
+            desc=f"{scorer.spec.name()} pass (ray)",
+            unit="row",
+            disable=not progress,
+        )
         for k, table in _scored_shards(items, planned, scorer, load, options, progress):
             store.write_table(table)
             bar.update(len(planned[k]))
@@ -188,15 +215,28 @@ def run_pass_ray(
     return finish_pass(samples, store, done, len(todo), discarded, load_stats, activations)
 
 
-def _scored_shards(items: list[dict[str, Any]], planned: dict[int, list[str]], scorer: Scorer, load: ModelLoad, options: RayOptions, progress: bool) -> Any:
+def _scored_shards(
+    items: list[dict[str, Any]],
+    planned: dict[int, list[str]],
+    scorer: Scorer,
+    load: ModelLoad,
+    options: RayOptions,
+    progress: bool,
+) -> Any:
     """Yield (shard, table) once per planned shard, rows in planned order, as actors finish them."""
     ray = require_ray()
     init_ray()
     ray.data.DataContext.get_current().enable_progress_bars = progress
     ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
         ScorerActor,
-        fn_constructor_kwargs={"spec": scorer.spec, "load": load, "batch_tokens": scorer.batch_tokens},
-        compute=ray.data.ActorPoolStrategy(size=options.concurrency),  # `concurrency=` is deprecated since Ray 2.51
+        fn_constructor_kwargs={
+            "spec": scorer.spec,
+            "load": load,
+            "batch_tokens": scorer.batch_tokens,
+        },
+        compute=ray.data.ActorPoolStrategy(
+            size=options.concurrency
+        ),  # `concurrency=` is deprecated since Ray 2.51
         num_gpus=options.num_gpus or None,
         num_cpus=options.num_cpus,
         batch_size=options.batch_size,
@@ -208,22 +248,30 @@ def _scored_shards(items: list[dict[str, Any]], planned: dict[int, list[str]], s
         for block in ds.iter_batches(batch_format="pyarrow", batch_size=None):
             for k in sorted(set(block.column("shard").to_pylist())):
                 if k in written:  # a retried task delivered this shard again: it counts once
-                    log.warning("shard %d arrived twice from the ray engine; the repeat is ignored", k)
+                    log.warning(
+                        "shard %d arrived twice from the ray engine; the repeat is ignored", k
+                    )
                     continue
                 parts.setdefault(k, []).append(block.filter(pc.equal(block.column("shard"), k)))
                 if sum(t.num_rows for t in parts[k]) >= len(planned[k]):
                     yield k, _in_planned_order(pa.concat_tables(parts.pop(k)), planned[k], k)
                     written.add(k)
     except ray.exceptions.RayError as e:
-        raise RuntimeError(f"the ray engine failed while scoring the {scorer.spec.name()} pass: {e}") from e
+        raise RuntimeError(
+            f"the ray engine failed while scoring the {scorer.spec.name()} pass: {e}"
+        ) from e
     missing = sorted(set(planned) - written)
     if missing:
-        raise RuntimeError(f"the ray engine returned no rows for {len(missing)} of {len(planned)} shards; rerun the same command to resume")
+        raise RuntimeError(
+            f"the ray engine returned no rows for {len(missing)} of {len(planned)} shards; rerun the same command to resume"
+        )
 
 
 def _in_planned_order(table: pa.Table, ids: list[str], shard: int) -> pa.Table:
     got = table.column("id").to_pylist()
     if sorted(got) != sorted(ids):
-        raise RuntimeError(f"shard {shard} came back with ids {sorted(set(got) ^ set(ids))[:5]} that differ from the plan; rerun to redo it")
+        raise RuntimeError(
+            f"shard {shard} came back with ids {sorted(set(got) ^ set(ids))[:5]} that differ from the plan; rerun to redo it"
+        )
     pos = {i: n for n, i in enumerate(got)}
     return table.take(pa.array([pos[i] for i in ids])).drop_columns(["shard"])

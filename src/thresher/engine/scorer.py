@@ -29,7 +29,14 @@ DEFAULT_BATCH_TOKENS = 2048
 class Scorer:
     """Scores samples for one PassSpec with one loaded model (`model`, `tokenizer`)."""
 
-    def __init__(self, spec: PassSpec, model: Any, tokenizer: Any, *, batch_tokens: int = DEFAULT_BATCH_TOKENS) -> None:
+    def __init__(
+        self,
+        spec: PassSpec,
+        model: Any,
+        tokenizer: Any,
+        *,
+        batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    ) -> None:
         self.spec = spec
         self.renderer = Renderer(tokenizer, spec)
         self.backend = HFBackend(model, tokenizer) if spec.fields else None
@@ -39,10 +46,16 @@ class Scorer:
         self.widths = self.backend.activation_widths(spec) if self.backend is not None else {}
         # T-SHIRT: the uncond copies reuse the response slice of the cond copies' noise, so they
         # need each sample's cond-view length and response start (filled by `render`)
-        self.cond_renderer = Renderer(tokenizer, dataclasses.replace(spec, view="cond")) if spec.noise_copies and spec.view == "uncond" else None
+        self.cond_renderer = (
+            Renderer(tokenizer, dataclasses.replace(spec, view="cond"))
+            if spec.noise_copies and spec.view == "uncond"
+            else None
+        )
         self.noise_layout: dict[str, tuple[int, int]] = {}
 
-    def render(self, samples: list[Sample], demos: dict[str, Sample] | None = None) -> list[Rendered]:
+    def render(
+        self, samples: list[Sample], demos: dict[str, Sample] | None = None
+    ) -> list[Rendered]:
         if self.cond_renderer is not None:
             for s in samples:
                 c = self.cond_renderer.render(s)
@@ -52,7 +65,9 @@ class Scorer:
             return [self.renderer.render(s, (demos or {}).get(s.id)) for s in samples]
         return [self.renderer.render(s) for s in samples]
 
-    def __call__(self, samples: list[Sample], demos: dict[str, Sample] | None = None) -> dict[str, Any]:
+    def __call__(
+        self, samples: list[Sample], demos: dict[str, Sample] | None = None
+    ) -> dict[str, Any]:
         return self.score_rendered([s.id for s in samples], self.render(samples, demos))
 
     def score_rendered(self, ids: list[str], rendered: list[Rendered]) -> dict[str, Any]:
@@ -84,13 +99,21 @@ class Scorer:
             "activations": acts,
         }
 
-    def _noise_keys(self, ids: list[str], rendered: list[Rendered]) -> list[tuple[str, int, int] | None]:
+    def _noise_keys(
+        self, ids: list[str], rendered: list[Rendered]
+    ) -> list[tuple[str, int, int] | None]:
         """(sample id, cond-view length, cond response start) per row: what seeds and slices its noise."""
         if self.cond_renderer is None:
             return [(i, len(r.ids), r.scored[0]) for i, r in zip(ids, rendered, strict=True)]
-        missing = [i for i, r in zip(ids, rendered, strict=True) if r.status == "ok" and i not in self.noise_layout]
+        missing = [
+            i
+            for i, r in zip(ids, rendered, strict=True)
+            if r.status == "ok" and i not in self.noise_layout
+        ]
         if missing:
-            raise RuntimeError(f"the noisy uncond pass has no cond layout for {missing[:3]}: call Scorer.render on these samples first")
+            raise RuntimeError(
+                f"the noisy uncond pass has no cond layout for {missing[:3]}: call Scorer.render on these samples first"
+            )
         return [(i, *self.noise_layout[i]) if i in self.noise_layout else None for i in ids]
 
     def _batches(self, order: list[int], lengths: dict[int, int]) -> list[list[int]]:
@@ -106,10 +129,21 @@ class Scorer:
                 out.append([i])
         return out
 
-    def _score_batch(self, batch: list[int], rendered: list[Rendered], status: list[str], logprob: list, entropy: list | None, acts: dict, noise: list | None = None) -> None:
+    def _score_batch(
+        self,
+        batch: list[int],
+        rendered: list[Rendered],
+        status: list[str],
+        logprob: list,
+        entropy: list | None,
+        acts: dict,
+        noise: list | None = None,
+    ) -> None:
         try:
             if noise is not None:
-                out = self.backend.run([rendered[i] for i in batch], self.spec, noise=[noise[i] for i in batch])
+                out = self.backend.run(
+                    [rendered[i] for i in batch], self.spec, noise=[noise[i] for i in batch]
+                )
             else:
                 out = self.backend.run([rendered[i] for i in batch], self.spec)
         except Exception as e:  # isolate the failing row: retry one by one
@@ -123,7 +157,9 @@ class Scorer:
         for k, i in enumerate(batch):
             lp = out.logprob[k]
             if not np.all(np.isfinite(lp)):
-                status[i] = "non_finite_logprob"  # deterministic: final, unlike an exception (error:*), which the next run retries
+                status[i] = (
+                    "non_finite_logprob"  # deterministic: final, unlike an exception (error:*), which the next run retries
+                )
                 continue
             logprob[i] = lp
             if entropy is not None and out.entropy is not None:

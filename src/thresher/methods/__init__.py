@@ -15,9 +15,22 @@ from typing import Any
 from thresher.methods import baselines, ifd, instructdiff, mads, miwv, nait, tshirt
 from thresher.methods.base import MethodInfo, Plan, RunContext, SignalTable
 
-__all__ = ["METHODS", "MethodInfo", "Plan", "RunContext", "SignalTable", "build", "get_method", "suggest"]
+__all__ = [
+    "METHODS",
+    "MethodInfo",
+    "Plan",
+    "RunContext",
+    "SignalTable",
+    "build",
+    "get_method",
+    "suggest",
+]
 
-METHODS: dict[str, MethodInfo] = {m.name: m for module in (ifd, baselines, nait, mads, instructdiff, tshirt, miwv) for m in module.INFOS}
+METHODS: dict[str, MethodInfo] = {
+    m.name: m
+    for module in (ifd, baselines, nait, mads, instructdiff, tshirt, miwv)
+    for m in module.INFOS
+}
 
 
 def suggest(name: str, choices: list[str] | tuple[str, ...]) -> str:
@@ -27,11 +40,15 @@ def suggest(name: str, choices: list[str] | tuple[str, ...]) -> str:
 
 def get_method(name: str) -> MethodInfo:
     if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}: expected one of {sorted(METHODS)}{suggest(name, list(METHODS))}")
+        raise ValueError(
+            f"unknown method {name!r}: expected one of {sorted(METHODS)}{suggest(name, list(METHODS))}"
+        )
     return METHODS[name]
 
 
-def build(name: str, model: str, params: dict[str, Any] | None = None, *, reproduce: bool = False) -> Plan:
+def build(
+    name: str, model: str, params: dict[str, Any] | None = None, *, reproduce: bool = False
+) -> Plan:
     """Build a plan, rejecting unknown parameters with near-match suggestions."""
     info = get_method(name)
     params = dict(params or {})
@@ -39,9 +56,13 @@ def build(name: str, model: str, params: dict[str, Any] | None = None, *, reprod
     unknown = [k for k in params if k not in allowed]
     if unknown:
         k = unknown[0]
-        raise ValueError(f"method {name!r} has no parameter {k!r}: it takes {allowed}{suggest(k, allowed)}")
+        raise ValueError(
+            f"method {name!r} has no parameter {k!r}: it takes {allowed}{suggest(k, allowed)}"
+        )
     if reproduce:
         if not info.reproducible:
-            raise ValueError(f"method {name!r} has no reference code to reproduce; reproduce mode exists for {[m.name for m in METHODS.values() if m.reproducible]}")
+            raise ValueError(
+                f"method {name!r} has no reference code to reproduce; reproduce mode exists for {[m.name for m in METHODS.values() if m.reproducible]}"
+            )
         params["reproduce"] = True
     return info.build(model, **params)

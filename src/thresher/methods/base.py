@@ -54,10 +54,14 @@ class Plan:
     # optional step before the passes: returns extra inputs per pass role, e.g.
     # {"oneshot": {"demos": {sample_id: demo_sample}}}; {"role": {"model": path}} sets the model
     # of that pass (e.g. InstructDiff's calibrated copy, trained into the run folder)
-    prepare: Callable[[RunContext], dict[str, dict[str, Any]]] | None = field(default=None, repr=False)
+    prepare: Callable[[RunContext], dict[str, dict[str, Any]]] | None = field(
+        default=None, repr=False
+    )
     # optional figures about a selection (e.g. tag coverage), written to the manifest and summary;
     # computed from the signal table only, so `thresher select` can recompute them without a model
-    diagnostics: Callable[[SignalTable, Selection | None], dict[str, Any]] | None = field(default=None, repr=False)
+    diagnostics: Callable[[SignalTable, Selection | None], dict[str, Any]] | None = field(
+        default=None, repr=False
+    )
     # pass roles too large to load whole (T-SHIRT's noisy copies): `compute` gets their PassStore
     # instead of TokenStats and reads them shard by shard (PassStore.scan)
     streamed: tuple[str, ...] = ()
@@ -95,5 +99,3 @@ def token_counts(stats: TokenStats, prefix: str) -> dict[str, np.ndarray]:
         f"{prefix}n_scored": stats.n_scored,
         f"{prefix}truncated": np.array(stats.truncated, dtype=object),
     }
-
-

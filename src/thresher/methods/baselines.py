@@ -14,15 +14,37 @@ from thresher.signals.basic import mean_entropy, perplexity, response_length
 _VARIANTS = ("min", "mid", "max")
 
 
-def _cond_rank_plan(name: str, model: str, template: str, max_length: int, truncation: str, variant: str, signal: str) -> Plan:
+def _cond_rank_plan(
+    name: str,
+    model: str,
+    template: str,
+    max_length: int,
+    truncation: str,
+    variant: str,
+    signal: str,
+) -> Plan:
     check_choice("variant", variant, _VARIANTS)
-    passes = {"cond": PassSpec(model=model, view="cond", template=template, fields=("logprob", "entropy"), max_length=max_length, truncation=truncation)}
+    passes = {
+        "cond": PassSpec(
+            model=model,
+            view="cond",
+            template=template,
+            fields=("logprob", "entropy"),
+            max_length=max_length,
+            truncation=truncation,
+        )
+    }
 
     def compute(stats: dict[str, TokenStats], samples: list[Sample]) -> SignalTable:
         cond = stats["cond"]
         values = perplexity(cond.logprob) if signal == "ppl" else mean_entropy(cond.entropy)
-        status = [("nan_score" if s == "ok" and not np.isfinite(v) else s) for s, v in zip(cond.status, values, strict=True)]
-        return SignalTable([s.id for s in samples], {signal: values, **token_counts(cond, "")}, status, signal)
+        status = [
+            ("nan_score" if s == "ok" and not np.isfinite(v) else s)
+            for s, v in zip(cond.status, values, strict=True)
+        ]
+        return SignalTable(
+            [s.id for s in samples], {signal: values, **token_counts(cond, "")}, status, signal
+        )
 
     def choose(table: SignalTable, budget: float | int, n_rows_read: int, seed: int) -> Selection:
         b = budget_count(budget, len(table.ids))
@@ -31,7 +53,13 @@ def _cond_rank_plan(name: str, model: str, template: str, max_length: int, trunc
             return middle_k(table.ids, v, b, keep=table.eligible)
         return top_k(table.ids, v, b, descending=variant == "max", keep=table.eligible)
 
-    return Plan(name, dict(template=template, max_length=max_length, truncation=truncation, variant=variant), passes, compute, choose)
+    return Plan(
+        name,
+        dict(template=template, max_length=max_length, truncation=truncation, variant=variant),
+        passes,
+        compute,
+        choose,
+    )
 
 
 def ppl(
@@ -62,12 +90,19 @@ def longest(model: str, *, template: str = "alpaca") -> Plan:
     """Long Is More (Zhao et al., ICML 2024): the b longest responses, in tokens of the model's
     tokenizer; ties by characters, then id (METHODS §2.2). Tokenizes only; no forward pass."""
     # ours: no truncation, so the count is the response's full length
-    passes = {"tokens": PassSpec(model=model, view="cond", template=template, fields=(), max_length=10**9)}
+    passes = {
+        "tokens": PassSpec(model=model, view="cond", template=template, fields=(), max_length=10**9)
+    }
 
     def compute(stats: dict[str, TokenStats], samples: list[Sample]) -> SignalTable:
         t = stats["tokens"]
         chars = np.array([len(s.response) for s in samples], dtype=np.float64)
-        return SignalTable([s.id for s in samples], {"response_tokens": t.n_response_tokens.astype(np.float64), "response_chars": chars}, list(t.status), "response_tokens")
+        return SignalTable(
+            [s.id for s in samples],
+            {"response_tokens": t.n_response_tokens.astype(np.float64), "response_chars": chars},
+            list(t.status),
+            "response_tokens",
+        )
 
     def choose(table: SignalTable, budget: float | int, n_rows_read: int, seed: int) -> Selection:
         b = budget_count(budget, len(table.ids))
@@ -84,14 +119,48 @@ def random(model: str | None = None) -> Plan:
         return SignalTable([s.id for s in samples], {}, ["ok"] * len(samples), None)
 
     def choose(table: SignalTable, budget: float | int, n_rows_read: int, seed: int) -> Selection:
-        return random_k(table.ids, budget_count(budget, len(table.ids)), seed=seed, keep=table.eligible)
+        return random_k(
+            table.ids, budget_count(budget, len(table.ids)), seed=seed, keep=table.eligible
+        )
 
     return Plan("random", {}, {}, compute, choose)
 
 
 INFOS = (
-    MethodInfo("ppl", "perplexity baseline (InstructDiff App. B; DEITA)", "response perplexity given the prompt; min / mid / max", "cond", "the base model", False, ppl),
-    MethodInfo("entropy", "entropy baseline (InstructDiff App. B)", "mean predictive entropy over the response; min / mid / max", "cond", "the base model", False, entropy),
-    MethodInfo("longest", "Zhao et al., Long Is More for Alignment, ICML 2024", "longest responses in tokens", "tokenize only", "-", False, longest),
-    MethodInfo("random", "random baseline", "uniform sample without replacement, seeded", "none", "-", False, random),
+    MethodInfo(
+        "ppl",
+        "perplexity baseline (InstructDiff App. B; DEITA)",
+        "response perplexity given the prompt; min / mid / max",
+        "cond",
+        "the base model",
+        False,
+        ppl,
+    ),
+    MethodInfo(
+        "entropy",
+        "entropy baseline (InstructDiff App. B)",
+        "mean predictive entropy over the response; min / mid / max",
+        "cond",
+        "the base model",
+        False,
+        entropy,
+    ),
+    MethodInfo(
+        "longest",
+        "Zhao et al., Long Is More for Alignment, ICML 2024",
+        "longest responses in tokens",
+        "tokenize only",
+        "-",
+        False,
+        longest,
+    ),
+    MethodInfo(
+        "random",
+        "random baseline",
+        "uniform sample without replacement, seeded",
+        "none",
+        "-",
+        False,
+        random,
+    ),
 )

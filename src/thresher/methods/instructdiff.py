@@ -54,7 +54,8 @@ def instructdiff(
     warmup_seed: int = 42,  # InstructDiff configs: seed 42
     calibrator: str | None = None,  # ours: None warms up the base model itself, as the paper
     train_preset: str = "instructdiff-warmup",  # InstructDiff configs: 3 epochs, the domain's lr and batch
-    train: dict[str, Any] | None = None,  # ours: TrainConfig fields that override the preset, e.g. {"lora": true}
+    train: dict[str, Any]
+    | None = None,  # ours: TrainConfig fields that override the preset, e.g. {"lora": true}
     template: str = "alpaca",  # InstructDiff scoring.py: the Alpaca template (input merged into the prompt here, §7.2 [I])
     max_length: int = 512,  # ours: the cond pass shared with ifd / ppl / entropy
     truncation: str = "prompt_first",  # ours: as `ifd`, never empties the response
@@ -64,15 +65,32 @@ def instructdiff(
 
     check_choice("budget_unit", budget_unit, BUDGET_UNITS)
     if not isinstance(iterations, int) or iterations < 1:
-        raise ValueError(f"iterations={iterations!r}: expected an int >= 1 (K rounds of calibrate, score, select)")
+        raise ValueError(
+            f"iterations={iterations!r}: expected an int >= 1 (K rounds of calibrate, score, select)"
+        )
     if not 0.0 <= gamma < 0.5:
-        raise ValueError(f"gamma={gamma!r}: expected the fraction trimmed from each end in [0, 0.5), e.g. 0.1")
+        raise ValueError(
+            f"gamma={gamma!r}: expected the fraction trimmed from each end in [0, 0.5), e.g. 0.1"
+        )
     if not 0.0 < alpha <= 1.0:
         raise ValueError(f"alpha={alpha!r}: expected the warm-up fraction in (0, 1], e.g. 0.1")
-    tcfg = preset(train_preset, **{**(train or {}), "template": template, "max_length": max_length, "truncation": truncation})
+    tcfg = preset(
+        train_preset,
+        **{
+            **(train or {}),
+            "template": template,
+            "max_length": max_length,
+            "truncation": truncation,
+        },
+    )
     fields = ("logprob", "entropy")
-    common = dict(view="cond", template=template, fields=fields, max_length=max_length, truncation=truncation)
-    passes = {"cond": PassSpec(model=model, **common), "calibrated": PassSpec(model=calibrator or model, **common)}
+    common = dict(
+        view="cond", template=template, fields=fields, max_length=max_length, truncation=truncation
+    )
+    passes = {
+        "cond": PassSpec(model=model, **common),
+        "calibrated": PassSpec(model=calibrator or model, **common),
+    }
 
     def compute(stats: dict[str, TokenStats], samples: list[Sample]) -> SignalTable:
         base, inst = stats["cond"], stats["calibrated"]
@@ -84,7 +102,9 @@ def instructdiff(
                 status[i] = "nan_score"
         ok = np.array([s == "ok" for s in status])
         kept = trim_both_ends(ids, dnll, gamma, keep=ok)
-        status = [TRIM_STATUS if s == "ok" and not k else s for s, k in zip(status, kept, strict=True)]
+        status = [
+            TRIM_STATUS if s == "ok" and not k else s for s, k in zip(status, kept, strict=True)
+        ]
         cols = {
             "delta_entropy": dh,
             "delta_nll": dnll,
@@ -99,14 +119,18 @@ def instructdiff(
     def choose(table: SignalTable, budget: float | int, n_rows_read: int, seed: int) -> Selection:
         dh = table.columns["delta_entropy"]
         if budget_unit == "samples":
-            return lowest_within_budget(table.ids, dh, budget_count(budget, len(table.ids)), keep=table.eligible)
+            return lowest_within_budget(
+                table.ids, dh, budget_count(budget, len(table.ids)), keep=table.eligible
+            )
         # select_lowest_diff_entropy: a fraction of the response tokens of the whole scored pool,
         # before the trim
         tokens = np.asarray(table.columns["n_response_tokens"], dtype=np.int64)
         scored = np.array([s == "ok" or s.startswith("filtered:") for s in table.status])
         total = int(tokens[scored].sum())
         n_tokens = int(budget * total) if isinstance(budget, float) else budget_count(budget, total)
-        return lowest_within_budget(table.ids, dh, n_tokens, keep=table.eligible, unit="tokens", tokens=tokens)
+        return lowest_within_budget(
+            table.ids, dh, n_tokens, keep=table.eligible, unit="tokens", tokens=tokens
+        )
 
     def prepare(ctx: RunContext) -> dict[str, dict[str, Any]]:
         base = ctx.load_model(model)
@@ -124,12 +148,36 @@ def instructdiff(
             folder = _calibrate(ctx, lm, subset, tcfg, k)
             if k == iterations - 1:
                 break
-            stats = {"cond": _score(ctx, "cond", passes["cond"]), "calibrated": _score(ctx, f"calibrated{k}", dataclasses.replace(passes["calibrated"], model=str(folder)))}
-            sel = choose(compute(stats, ctx.samples), ctx.config.select.budget(), len(ctx.samples), ctx.config.select.seed)
+            stats = {
+                "cond": _score(ctx, "cond", passes["cond"]),
+                "calibrated": _score(
+                    ctx,
+                    f"calibrated{k}",
+                    dataclasses.replace(passes["calibrated"], model=str(folder)),
+                ),
+            }
+            sel = choose(
+                compute(stats, ctx.samples),
+                ctx.config.select.budget(),
+                len(ctx.samples),
+                ctx.config.select.seed,
+            )
             subset = [by_id[i] for i in sel.ids]  # the next round retrains from the base on D'^(k)
         return {"calibrated": {"model": str(folder)}}
 
-    params = dict(alpha=alpha, gamma=gamma, budget_unit=budget_unit, iterations=iterations, warmup_seed=warmup_seed, calibrator=calibrator, train_preset=train_preset, train=dict(train or {}), template=template, max_length=max_length, truncation=truncation)
+    params = dict(
+        alpha=alpha,
+        gamma=gamma,
+        budget_unit=budget_unit,
+        iterations=iterations,
+        warmup_seed=warmup_seed,
+        calibrator=calibrator,
+        train_preset=train_preset,
+        train=dict(train or {}),
+        template=template,
+        max_length=max_length,
+        truncation=truncation,
+    )
     return Plan("instructdiff", params, passes, compute, choose, prepare=prepare)
 
 
@@ -137,7 +185,11 @@ def _calibrate(ctx: RunContext, lm: Any, subset: list[Sample], tcfg: Any, k: int
     """Train (or reuse) the calibrator of round k; its folder is named by what it depends on."""
     from thresher.train import train
 
-    record = {"model": lm.info.weights_sha256, "config": dataclasses.asdict(tcfg), "samples": sorted(s.id for s in subset)}
+    record = {
+        "model": lm.info.weights_sha256,
+        "config": dataclasses.asdict(tcfg),
+        "samples": sorted(s.id for s in subset),
+    }
     digest = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:12]
     folder = ctx.run_dir / "calibrators" / f"round{k}-{digest}"
     train(subset, lm, folder, tcfg, progress=ctx.progress)
@@ -163,7 +215,15 @@ def _score(ctx: RunContext, role: str, spec: PassSpec) -> TokenStats:
         spec = PassSpec.from_dict(material["pass"])
     store = PassStore(ctx.run_dir, spec, material, label)
     scorer = Scorer(spec, lm.model, lm.tokenizer, batch_tokens=cfg.score.batch_tokens)
-    return run_on_engine(cfg, ctx.samples, scorer, store, shard_rows=cfg.score.shard_rows, overwrite=cfg.score.overwrite, progress=ctx.progress).stats
+    return run_on_engine(
+        cfg,
+        ctx.samples,
+        scorer,
+        store,
+        shard_rows=cfg.score.shard_rows,
+        overwrite=cfg.score.overwrite,
+        progress=ctx.progress,
+    ).stats
 
 
 INFOS = (

@@ -24,11 +24,21 @@ from thresher.selectors.coverage import STRATEGIES, select_coverage
 from thresher.selectors.topk import Selection, budget_count
 from thresher.signals import mads as sig
 
-PAPER_LAYERS = (1, 8, 15, 20, 27)  # MADS Fig. 3/10: layers 1, 8, 15 (main) and 20, 27 (appendix) of a 28-layer model
+PAPER_LAYERS = (
+    1,
+    8,
+    15,
+    20,
+    27,
+)  # MADS Fig. 3/10: layers 1, 8, 15 (main) and 20, 27 (appendix) of a 28-layer model
 SCOPES = {"instruction": "prompt", "full": "all", "response": "response"}
 # neuron -> (pass field, MLP tap): the activation function's output, the down projection's input
 # (SiLU(gate) * up in gated MLPs), or the residual stream
-NEURONS = {"act": ("mlp", "act"), "down_proj_input": ("mlp", "down_proj_input"), "hidden": ("hidden", "act")}
+NEURONS = {
+    "act": ("mlp", "act"),
+    "down_proj_input": ("mlp", "down_proj_input"),
+    "hidden": ("hidden", "act"),
+}
 
 
 def resolve_layers(layers: str | list[int], n_layers: int) -> tuple[int, ...]:
@@ -37,10 +47,14 @@ def resolve_layers(layers: str | list[int], n_layers: int) -> tuple[int, ...]:
     if layers == "paper":
         return tuple(sorted({round(layer * (n_layers - 1) / 27) for layer in PAPER_LAYERS}))
     if isinstance(layers, str) or not layers:
-        raise ValueError(f"layers={layers!r}: expected 'paper' or a list of 0-based decoder layers, e.g. [1, 8, 15]")
+        raise ValueError(
+            f"layers={layers!r}: expected 'paper' or a list of 0-based decoder layers, e.g. [1, 8, 15]"
+        )
     bad = [layer for layer in layers if not 0 <= int(layer) < n_layers]
     if bad:
-        raise ValueError(f"layers {bad} do not exist: the model has {n_layers} decoder layers (0..{n_layers - 1})")
+        raise ValueError(
+            f"layers {bad} do not exist: the model has {n_layers} decoder layers (0..{n_layers - 1})"
+        )
     return tuple(int(layer) for layer in layers)
 
 
@@ -64,19 +78,34 @@ def pool_pass(
         chosen = resolve_layers(layers, n_layers)
     else:
         chosen = (0,) if isinstance(layers, str) else tuple(int(x) for x in layers)
-    return PassSpec(model=model, view="cond", template=template, fields=("logprob", "entropy", field), layers=chosen, max_length=max_length,
-                    truncation=truncation, pool=pool, pool_span=SCOPES[text_scope], pool_threshold=pool_threshold, mlp_tap=tap)
+    return PassSpec(
+        model=model,
+        view="cond",
+        template=template,
+        fields=("logprob", "entropy", field),
+        layers=chosen,
+        max_length=max_length,
+        truncation=truncation,
+        pool=pool,
+        pool_span=SCOPES[text_scope],
+        pool_threshold=pool_threshold,
+        mlp_tap=tap,
+    )
 
 
 def mads(
     model: str,
     *,
-    layers: str | list[int] = "paper",  # MADS captions: layers 1, 8, 15, 20, 27 analysed [stated]; using all five is inferred
+    layers: str
+    | list[
+        int
+    ] = "paper",  # MADS captions: layers 1, 8, 15, 20, 27 analysed [stated]; using all five is inferred
     layer_strategy: str = "union",  # inferred: the paper compares two strategies without naming the winner; "single" = one layer
     text_scope: str = "instruction",  # inferred (§6.2.2): pool over the instruction; "full" or "response" as options
     neuron: str = "act",  # inferred (§6.2.3): the MLP activation SiLU(gate_proj); "down_proj_input" = SiLU(gate) * up; "hidden" = residual stream
     pool: str = "mean",  # inferred (§6.2.5): mean over the scope's tokens; "max" and "frac_above" as options
-    pool_threshold: float | None = None,  # for pool="frac_above" only: the activation level tau counted
+    pool_threshold: float
+    | None = None,  # for pool="frac_above" only: the activation level tau counted
     tag_rule: str = "quantile",  # term "strongly activated neurons" stated; rule inferred (§6.2.6)
     q: float = 0.99,  # inferred: about 82 tags per layer per sample at width 8192
     quantile_sample: int = 4096,  # inferred: tau_l estimated on <= 4,096 random samples
@@ -92,17 +121,35 @@ def mads(
     truncation: str = "prompt_first",
 ) -> Plan:
     """Tag each sample with its strongly activated neurons, then cover the tags within budget."""
-    checks = {"layer_strategy": (layer_strategy, ("union", "single")), "text_scope": (text_scope, tuple(SCOPES)), "neuron": (neuron, tuple(NEURONS)),
-              "tag_rule": (tag_rule, sig.TAG_RULES), "weight": (weight, sig.WEIGHTS), "strategy": (strategy, STRATEGIES)}
+    checks = {
+        "layer_strategy": (layer_strategy, ("union", "single")),
+        "text_scope": (text_scope, tuple(SCOPES)),
+        "neuron": (neuron, tuple(NEURONS)),
+        "tag_rule": (tag_rule, sig.TAG_RULES),
+        "weight": (weight, sig.WEIGHTS),
+        "strategy": (strategy, STRATEGIES),
+    }
     for name, (value, choices) in checks.items():
         check_choice(f"mads {name}", value, choices)
     if tag_rule == "absolute" and tau is None:
-        raise ValueError("tag_rule='absolute' needs tau, the activation level that makes a tag, e.g. method.params.tau=0.5")
+        raise ValueError(
+            "tag_rule='absolute' needs tau, the activation level that makes a tag, e.g. method.params.tau=0.5"
+        )
     if layer_strategy == "single" and (layers == "paper" or len(layers) != 1):
-        raise ValueError(f"layer_strategy='single' tags one layer: give exactly one, e.g. layers=[8] (got {layers!r})")
+        raise ValueError(
+            f"layer_strategy='single' tags one layer: give exactly one, e.g. layers=[8] (got {layers!r})"
+        )
     field = NEURONS[neuron][0]
-    pool_args = dict(layers=layers, text_scope=text_scope, neuron=neuron, pool=pool, pool_threshold=pool_threshold,
-                     template=template, max_length=max_length, truncation=truncation)
+    pool_args = dict(
+        layers=layers,
+        text_scope=text_scope,
+        neuron=neuron,
+        pool=pool,
+        pool_threshold=pool_threshold,
+        template=template,
+        max_length=max_length,
+        truncation=truncation,
+    )
     passes = {"cond": pool_pass(model, None, **pool_args)}
 
     def prepare(ctx: RunContext) -> dict[str, dict[str, Any]]:
@@ -115,17 +162,39 @@ def mads(
         for li, layer in enumerate(passes["cond"].layers):
             x = cond.activations[f"{field}.{layer}"]
             layer_widths.append(x.shape[1])
-            t = sig.tag_thresholds(x, q, quantile_sample, seed=li) if tag_rule == "quantile" else tau
+            t = (
+                sig.tag_thresholds(x, q, quantile_sample, seed=li)
+                if tag_rule == "quantile"
+                else tau
+            )
             per_layer.append(sig.layer_tags(x, tag_rule, tau=t, k=k, z0=z0))
         tags = sig.merge_layers(per_layer, max(layer_widths))
-        finite = np.all([np.isfinite(cond.activations[f"{field}.{layer}"]).all(axis=1) for layer in passes["cond"].layers], axis=0)
-        status = [("nan_activation" if st == "ok" and not f else st) for st, f in zip(cond.status, finite, strict=True)]
+        finite = np.all(
+            [
+                np.isfinite(cond.activations[f"{field}.{layer}"]).all(axis=1)
+                for layer in passes["cond"].layers
+            ],
+            axis=0,
+        )
+        status = [
+            ("nan_activation" if st == "ok" and not f else st)
+            for st, f in zip(cond.status, finite, strict=True)
+        ]
         col = np.empty(len(tags), dtype=object)
         col[:] = [t.astype(np.int32) for t in tags]
         # the share of each layer's neurons that are strongly activated, per sample (MADS Fig. 2)
-        shares = {f"mads_share.{layer}": np.array([len(t) / x_width for t in tl], dtype=np.float64)
-                  for layer, tl, x_width in zip(passes["cond"].layers, per_layer, layer_widths, strict=True)}
-        cols = {"mads_tags": col, "mads_n_tags": np.array([len(t) for t in tags], dtype=np.float64), **shares, **token_counts(cond, "")}
+        shares = {
+            f"mads_share.{layer}": np.array([len(t) / x_width for t in tl], dtype=np.float64)
+            for layer, tl, x_width in zip(
+                passes["cond"].layers, per_layer, layer_widths, strict=True
+            )
+        }
+        cols = {
+            "mads_tags": col,
+            "mads_n_tags": np.array([len(t) for t in tags], dtype=np.float64),
+            **shares,
+            **token_counts(cond, ""),
+        }
         return SignalTable([s.id for s in samples], cols, status, "mads_n_tags")
 
     def prepared(table: SignalTable) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
@@ -134,11 +203,23 @@ def mads(
         n_tags = 1 + max((int(t.max()) for t in tags if len(t)), default=-1)
         df = sig.document_frequency([t for t, e in zip(tags, eligible, strict=True) if e], n_tags)
         kept = sig.keep_tags(df, int(eligible.sum()), min_df, max_df_frac)
-        return sig.filter_tags(tags, kept), sig.tag_weights(df, int(eligible.sum()), weight) * kept, kept, eligible
+        return (
+            sig.filter_tags(tags, kept),
+            sig.tag_weights(df, int(eligible.sum()), weight) * kept,
+            kept,
+            eligible,
+        )
 
     def choose(table: SignalTable, budget: float | int, n_rows_read: int, seed: int) -> Selection:
         tags, weights, _, eligible = prepared(table)
-        return select_coverage(table.ids, tags, weights, budget_count(budget, len(table.ids)), strategy=strategy, keep=eligible)
+        return select_coverage(
+            table.ids,
+            tags,
+            weights,
+            budget_count(budget, len(table.ids)),
+            strategy=strategy,
+            keep=eligible,
+        )
 
     def diagnostics(table: SignalTable, selection: Selection | None) -> dict[str, Any]:
         tags, _, kept, eligible = prepared(table)
@@ -147,14 +228,29 @@ def mads(
         pool = np.flatnonzero(eligible)
         n_tags = np.array([len(t) for t in tags], dtype=np.float64)
         length = table.columns["n_prompt_tokens"] + table.columns["n_response_tokens"]
-        df = sig.document_frequency([tags[i] for i in pool], len(kept)) if len(kept) else np.zeros(0, np.int64)
+        df = (
+            sig.document_frequency([tags[i] for i in pool], len(kept))
+            if len(kept)
+            else np.zeros(0, np.int64)
+        )
         carried = df[df > 0]
-        shares = {f"strong_share_pool.{k.split('.', 1)[1]}": float(np.mean(v[pool])) if len(pool) else float("nan")
-                  for k, v in table.columns.items() if k.startswith("mads_share.")}
+        shares = {
+            f"strong_share_pool.{k.split('.', 1)[1]}": float(np.mean(v[pool]))
+            if len(pool)
+            else float("nan")
+            for k, v in table.columns.items()
+            if k.startswith("mads_share.")
+        }
         return {
-            "truncated_rate_pool": float(np.mean([bool(table.columns["truncated"][i]) for i in pool])) if len(pool) and "truncated" in table.columns else float("nan"),
+            "truncated_rate_pool": float(
+                np.mean([bool(table.columns["truncated"][i]) for i in pool])
+            )
+            if len(pool) and "truncated" in table.columns
+            else float("nan"),
             **shares,
-            "tag_df_quantiles": _quartiles(carried),  # min, 25%, 50%, 75%, max of df over the tags kept (MADS Fig. 6)
+            "tag_df_quantiles": _quartiles(
+                carried
+            ),  # min, 25%, 50%, 75%, max of df over the tags kept (MADS Fig. 6)
             "tags_with_df_1": int((carried == 1).sum()),
             "tag_universe": int(kept.sum()),
             "tag_coverage_subset": sig.coverage_rate(tags, chosen, kept),
@@ -165,9 +261,27 @@ def mads(
             "length_quartiles_pool": _quartiles(length[pool]),
         }
 
-    params = dict(layers=layers, layer_strategy=layer_strategy, text_scope=text_scope, neuron=neuron, pool=pool, pool_threshold=pool_threshold, tag_rule=tag_rule, q=q,
-                  quantile_sample=quantile_sample, k=k, z0=z0, tau=tau, min_df=min_df, max_df_frac=max_df_frac, weight=weight, strategy=strategy,
-                  template=template, max_length=max_length, truncation=truncation)
+    params = dict(
+        layers=layers,
+        layer_strategy=layer_strategy,
+        text_scope=text_scope,
+        neuron=neuron,
+        pool=pool,
+        pool_threshold=pool_threshold,
+        tag_rule=tag_rule,
+        q=q,
+        quantile_sample=quantile_sample,
+        k=k,
+        z0=z0,
+        tau=tau,
+        min_df=min_df,
+        max_df_frac=max_df_frac,
+        weight=weight,
+        strategy=strategy,
+        template=template,
+        max_length=max_length,
+        truncation=truncation,
+    )
     return Plan("mads", params, passes, compute, choose, prepare=prepare, diagnostics=diagnostics)
 
 
@@ -177,5 +291,13 @@ def _quartiles(x: np.ndarray) -> list[float]:
 
 
 INFOS = (
-    MethodInfo("mads", "Bai, Zhang et al., MADS: Model-Aware Diverse Core Set Selection, arXiv 2605.30857 (reconstruction)", "activation tags (strongly activated MLP neurons per layer), complexity-first tag coverage", "cond", "Llama-3.2-3B-Instruct", False, mads),
+    MethodInfo(
+        "mads",
+        "Bai, Zhang et al., MADS: Model-Aware Diverse Core Set Selection, arXiv 2605.30857 (reconstruction)",
+        "activation tags (strongly activated MLP neurons per layer), complexity-first tag coverage",
+        "cond",
+        "Llama-3.2-3B-Instruct",
+        False,
+        mads,
+    ),
 )

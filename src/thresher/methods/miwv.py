@@ -37,7 +37,9 @@ def instruction_text(sample: Sample) -> str:
     return f"{sample.instruction}\n{sample.input}" if sample.input else sample.instruction
 
 
-def assign_demos(samples: list[Sample], embedder: Embedder, skip_above: float | None = None) -> tuple[dict[str, Sample], np.ndarray]:
+def assign_demos(
+    samples: list[Sample], embedder: Embedder, skip_above: float | None = None
+) -> tuple[dict[str, Sample], np.ndarray]:
     """Each sample's nearest other sample by cosine of instruction embeddings, and that cosine."""
     emb = embedder.encode([instruction_text(s) for s in samples])
     idx, sim = nearest_other(emb, [s.id for s in samples], skip_above=skip_above)
@@ -52,20 +54,27 @@ def miwv_method(
     template: str = "alpaca",  # MIWV §3.1: "aligned with the original target dataset" (Alpaca codebase, its template)
     max_length: int = 512,  # ours: the Alpaca codebase's 512, and the same cond pass as `ifd`
     truncation: str = "prompt_first",  # ours: as `ifd`, so the cond pass is shared
-    skip_above: float | None = None,  # ours: None keeps exact duplicates as demonstrations (argmax over j != i, METHODS §3.3)
+    skip_above: float
+    | None = None,  # ours: None keeps exact duplicates as demonstrations (argmax over j != i, METHODS §3.3)
     icl_denominator: str = "demo",  # icl_ifd only. Not given by the paper; METHODS §3.6 resolution: L(y|C) ("demo"); "plain" = L(y), Cherry's
 ) -> Plan:
     """MIWV = L(y | x, C) − L(y | x) with C the nearest other sample; top-b, highest first."""
     check_choice("variant", variant, VARIANTS)
     check_choice("icl_denominator", icl_denominator, ("demo", "plain"))
-    resolve_embedder(embedder)  # a packaged alias whose wheel is missing fails here, before any model loads
+    resolve_embedder(
+        embedder
+    )  # a packaged alias whose wheel is missing fails here, before any model loads
     common = dict(model=model, template=template, max_length=max_length, truncation=truncation)
     passes = {
         "cond": PassSpec(view="cond", fields=("logprob", "entropy"), **common),  # = ifd's cond pass
         "oneshot": PassSpec(view="oneshot", fields=("logprob",), **common),
     }
     # the ICL-IFD denominator: the demonstration then the response (L(y|C)), or ifd's uncond pass (L(y))
-    denominator = {"demo": "oneshot_uncond", "plain": "uncond"}[icl_denominator] if variant == "icl_ifd" else None
+    denominator = (
+        {"demo": "oneshot_uncond", "plain": "uncond"}[icl_denominator]
+        if variant == "icl_ifd"
+        else None
+    )
     if denominator is not None:
         passes[denominator] = PassSpec(view=denominator, fields=("logprob",), **common)
     chosen: dict[str, tuple[str, float]] = {}
@@ -73,12 +82,21 @@ def miwv_method(
     def prepare(ctx: RunContext) -> dict:
         demos, sim = assign_demos(ctx.samples, Embedder(embedder), skip_above)
         chosen.clear()
-        chosen.update({s.id: (demos[s.id].id, float(v)) for s, v in zip(ctx.samples, sim, strict=True) if s.id in demos})
+        chosen.update(
+            {
+                s.id: (demos[s.id].id, float(v))
+                for s, v in zip(ctx.samples, sim, strict=True)
+                if s.id in demos
+            }
+        )
         pairs = json.dumps(sorted((i, d) for i, (d, _) in chosen.items()))
         log.info("MIWV: %d demonstrations assigned by %s", len(chosen), embedder)
         # the one-shot pass depends on the assignment only: another embedder that picks the same
         # neighbours reuses it, any changed neighbour recomputes it
-        with_demos = {"demos": demos, "key_extra": {"demos_sha256": hashlib.sha256(pairs.encode()).hexdigest()}}
+        with_demos = {
+            "demos": demos,
+            "key_extra": {"demos_sha256": hashlib.sha256(pairs.encode()).hexdigest()},
+        }
         return {role: with_demos for role in passes if passes[role].view in DEMO_VIEWS}
 
     def compute(stats: dict[str, TokenStats], samples: list[Sample]) -> SignalTable:
@@ -87,7 +105,10 @@ def miwv_method(
         values = {"miwv": miwv(one.logprob, cond.logprob), "prompt_loss": prompt_loss(one.logprob)}
         if denominator:
             values["icl_ifd"] = icl_ifd(one.logprob, stats[denominator].logprob)
-        status = [("nan_score" if s == "ok" and not np.isfinite(values[variant][i]) else s) for i, s in enumerate(status)]
+        status = [
+            ("nan_score" if s == "ok" and not np.isfinite(values[variant][i]) else s)
+            for i, s in enumerate(status)
+        ]
         cols = {
             **values,
             "loss_cond": response_loss(cond.logprob),
@@ -101,9 +122,18 @@ def miwv_method(
 
     def choose(table: SignalTable, budget: float | int, n_rows_read: int, seed: int) -> Selection:
         b = budget_count(budget, len(table.ids))
-        return top_k(table.ids, table.columns[variant], b, descending=True, keep=table.eligible)  # MIWV §3.3: highest first
+        return top_k(
+            table.ids, table.columns[variant], b, descending=True, keep=table.eligible
+        )  # MIWV §3.3: highest first
 
-    params = dict(variant=variant, embedder=embedder, template=template, max_length=max_length, truncation=truncation, skip_above=skip_above)
+    params = dict(
+        variant=variant,
+        embedder=embedder,
+        template=template,
+        max_length=max_length,
+        truncation=truncation,
+        skip_above=skip_above,
+    )
     if denominator:
         params["icl_denominator"] = icl_denominator
     return Plan("miwv", params, passes, compute, choose, prepare)

@@ -45,17 +45,23 @@ def read_target(path: str, limit: int | None = None) -> ReadResult:
         try:
             return data_mod.read(path, format="alpaca", columns=QA_COLUMNS, limit=limit)
         except ValueError:
-            raise ValueError(f"target {path!r}: {first} (question/answer columns were tried too)") from first
+            raise ValueError(
+                f"target {path!r}: {first} (question/answer columns were tried too)"
+            ) from first
 
 
 def resolve_layers(layers: str | list[int] | tuple[int, ...], n_layers: int) -> tuple[int, ...]:
     if layers == "all":
         return tuple(range(n_layers))
     if isinstance(layers, str) or not layers:
-        raise ValueError(f"layers={layers!r}: expected 'all' or a list of 0-based decoder layers, e.g. [4, 8, 12]")
+        raise ValueError(
+            f"layers={layers!r}: expected 'all' or a list of 0-based decoder layers, e.g. [4, 8, 12]"
+        )
     bad = [layer for layer in layers if not 0 <= int(layer) < n_layers]
     if bad:
-        raise ValueError(f"layers {bad} do not exist: the model has {n_layers} decoder layers (0..{n_layers - 1})")
+        raise ValueError(
+            f"layers {bad} do not exist: the model has {n_layers} decoder layers (0..{n_layers - 1})"
+        )
     return tuple(int(layer) for layer in layers)
 
 
@@ -67,17 +73,32 @@ def target_names(paths: list[str]) -> list[str]:
     return names
 
 
-def run_target_pass(ctx: RunContext, spec: PassSpec, samples: list[Sample], content_hash: str, label: str) -> TokenStats:
+def run_target_pass(
+    ctx: RunContext, spec: PassSpec, samples: list[Sample], content_hash: str, label: str
+) -> TokenStats:
     """One pass of the run's model over a target set, cached in its own folder of the run."""
     from thresher.engine import run_on_engine
     from thresher.engine.scorer import Scorer  # torch loads only when a pass runs
 
     lm = ctx.load_model(spec.model)
     text = get_template(spec.template, lm.tokenizer).text
-    store = PassStore(ctx.run_dir, spec, key_material(spec, dataclasses.asdict(lm.info), text, content_hash), label)
+    store = PassStore(
+        ctx.run_dir,
+        spec,
+        key_material(spec, dataclasses.asdict(lm.info), text, content_hash),
+        label,
+    )
     s = ctx.config.score
     scorer = Scorer(spec, lm.model, lm.tokenizer, batch_tokens=s.batch_tokens)
-    return run_on_engine(ctx.config, samples, scorer, store, shard_rows=s.shard_rows, overwrite=s.overwrite, progress=ctx.progress).stats
+    return run_on_engine(
+        ctx.config,
+        samples,
+        scorer,
+        store,
+        shard_rows=s.shard_rows,
+        overwrite=s.overwrite,
+        progress=ctx.progress,
+    ).stats
 
 
 def pool_pass(
@@ -97,16 +118,31 @@ def pool_pass(
         chosen = resolve_layers(layers, n_layers)
     else:
         chosen = (0,) if layers == "all" else tuple(int(x) for x in layers)
-    return PassSpec(model=model, view="cond", template=template, fields=("logprob", "entropy", "hidden"), layers=chosen,
-                    max_length=max_length, truncation=truncation, pool="drift", pool_span=pool_span)
+    return PassSpec(
+        model=model,
+        view="cond",
+        template=template,
+        fields=("logprob", "entropy", "hidden"),
+        layers=chosen,
+        max_length=max_length,
+        truncation=truncation,
+        pool="drift",
+        pool_span=pool_span,
+    )
 
 
 def nait(
     model: str,
     *,
-    target: list[str] | str | None = None,  # required: in-domain files (NAIT §3.2 "in-domain datasets")
-    target_limit: int | None = None,  # ours: all rows; NAIT Fig. 3: 16..4,096 in-domain examples all beat random
-    layers: str | list[int] = "all",  # NAIT camera-ready: "summed over layers" (all decoder layers, METHODS §5.4)
+    target: list[str]
+    | str
+    | None = None,  # required: in-domain files (NAIT §3.2 "in-domain datasets")
+    target_limit: int
+    | None = None,  # ours: all rows; NAIT Fig. 3: 16..4,096 in-domain examples all beat random
+    layers: str
+    | list[
+        int
+    ] = "all",  # NAIT camera-ready: "summed over layers" (all decoder layers, METHODS §5.4)
     n_components: int = 1,  # NAIT camera-ready: "first principal component"; d > 1 is the submission's PCA(., d)
     form: str = "pc1",  # camera-ready projection; "centroid" = submission Eq. 5 (dot with the in-domain centroid)
     layer_scale: str = "none",  # camera-ready: raw sum; "zscore" standardises each layer (ours, METHODS §5.4)
@@ -118,13 +154,23 @@ def nait(
     """Top-b by the candidates' activation drift projected on the in-domain directions."""
     paths = [target] if isinstance(target, str) else list(target or [])
     if not paths:
-        raise ValueError("nait needs an in-domain target set: pass --target FILE [FILE ...] (or method.params.target), e.g. --target gsm8k_train.jsonl")
+        raise ValueError(
+            "nait needs an in-domain target set: pass --target FILE [FILE ...] (or method.params.target), e.g. --target gsm8k_train.jsonl"
+        )
     if form == "pc1" and n_components != 1:
-        raise ValueError(f"form='pc1' projects on one component but n_components={n_components}; use form='centroid' for d > 1")
+        raise ValueError(
+            f"form='pc1' projects on one component but n_components={n_components}; use form='centroid' for d > 1"
+        )
     for path in paths:  # a missing target fails here, in `validate`, before any model loads
         data_mod.check_source(path)
     names = target_names(paths)
-    pool_args = dict(layers=layers, pool_span=pool_span, template=template, max_length=max_length, truncation=truncation)
+    pool_args = dict(
+        layers=layers,
+        pool_span=pool_span,
+        template=template,
+        max_length=max_length,
+        truncation=truncation,
+    )
     passes = {"cond": pool_pass(model, None, **pool_args)}
     targets: dict[str, TokenStats] = {}
 
@@ -134,20 +180,28 @@ def nait(
         for path, name in zip(paths, names, strict=True):
             read = read_target(path, target_limit)
             if not read.samples:
-                raise ValueError(f"target {path!r} has no readable rows ({data_mod.rejected_counts(read.rejected)})")
-            targets[name] = run_target_pass(ctx, resolved, read.samples, read.content_hash, f"target.{name}")
+                raise ValueError(
+                    f"target {path!r} has no readable rows ({data_mod.rejected_counts(read.rejected)})"
+                )
+            targets[name] = run_target_pass(
+                ctx, resolved, read.samples, read.content_hash, f"target.{name}"
+            )
         return {}
 
     def compute(stats: dict[str, TokenStats], samples: list[Sample]) -> SignalTable:
         if not targets:
-            raise RuntimeError("nait's target passes have not run: the plan's prepare step must run before compute")
+            raise RuntimeError(
+                "nait's target passes have not run: the plan's prepare step must run before compute"
+            )
         keys = activation_columns(passes["cond"])
         directions = {}
         for name, t in targets.items():
             ok = np.array([s == "ok" for s in t.status])
             directions[name] = fit_directions({k: t.activations[k][ok] for k in keys}, n_components)
         # the pool's activations stream shard by shard: only the per-layer projections stay
-        cond, projections = pool_projections(stats["cond"], [s.id for s in samples], keys, directions, form)
+        cond, projections = pool_projections(
+            stats["cond"], [s.id for s in samples], keys, directions, form
+        )
         cols: dict[str, np.ndarray] = {}
         per_target = []
         for name, per_layer in projections.items():
@@ -155,20 +209,42 @@ def nait(
             cols[f"nait.{name}"] = s
             per_target.append(s)
         score = combine_targets(per_target)
-        status = [("nan_score" if st == "ok" and not np.isfinite(v) else st) for st, v in zip(cond.status, score, strict=True)]
-        return SignalTable([s.id for s in samples], {"nait": score, **cols, **token_counts(cond, "")}, status, "nait")
+        status = [
+            ("nan_score" if st == "ok" and not np.isfinite(v) else st)
+            for st, v in zip(cond.status, score, strict=True)
+        ]
+        return SignalTable(
+            [s.id for s in samples],
+            {"nait": score, **cols, **token_counts(cond, "")},
+            status,
+            "nait",
+        )
 
     def choose(table: SignalTable, budget: float | int, n_rows_read: int, seed: int) -> Selection:
         b = budget_count(budget, len(table.ids))
         return top_k(table.ids, table.columns["nait"], b, descending=True, keep=table.eligible)
 
-    params = dict(target=paths, target_limit=target_limit, layers=layers, n_components=n_components, form=form, layer_scale=layer_scale,
-                  pool_span=pool_span, template=template, max_length=max_length, truncation=truncation)
+    params = dict(
+        target=paths,
+        target_limit=target_limit,
+        layers=layers,
+        n_components=n_components,
+        form=form,
+        layer_scale=layer_scale,
+        pool_span=pool_span,
+        template=template,
+        max_length=max_length,
+        truncation=truncation,
+    )
     return Plan("nait", params, passes, compute, choose, prepare=prepare, streamed=("cond",))
 
 
 def pool_projections(
-    cond: PassStore | TokenStats, ids: list[str], keys: tuple[str, ...], directions: dict[str, Directions], form: str
+    cond: PassStore | TokenStats,
+    ids: list[str],
+    keys: tuple[str, ...],
+    directions: dict[str, Directions],
+    form: str,
 ) -> tuple[TokenStats, dict[str, dict[str, np.ndarray]]]:
     """The pool pass without its activations (aligned to `ids`), and each target's per-layer
     projections of every sample (NaN where a row holds none). A stored pass is read one shard at
@@ -186,5 +262,13 @@ def pool_projections(
 
 
 INFOS = (
-    MethodInfo("nait", "Chen, Wu et al., Neuron-Aware Data Selection in Instruction Tuning (NAIT), ICLR 2026", "activation drift projected on the in-domain sets' first principal components, summed over layers; top-b", "cond (+1 per target row)", "the model to be tuned (LLaMA-2-7B in the paper)", False, nait),
+    MethodInfo(
+        "nait",
+        "Chen, Wu et al., Neuron-Aware Data Selection in Instruction Tuning (NAIT), ICLR 2026",
+        "activation drift projected on the in-domain sets' first principal components, summed over layers; top-b",
+        "cond (+1 per target row)",
+        "the model to be tuned (LLaMA-2-7B in the paper)",
+        False,
+        nait,
+    ),
 )

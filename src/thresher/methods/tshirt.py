@@ -57,14 +57,24 @@ def tshirt(
     """μ̂ and σ̂ of S-IFD_k over `copies` perturbed copies; drop mean noisy IFD >= 1; top γ·b by μ̂,
     then the b with the smallest σ̂."""
     if not 0.0 < k <= 1.0:
-        raise ValueError(f"k={k}: expected the kept token fraction in (0, 1] (T-SHIRT uses 0.5 or 0.75)")
+        raise ValueError(
+            f"k={k}: expected the kept token fraction in (0, 1] (T-SHIRT uses 0.5 or 0.75)"
+        )
     if copies < 1:
         raise ValueError(f"copies={copies}: expected at least 1 perturbed copy (T-SHIRT uses 30)")
     boundary = "superfiltering" if reproduce else "exact"
-    common = dict(model=model, template=template, max_length=max_length, truncation=truncation, boundary=boundary)
+    common = dict(
+        model=model,
+        template=template,
+        max_length=max_length,
+        truncation=truncation,
+        boundary=boundary,
+    )
     noise = dict(noise_alpha=float(alpha), noise_copies=int(copies), noise_seed=int(seed))
     passes = {
-        "cond": PassSpec(view="cond", fields=("logprob", "entropy"), **common),  # = superfiltering's cond
+        "cond": PassSpec(
+            view="cond", fields=("logprob", "entropy"), **common
+        ),  # = superfiltering's cond
         "uncond": PassSpec(view="uncond", fields=("logprob",), **common),
         "noisy_cond": PassSpec(view="cond", fields=("logprob",), **common, **noise),
         "noisy_uncond": PassSpec(view="uncond", fields=("logprob",), **common, **noise),
@@ -83,18 +93,46 @@ def tshirt(
                 status[i] = "nan_score"
             elif noisy["avg_noisy_ifd"][i] >= 1:  # tshirt_select.py: `avg_ifd >= 1: continue`
                 status[i] = "filtered:avg_noisy_ifd>=1"
-        cols = {"ifd": ifd_ppl_ratio(cond.logprob, uncond.logprob), **noisy, **token_counts(cond, ""), "n_scored_uncond": uncond.n_scored}
+        cols = {
+            "ifd": ifd_ppl_ratio(cond.logprob, uncond.logprob),
+            **noisy,
+            **token_counts(cond, ""),
+            "n_scored_uncond": uncond.n_scored,
+        }
         return SignalTable(ids, cols, status, "sifd_mean")
 
     def choose(table: SignalTable, budget: float | int, n_rows_read: int, seed_: int) -> Selection:
         b = budget_count(budget, len(table.ids))
-        return hierarchical(table.ids, table.columns["sifd_mean"], table.columns["sifd_std"], b, gamma=gamma, keep=table.eligible)
+        return hierarchical(
+            table.ids,
+            table.columns["sifd_mean"],
+            table.columns["sifd_std"],
+            b,
+            gamma=gamma,
+            keep=table.eligible,
+        )
 
-    params = dict(reproduce=reproduce, k=k, alpha=alpha, copies=copies, gamma=gamma, seed=seed, template=template, max_length=max_length, truncation=truncation)
+    params = dict(
+        reproduce=reproduce,
+        k=k,
+        alpha=alpha,
+        copies=copies,
+        gamma=gamma,
+        seed=seed,
+        template=template,
+        max_length=max_length,
+        truncation=truncation,
+    )
     return Plan("tshirt", params, passes, compute, choose, streamed=("noisy_cond", "noisy_uncond"))
 
 
-def noisy_signals(ids: list[str], cond: PassStore | TokenStats, uncond: PassStore | TokenStats, copies: int, k: float) -> dict:
+def noisy_signals(
+    ids: list[str],
+    cond: PassStore | TokenStats,
+    uncond: PassStore | TokenStats,
+    copies: int,
+    k: float,
+) -> dict:
     """Per sample (in `ids` order): mean and std of the copies' IFD and S-IFD, and a status.
 
     `cond` / `uncond` are the noisy passes, as stores (streamed) or loaded TokenStats (tests)."""
@@ -105,13 +143,21 @@ def noisy_signals(ids: list[str], cond: PassStore | TokenStats, uncond: PassStor
         c_rows, c_status = work.write("cond", _shards(cond), ids)
         u_rows, u_status = work.write("uncond", _shards(uncond), ids)
         status = [c if c != "ok" else u for c, u in zip(c_status, u_status, strict=True)]
-        out = {name: np.full(n, np.nan) for name in ("avg_noisy_ifd", "std_noisy_ifd", "sifd_mean", "sifd_std")}
-        d_rows: dict[int, tuple[int, int]] = {}  # sample -> (offset, tokens per copy) in the delta file
+        out = {
+            name: np.full(n, np.nan)
+            for name in ("avg_noisy_ifd", "std_noisy_ifd", "sifd_mean", "sifd_std")
+        }
+        d_rows: dict[
+            int, tuple[int, int]
+        ] = {}  # sample -> (offset, tokens per copy) in the delta file
         with work.appender("delta") as dfile:
             for i in range(n):
                 if status[i] != "ok":
                     continue
-                c, u = work.copies("cond", c_rows[i], copies), work.copies("uncond", u_rows[i], copies)
+                c, u = (
+                    work.copies("cond", c_rows[i], copies),
+                    work.copies("uncond", u_rows[i], copies),
+                )
                 if c is None or u is None or c.shape[1] - u.shape[1] not in (0, 1):
                     status[i] = "error:noisy_token_count_mismatch"
                     continue
@@ -128,10 +174,26 @@ def noisy_signals(ids: list[str], cond: PassStore | TokenStats, uncond: PassStor
         chunks = lambda: (delta[a : a + CHUNK_VALUES] for a in range(0, len(delta), CHUNK_VALUES))  # noqa: E731
         threshold = -np.inf if k >= 1 else abs_percentile(chunks, (1 - k) * 100)
         for i, (off, t) in d_rows.items():
-            out["sifd_mean"][i], out["sifd_std"][i] = copy_moments(sifd(delta[off : off + copies * t].reshape(copies, t), threshold))
-        log.info("T-SHIRT threshold |delta| > %r (k=%s) over %d noisy token values", threshold, k, len(delta))
+            out["sifd_mean"][i], out["sifd_std"][i] = copy_moments(
+                sifd(delta[off : off + copies * t].reshape(copies, t), threshold)
+            )
+        log.info(
+            "T-SHIRT threshold |delta| > %r (k=%s) over %d noisy token values",
+            threshold,
+            k,
+            len(delta),
+        )
         if spill is not None:
-            write_atomic(spill.parent / THRESHOLD_FILE, json.dumps({"k": k, "threshold": threshold if np.isfinite(threshold) else None, "values": len(delta)}).encode())
+            write_atomic(
+                spill.parent / THRESHOLD_FILE,
+                json.dumps(
+                    {
+                        "k": k,
+                        "threshold": threshold if np.isfinite(threshold) else None,
+                        "values": len(delta),
+                    }
+                ).encode(),
+            )
         out["sifd_threshold"] = np.full(n, threshold)
         return {**out, "status": status}
     finally:
@@ -155,7 +217,9 @@ class _Spill:
     def appender(self, name: str):
         return open(self.dir / f"{name}.f32", "wb")
 
-    def write(self, name: str, shards, ids: list[str]) -> tuple[dict[int, tuple[int, int]], list[str]]:
+    def write(
+        self, name: str, shards, ids: list[str]
+    ) -> tuple[dict[int, tuple[int, int]], list[str]]:
         """Spill every ok row of a pass; returns sample -> (offset, length) and each sample's status."""
         pos = {x: i for i, x in enumerate(ids)}
         rows: dict[int, tuple[int, int]] = {}
@@ -175,7 +239,11 @@ class _Spill:
     def open(self, name: str) -> np.ndarray:
         path = self.dir / f"{name}.f32"
         if name not in self.maps:
-            self.maps[name] = np.memmap(path, dtype=np.float32, mode="r") if path.stat().st_size else np.zeros(0, np.float32)
+            self.maps[name] = (
+                np.memmap(path, dtype=np.float32, mode="r")
+                if path.stat().st_size
+                else np.zeros(0, np.float32)
+            )
         return self.maps[name]
 
     def copies(self, name: str, row: tuple[int, int] | None, m: int) -> np.ndarray | None:

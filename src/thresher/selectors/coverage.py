@@ -18,7 +18,9 @@ from thresher.selectors.topk import Selection, _check_count, _check_ids, _keep_m
 STRATEGIES = ("complexity_first", "greedy_max_coverage")
 
 
-def complexity_first(tags: list[np.ndarray], weights: np.ndarray, budget: int, order: np.ndarray) -> list[int]:
+def complexity_first(
+    tags: list[np.ndarray], weights: np.ndarray, budget: int, order: np.ndarray
+) -> list[int]:
     """InsTag complexity-first diverse sampling over `order` (rows sorted by |T_i| descending).
 
     In passes starting from an empty covered set U: take row i when its uncovered weight
@@ -47,7 +49,9 @@ def complexity_first(tags: list[np.ndarray], weights: np.ndarray, budget: int, o
     return chosen
 
 
-def greedy_max_coverage(tags: list[np.ndarray], weights: np.ndarray, budget: int, order: np.ndarray) -> list[int]:
+def greedy_max_coverage(
+    tags: list[np.ndarray], weights: np.ndarray, budget: int, order: np.ndarray
+) -> list[int]:
     """Lazy greedy weighted max coverage: repeatedly take argmax_i of the uncovered weight of T_i
     (ties by |T_i|, then by position in `order`, which breaks ties by id). Gains only shrink as U
     grows, so a stale heap entry is an upper bound and is recomputed when popped. When the best
@@ -62,7 +66,11 @@ def greedy_max_coverage(tags: list[np.ndarray], weights: np.ndarray, budget: int
 
     while len(chosen) < budget:
         covered = np.zeros(len(weights), dtype=bool)
-        heap = [(-gain(int(i), covered), -len(tags[i]), rank[int(i)], int(i)) for i in order if not taken[i]]
+        heap = [
+            (-gain(int(i), covered), -len(tags[i]), rank[int(i)], int(i))
+            for i in order
+            if not taken[i]
+        ]
         if not heap:
             break
         heapq.heapify(heap)
@@ -100,7 +108,9 @@ def select_coverage(
     ids_arr = _check_ids(ids)
     _check_count(budget)
     if len(tags) != len(ids_arr):
-        raise ValueError(f"{len(tags)} tag sets for {len(ids_arr)} ids: expected one tag set per id")
+        raise ValueError(
+            f"{len(tags)} tag sets for {len(ids_arr)} ids: expected one tag set per id"
+        )
     mask = _keep_mask(keep, len(ids_arr))
     rows = np.flatnonzero(mask)
     sizes = np.array([len(tags[i]) for i in rows], dtype=np.int64)
@@ -108,5 +118,9 @@ def select_coverage(
     pick = complexity_first if strategy == "complexity_first" else greedy_max_coverage
     chosen = pick(tags, np.asarray(weights, dtype=np.float64), min(budget, len(rows)), order)
     eligible = len(rows)
-    note = "" if len(chosen) == budget else _shortfall(eligible, len(ids_arr), budget, "scored, with activations")
+    note = (
+        ""
+        if len(chosen) == budget
+        else _shortfall(eligible, len(ids_arr), budget, "scored, with activations")
+    )
     return Selection(tuple(str(ids_arr[i]) for i in chosen), budget, eligible, note)

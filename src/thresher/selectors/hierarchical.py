@@ -25,11 +25,15 @@ def hierarchical(
 ) -> Selection:
     """The `budget` rows with the smallest `spread` among the `gamma * budget` highest `mean`."""
     if isinstance(gamma, bool) or not isinstance(gamma, (int, np.integer)) or gamma < 1:
-        raise ValueError(f"gamma={gamma!r}: expected an int >= 1 (the oversampling factor; T-SHIRT uses 2)")
+        raise ValueError(
+            f"gamma={gamma!r}: expected an int >= 1 (the oversampling factor; T-SHIRT uses 2)"
+        )
     ids = list(ids)
     spread = np.asarray(spread, dtype=np.float64)
     if spread.shape != (len(ids),):
-        raise ValueError(f"spread has shape {spread.shape} but there are {len(ids)} ids: expected one value per id")
+        raise ValueError(
+            f"spread has shape {spread.shape} but there are {len(ids)} ids: expected one value per id"
+        )
     pool = top_k(ids, mean, int(gamma) * budget, descending=True, keep=keep)
     pos = {i: k for k, i in enumerate(ids)}
     rows = np.array([pos[i] for i in pool.ids], dtype=np.int64)

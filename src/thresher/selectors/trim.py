@@ -17,12 +17,16 @@ from thresher.selectors.topk import Selection, _as_float, _check_count, _check_i
 BUDGET_UNITS = ("samples", "tokens")
 
 
-def trim_both_ends(ids: Sequence[str], values: np.ndarray, gamma: float, keep: np.ndarray | None = None) -> np.ndarray:
+def trim_both_ends(
+    ids: Sequence[str], values: np.ndarray, gamma: float, keep: np.ndarray | None = None
+) -> np.ndarray:
     """Mask of the rows left after dropping `int(gamma * N)` rows from each end of `values`
     sorted ascending (ties by id), N = the kept rows with a finite value. If 2·int(γN) >= N
     nothing is dropped, as the reference `filter_by_diff_nll`. Other rows are never kept."""
     if not 0.0 <= gamma < 0.5:
-        raise ValueError(f"gamma={gamma!r}: expected the fraction trimmed from each end in [0, 0.5), e.g. 0.1")
+        raise ValueError(
+            f"gamma={gamma!r}: expected the fraction trimmed from each end in [0, 0.5), e.g. 0.1"
+        )
     ids_arr = _check_ids(ids)
     v = _as_float(values, len(ids_arr))
     mask = np.isfinite(v) & _keep_mask(keep, len(ids_arr))
@@ -57,13 +61,25 @@ def lowest_within_budget(
     eligible = int(mask.sum())
     if unit == "samples":
         chosen = order[:budget]
-        note = "" if len(chosen) == budget else f"only {eligible} of {len(ids_arr)} rows are eligible (finite score, kept by the trim); asked for {budget}"
+        note = (
+            ""
+            if len(chosen) == budget
+            else f"only {eligible} of {len(ids_arr)} rows are eligible (finite score, kept by the trim); asked for {budget}"
+        )
         return Selection(tuple(str(ids_arr[i]) for i in chosen), budget, eligible, note)
     if tokens is None or np.shape(tokens) != (len(ids_arr),):
-        raise ValueError(f"unit='tokens' needs one token count per id ({len(ids_arr)}), got {None if tokens is None else np.shape(tokens)}")
+        raise ValueError(
+            f"unit='tokens' needs one token count per id ({len(ids_arr)}), got {None if tokens is None else np.shape(tokens)}"
+        )
     cum = np.cumsum(np.asarray(tokens, dtype=np.int64)[order])
     n = int(np.searchsorted(cum, budget, side="left")) + 1 if budget > 0 else 0
     chosen = order[: min(n, len(order))]
     got = int(cum[len(chosen) - 1]) if len(chosen) else 0
-    note = "" if got >= budget else f"the {eligible} eligible rows hold {got} response tokens; asked for {budget}"
-    return Selection(tuple(str(ids_arr[i]) for i in chosen), len(chosen) if not note else budget, eligible, note)
+    note = (
+        ""
+        if got >= budget
+        else f"the {eligible} eligible rows hold {got} response tokens; asked for {budget}"
+    )
+    return Selection(
+        tuple(str(ids_arr[i]) for i in chosen), len(chosen) if not note else budget, eligible, note
+    )

@@ -20,13 +20,22 @@ def tag_thresholds(pooled: np.ndarray, q: float, sample: int, seed: int) -> floa
         raise ValueError(f"quantile q={q}: expected a number in (0, 1), e.g. 0.99")
     rows = np.flatnonzero(np.all(np.isfinite(pooled), axis=1))
     if len(rows) == 0:
-        raise ValueError("no row of this layer has finite activations: nothing to set a threshold on")
+        raise ValueError(
+            "no row of this layer has finite activations: nothing to set a threshold on"
+        )
     if len(rows) > sample:
         rows = np.sort(np.random.default_rng(seed).choice(rows, size=sample, replace=False))
     return float(np.quantile(pooled[rows].astype(np.float64), q))
 
 
-def layer_tags(pooled: np.ndarray, rule: str, *, tau: float | None = None, k: int | None = None, z0: float | None = None) -> list[np.ndarray]:
+def layer_tags(
+    pooled: np.ndarray,
+    rule: str,
+    *,
+    tau: float | None = None,
+    k: int | None = None,
+    z0: float | None = None,
+) -> list[np.ndarray]:
     """Neuron indices tagged per row of one layer [n, width]. A row with NaN gets no tag.
 
     quantile / absolute: p >= tau; topk: the k largest (ties by lower index), exactly k;
@@ -60,7 +69,10 @@ def layer_tags(pooled: np.ndarray, rule: str, *, tau: float | None = None, k: in
 def merge_layers(per_layer: list[list[np.ndarray]], width: int) -> list[np.ndarray]:
     """Namespace each layer's neuron ids as (layer_index, j) -> layer_index * width + j."""
     n = len(per_layer[0])
-    return [np.concatenate([t[i] + li * width for li, t in enumerate(per_layer)]).astype(np.int64) for i in range(n)]
+    return [
+        np.concatenate([t[i] + li * width for li, t in enumerate(per_layer)]).astype(np.int64)
+        for i in range(n)
+    ]
 
 
 def document_frequency(tags: list[np.ndarray], n_tags: int) -> np.ndarray:
@@ -73,7 +85,9 @@ def keep_tags(df: np.ndarray, n_samples: int, min_df: int, max_df_frac: float) -
     """Tags kept for coverage: min_df <= df(t) <= max_df_frac * N (drops the near-universal
     ones); a tag nobody carries is never kept."""
     if min_df < 1 or not 0.0 < max_df_frac <= 1.0:
-        raise ValueError(f"min_df={min_df}, max_df_frac={max_df_frac}: expected min_df >= 1 and 0 < max_df_frac <= 1")
+        raise ValueError(
+            f"min_df={min_df}, max_df_frac={max_df_frac}: expected min_df >= 1 and 0 < max_df_frac <= 1"
+        )
     return (df >= min_df) & (df <= max_df_frac * n_samples)
 
 

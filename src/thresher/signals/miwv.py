@@ -25,7 +25,9 @@ def response_loss(logprob: Ragged) -> np.ndarray:
 
 def _same_tokens(a: Ragged, b: Ragged) -> np.ndarray:
     if len(a) != len(b):
-        raise ValueError(f"{len(a)} rows vs {len(b)} rows: both passes must be aligned to the same sample ids")
+        raise ValueError(
+            f"{len(a)} rows vs {len(b)} rows: both passes must be aligned to the same sample ids"
+        )
     return (a.lengths() == b.lengths()) & (a.lengths() > 0)
 
 

@@ -42,7 +42,9 @@ def fit_directions(drifts: dict[str, np.ndarray], n_components: int = 1) -> Dire
                 "least 2. Give a larger target set (NAIT: 16 examples already beat random)."
             )
         if n_components > min(x.shape):
-            raise ValueError(f"n_components={n_components} exceeds min(samples, width) = {min(x.shape)} for layer {name}")
+            raise ValueError(
+                f"n_components={n_components} exceeds min(samples, width) = {min(x.shape)} for layer {name}"
+            )
         mu = x.mean(axis=0)
         _, _, vt = np.linalg.svd(x - mu, full_matrices=False)
         v = vt[:n_components].copy()
@@ -52,7 +54,9 @@ def fit_directions(drifts: dict[str, np.ndarray], n_components: int = 1) -> Dire
     return Directions(comps, cents)
 
 
-def layer_projections(drifts: dict[str, np.ndarray], d: Directions, form: str = "pc1") -> dict[str, np.ndarray]:
+def layer_projections(
+    drifts: dict[str, np.ndarray], d: Directions, form: str = "pc1"
+) -> dict[str, np.ndarray]:
     """Each candidate's score per layer.
 
     `pc1` (camera-ready): drift . v_l. `centroid` (submission, §5.2 step 4-5): the candidate's
@@ -96,7 +100,10 @@ def sum_layers(per_layer: dict[str, np.ndarray], layer_scale: str = "none") -> n
         raise ValueError(f"layer_scale={layer_scale!r} is not one of ['none', 'zscore']")
     if not per_layer:
         raise ValueError("no layers to sum: fit the directions on at least one layer")
-    cols = [zscore(p) if layer_scale == "zscore" else np.asarray(p, dtype=np.float64) for p in per_layer.values()]
+    cols = [
+        zscore(p) if layer_scale == "zscore" else np.asarray(p, dtype=np.float64)
+        for p in per_layer.values()
+    ]
     return np.sum(np.stack(cols), axis=0)
 
 

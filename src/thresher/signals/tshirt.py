@@ -30,7 +30,9 @@ def token_delta(cond: np.ndarray, uncond: np.ndarray) -> np.ndarray:
     cond, uncond = np.asarray(cond, np.float32), np.asarray(uncond, np.float32)
     offset = cond.shape[1] - uncond.shape[1]
     if cond.shape[0] != uncond.shape[0] or offset not in (0, 1):
-        raise ValueError(f"cond {cond.shape} and uncond {uncond.shape}: expected the same copies and T_c = T_u or T_u + 1")
+        raise ValueError(
+            f"cond {cond.shape} and uncond {uncond.shape}: expected the same copies and T_c = T_u or T_u + 1"
+        )
     return cond[:, offset:] - uncond
 
 
@@ -86,11 +88,15 @@ def abs_percentile(chunks: Callable[[], Iterable[np.ndarray]], q: float) -> floa
 def _abs_bits(chunk: np.ndarray) -> np.ndarray:
     a = np.abs(np.asarray(chunk, np.float32)).ravel()
     if not np.all(np.isfinite(a)):
-        raise ValueError("a token value is NaN or infinite: rows with non-finite log-probs must be rejected first")
+        raise ValueError(
+            "a token value is NaN or infinite: rows with non-finite log-probs must be rejected first"
+        )
     return a.view(np.uint32)
 
 
-def _order_stats(chunks: Callable[[], Iterable[np.ndarray]], hist: np.ndarray, ranks: list[int]) -> list[np.float32]:
+def _order_stats(
+    chunks: Callable[[], Iterable[np.ndarray]], hist: np.ndarray, ranks: list[int]
+) -> list[np.float32]:
     """Values at 0-based `ranks` of the ascending order: the high 16 bits come from `hist`, the
     low 16 bits from a second pass over the chunks restricted to those high-bit bins."""
     cum = np.cumsum(hist)
