@@ -9,7 +9,8 @@ import pytest
 
 from thresher.compose import chain
 from thresher.methods import Plan, SignalTable
-from thresher.selectors.topk import budget_count, top_k
+from thresher.selectors.base import budget_count
+from thresher.selectors.topk import top_k
 
 
 def toy(name: str, column: str, descending: bool = True) -> Plan:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from thresher.selectors.base import Selection, budget_count
 from thresher.selectors.random import random_k
-from thresher.selectors.topk import Selection, budget_count, middle_k, top_k
+from thresher.selectors.topk import middle_k, top_k
 
 # --- budget_count ---------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from thresher.export import naming, write_atomic
+from thresher.atomic import naming, write_atomic
 from thresher.passes import PASS_VERSION, PassSpec, Ragged, TokenStats
 
 KEY_FILE = "key.json"

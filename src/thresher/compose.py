@@ -13,10 +13,11 @@ import dataclasses
 from typing import Any
 
 from thresher.cache import ACTIVATION_FIELDS, same_reading
+from thresher.choices import check_choice
 from thresher.data import Sample
 from thresher.methods import Plan, RunContext, SignalTable, build
-from thresher.passes import PassSpec, TokenStats, check_choice
-from thresher.selectors.topk import Selection, budget_count
+from thresher.passes import PassSpec, TokenStats
+from thresher.selectors.base import Selection, budget_count
 
 NARROW_FACTOR = 3.0  # ours: see the module docstring
 

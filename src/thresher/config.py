@@ -5,12 +5,13 @@ nothing is ever `eval`ed or imported from a string."""
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from thresher.choices import suggest
 
 
 @dataclass
@@ -122,18 +123,13 @@ class RunConfig:
         return cfg
 
 
-def _suggest(name: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.5)
-    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-
-
 def apply(obj: Any, d: dict[str, Any], prefix: str = "") -> None:
     """Set fields of nested dataclasses from a nested dict; unknown keys are errors."""
     names = [f.name for f in dataclasses.fields(obj)]
     for key, value in d.items():
         if key not in names:
             raise ValueError(
-                f"unknown config key {prefix + key!r}: expected one of {names}{_suggest(key, names)}"
+                f"unknown config key {prefix + key!r}: expected one of {names}{suggest(key, names)}"
             )
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):

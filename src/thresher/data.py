@@ -25,7 +25,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from thresher.export import write_jsonl
+from thresher.atomic import write_jsonl
+from thresher.choices import check_choice
 from thresher.formats import (
     FORMATS,
     PARSERS,
@@ -37,7 +38,6 @@ from thresher.formats import (
     map_columns,
     row_format,
 )
-from thresher.passes import check_choice
 
 
 @dataclass(frozen=True)

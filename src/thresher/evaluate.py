@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from thresher import data as data_mod
+from thresher.atomic import write_atomic
 from thresher.data import Message, Sample
-from thresher.export import write_atomic
 from thresher.passes import PassSpec
 
 TASK_KINDS = ("nll", "mc", "gsm8k", "lm_eval")
@@ -141,7 +141,7 @@ def write_split(
     source: str, out_dir: str | Path, fraction: float, seed: int = 0, **read_kwargs: Any
 ) -> tuple[Path, Path]:
     """Read `source`, split it, write `pool.jsonl` and `heldout.jsonl` (original records) into `out_dir`."""
-    from thresher.export import write_jsonl
+    from thresher.atomic import write_jsonl
 
     read = data_mod.read(source, **read_kwargs)
     pool, heldout = split_heldout(read.samples, fraction, seed)

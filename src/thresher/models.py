@@ -378,7 +378,7 @@ def _sha256_text(text: str) -> str:
 
 
 def _write_json(path: Path, obj: dict[str, Any]) -> None:
-    from thresher.export import write_atomic
+    from thresher.atomic import write_atomic
 
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(

@@ -13,11 +13,12 @@ This module imports no torch: it is shared by signals (pure numpy) and backends.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from thresher.choices import check_choice
 
 # Bump when the meaning of a stored pass changes (new rendering rule, new reduction...):
 # every cache key includes it, so old shards are refused instead of silently mixed.
@@ -141,16 +142,6 @@ class PassSpec:
         """A short human-readable label, e.g. `cond/alpaca`."""
         return f"{self.view}/{self.template}" + (
             f"/noisy{self.noise_copies}" if self.noise_copies else ""
-        )
-
-
-def check_choice(what: str, value: str, choices: tuple[str, ...] | list[str]) -> None:
-    """Raise naming the value, the choices and the nearest one when `value` is not a choice."""
-    if value not in choices:
-        close = difflib.get_close_matches(str(value), list(choices), n=1, cutoff=0.5)
-        raise ValueError(
-            f"{what}={value!r} is not one of {list(choices)}"
-            + (f"; did you mean {close[0]!r}?" if close else "")
         )
 
 

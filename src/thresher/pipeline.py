@@ -22,10 +22,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from thresher import atomic, export
 from thresher import data as data_mod
-from thresher import export
 from thresher.backends.hf import CAPABILITIES
 from thresher.cache import PassStore, activation_columns, find_pass, key_material, pass_label
+from thresher.choices import check_choice
 from thresher.compose import capture_pass, capturing_roles, plan_for, with_capture
 from thresher.config import RunConfig
 from thresher.data import ReadResult, Rejected, Sample
@@ -33,8 +34,8 @@ from thresher.engine import run_on_engine
 from thresher.engine.scorer import Scorer
 from thresher.formats import make_schema
 from thresher.methods import Plan, RunContext, SignalTable
-from thresher.passes import PassSpec, check_choice
-from thresher.selectors.topk import Selection, budget_count
+from thresher.passes import PassSpec
+from thresher.selectors.base import Selection, budget_count
 from thresher.templates import get_template
 
 log = logging.getLogger(__name__)
@@ -266,7 +267,7 @@ def write_outputs(
         cols[name] = pa.array(arr, from_pandas=True) if arr.dtype.kind == "f" else pa.array(arr)
     cols["selected"] = pa.array([i in rank for i in t.ids])
     cols["rank"] = pa.array([rank.get(i) for i in t.ids], type=pa.int64())
-    with export.replacing(out / "scores.parquet") as tmp:
+    with atomic.replacing(out / "scores.parquet") as tmp:
         pq.write_table(pa.table(cols), tmp)
     data_mod.write_rejected(result.rejected, out / "rejected.jsonl")
     by_id = {s.id: s for s in result.samples}
@@ -322,7 +323,7 @@ def write_outputs(
         "timings_s": timings or {},
         "versions": _versions(),
     }
-    export.write_atomic(
+    atomic.write_atomic(
         out / "manifest.json", json.dumps(manifest, indent=1, default=_json_default).encode()
     )
     if cfg.output.report:

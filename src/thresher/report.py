@@ -19,8 +19,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from thresher.atomic import write_atomic
 from thresher.cache import ACTIVATION_PREFIXES, fixed_rows
-from thresher.export import write_atomic
 
 NOT_SIGNALS = {"id", "line", "status", "selected", "rank"}
 BINS = 30  # ours: enough to show shape for pools of a few hundred rows and up

@@ -27,9 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from thresher.atomic import naming, write_atomic
+from thresher.choices import check_choice, suggest
 from thresher.data import Sample
-from thresher.export import naming, write_atomic
-from thresher.passes import PassSpec, check_choice
+from thresher.passes import PassSpec
 from thresher.templates import Renderer
 
 log = logging.getLogger(__name__)
@@ -169,8 +170,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 def preset(name: str = "alpaca", **overrides: Any) -> TrainConfig:
     """A named recipe with some fields replaced (None values are ignored)."""
     if name not in PRESETS:
-        from thresher.methods import suggest
-
         raise ValueError(
             f"unknown training preset {name!r}: expected one of {sorted(PRESETS)}{suggest(name, list(PRESETS))}"
         )

@@ -9,9 +9,9 @@ One module per paper family; each lists its registry entries in `INFOS`.
 
 from __future__ import annotations
 
-import difflib
 from typing import Any
 
+from thresher.choices import suggest
 from thresher.methods import baselines, ifd, instructdiff, mads, miwv, nait, tshirt
 from thresher.methods.base import MethodInfo, Plan, RunContext, SignalTable
 
@@ -31,11 +31,6 @@ METHODS: dict[str, MethodInfo] = {
     for module in (ifd, baselines, nait, mads, instructdiff, tshirt, miwv)
     for m in module.INFOS
 }
-
-
-def suggest(name: str, choices: list[str] | tuple[str, ...]) -> str:
-    close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.5)
-    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
 
 
 def get_method(name: str) -> MethodInfo:

@@ -13,7 +13,7 @@ import numpy as np
 
 from thresher.data import Sample
 from thresher.passes import PassSpec, TokenStats
-from thresher.selectors.topk import Selection
+from thresher.selectors.base import Selection
 
 
 @dataclass

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from thresher.choices import check_choice
 from thresher.data import Sample
 from thresher.methods.base import MethodInfo, Plan, SignalTable, token_counts
-from thresher.passes import PassSpec, TokenStats, check_choice
+from thresher.passes import PassSpec, TokenStats
+from thresher.selectors.base import Selection, budget_count
 from thresher.selectors.random import random_k
-from thresher.selectors.topk import Selection, budget_count, middle_k, top_k
+from thresher.selectors.topk import middle_k, top_k
 from thresher.signals.basic import mean_entropy, perplexity, response_length
 
 _VARIANTS = ("min", "mid", "max")

@@ -8,7 +8,8 @@ import numpy as np
 from thresher.data import Sample
 from thresher.methods.base import MethodInfo, Plan, SignalTable, merge_status, token_counts
 from thresher.passes import PassSpec, TokenStats
-from thresher.selectors.topk import Selection, budget_count, top_k
+from thresher.selectors.base import Selection, budget_count
+from thresher.selectors.topk import top_k
 from thresher.signals.ifd import ifd_filter, ifd_loss_ratio, ifd_ppl_ratio, response_loss
 
 

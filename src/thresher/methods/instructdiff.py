@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from thresher.choices import check_choice
 from thresher.data import Sample
 from thresher.methods.base import (
     MethodInfo,
@@ -30,8 +31,8 @@ from thresher.methods.base import (
     merge_status,
     token_counts,
 )
-from thresher.passes import PassSpec, TokenStats, check_choice
-from thresher.selectors.topk import Selection, budget_count
+from thresher.passes import PassSpec, TokenStats
+from thresher.selectors.base import Selection, budget_count
 from thresher.selectors.trim import BUDGET_UNITS, lowest_within_budget, trim_both_ends
 from thresher.signals.instructdiff import (
     delta_entropy,

@@ -17,11 +17,12 @@ from typing import Any
 
 import numpy as np
 
+from thresher.choices import check_choice
 from thresher.data import Sample
 from thresher.methods.base import MethodInfo, Plan, RunContext, SignalTable, token_counts
-from thresher.passes import PassSpec, TokenStats, check_choice
+from thresher.passes import PassSpec, TokenStats
+from thresher.selectors.base import Selection, budget_count
 from thresher.selectors.coverage import STRATEGIES, select_coverage
-from thresher.selectors.topk import Selection, budget_count
 from thresher.signals import mads as sig
 
 PAPER_LAYERS = (

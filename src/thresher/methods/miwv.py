@@ -15,6 +15,7 @@ import logging
 
 import numpy as np
 
+from thresher.choices import check_choice
 from thresher.data import Sample
 from thresher.embed import Embedder, nearest_other, resolve_embedder
 from thresher.methods.base import (
@@ -25,8 +26,9 @@ from thresher.methods.base import (
     merge_status,
     token_counts,
 )
-from thresher.passes import DEMO_VIEWS, PassSpec, TokenStats, check_choice
-from thresher.selectors.topk import Selection, budget_count, top_k
+from thresher.passes import DEMO_VIEWS, PassSpec, TokenStats
+from thresher.selectors.base import Selection, budget_count
+from thresher.selectors.topk import top_k
 from thresher.signals.miwv import VARIANTS, icl_ifd, miwv, prompt_loss, response_loss
 
 log = logging.getLogger(__name__)

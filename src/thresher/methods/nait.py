@@ -22,7 +22,8 @@ from thresher.cache import PassStore, activation_columns, key_material
 from thresher.data import ReadResult, Sample
 from thresher.methods.base import MethodInfo, Plan, RunContext, SignalTable, token_counts
 from thresher.passes import PassSpec, TokenStats
-from thresher.selectors.topk import Selection, budget_count, top_k
+from thresher.selectors.base import Selection, budget_count
+from thresher.selectors.topk import top_k
 from thresher.signals.nait import (
     Directions,
     combine_targets,

@@ -23,13 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
+from thresher.atomic import naming, write_atomic
 from thresher.cache import PassStore
 from thresher.data import Sample
-from thresher.export import naming, write_atomic
 from thresher.methods.base import MethodInfo, Plan, SignalTable, merge_status, token_counts
 from thresher.passes import PassSpec, TokenStats
+from thresher.selectors.base import Selection, budget_count
 from thresher.selectors.hierarchical import hierarchical
-from thresher.selectors.topk import Selection, budget_count
 from thresher.signals.ifd import ifd_ppl_ratio
 from thresher.signals.tshirt import abs_percentile, copy_ifd, copy_moments, sifd, token_delta
 

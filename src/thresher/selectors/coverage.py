@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from thresher.passes import check_choice
-from thresher.selectors.topk import Selection, _check_count, _check_ids, _keep_mask, _shortfall
+from thresher.choices import check_choice
+from thresher.selectors.base import Selection, check_count, check_ids, keep_mask, shortfall
 
 STRATEGIES = ("complexity_first", "greedy_max_coverage")
 
@@ -105,13 +105,13 @@ def select_coverage(
     """Exactly `budget` eligible rows by coverage of their tags (fewer only when fewer are
     eligible, with a note). Rows are ordered by |T_i| descending, ties by id ascending."""
     check_choice("strategy", strategy, STRATEGIES)
-    ids_arr = _check_ids(ids)
-    _check_count(budget)
+    ids_arr = check_ids(ids)
+    check_count(budget)
     if len(tags) != len(ids_arr):
         raise ValueError(
             f"{len(tags)} tag sets for {len(ids_arr)} ids: expected one tag set per id"
         )
-    mask = _keep_mask(keep, len(ids_arr))
+    mask = keep_mask(keep, len(ids_arr))
     rows = np.flatnonzero(mask)
     sizes = np.array([len(tags[i]) for i in rows], dtype=np.int64)
     order = rows[np.lexsort((ids_arr[rows], -sizes))]
@@ -121,6 +121,6 @@ def select_coverage(
     note = (
         ""
         if len(chosen) == budget
-        else _shortfall(eligible, len(ids_arr), budget, "scored, with activations")
+        else shortfall(eligible, len(ids_arr), budget, "scored, with activations")
     )
     return Selection(tuple(str(ids_arr[i]) for i in chosen), budget, eligible, note)

@@ -11,7 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from thresher.selectors.topk import Selection, top_k
+from thresher.selectors.base import Selection
+from thresher.selectors.topk import top_k
 
 
 def hierarchical(

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from thresher.selectors.topk import Selection, _check_count, _check_ids, _keep_mask, _shortfall
+from thresher.selectors.base import Selection, check_count, check_ids, keep_mask, shortfall
 
 
 def random_k(
@@ -21,14 +21,14 @@ def random_k(
     the seed, not on the input order. The draw is a prefix of one permutation, so a smaller
     budget with the same seed picks a subset of a larger one.
     """
-    ids_arr = _check_ids(ids)
-    _check_count(budget)
+    ids_arr = check_ids(ids)
+    check_count(budget)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise ValueError(f"seed={seed!r}: expected an int, e.g. 42")
-    mask = _keep_mask(keep, len(ids_arr))
+    mask = keep_mask(keep, len(ids_arr))
     pool = sorted(str(ids[int(i)]) for i in np.flatnonzero(mask))
     order = np.random.default_rng(seed).permutation(len(pool))[:budget]
     chosen = tuple(pool[int(i)] for i in order)
-    short = _shortfall(len(pool), len(ids_arr), budget, "kept by the filter")
+    short = shortfall(len(pool), len(ids_arr), budget, "kept by the filter")
     note = "" if len(chosen) == budget else short
     return Selection(chosen, budget, len(pool), note)

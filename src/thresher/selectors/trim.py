@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from thresher.passes import check_choice
-from thresher.selectors.topk import Selection, _as_float, _check_count, _check_ids, _keep_mask
+from thresher.choices import check_choice
+from thresher.selectors.base import Selection, as_float, check_count, check_ids, keep_mask
 
 BUDGET_UNITS = ("samples", "tokens")
 
@@ -27,9 +27,9 @@ def trim_both_ends(
         raise ValueError(
             f"gamma={gamma!r}: expected the fraction trimmed from each end in [0, 0.5), e.g. 0.1"
         )
-    ids_arr = _check_ids(ids)
-    v = _as_float(values, len(ids_arr))
-    mask = np.isfinite(v) & _keep_mask(keep, len(ids_arr))
+    ids_arr = check_ids(ids)
+    v = as_float(values, len(ids_arr))
+    mask = np.isfinite(v) & keep_mask(keep, len(ids_arr))
     rows = np.flatnonzero(mask)
     order = rows[np.lexsort((ids_arr[rows], v[rows]))]
     n = len(order)
@@ -52,10 +52,10 @@ def lowest_within_budget(
     `unit="tokens"`: rows are added until their summed `tokens` reach `budget` (the row that
     crosses it is included), as InstructDiff's `select_lowest_diff_entropy`."""
     check_choice("unit", unit, BUDGET_UNITS)
-    ids_arr = _check_ids(ids)
-    _check_count(budget)
-    v = _as_float(values, len(ids_arr))
-    mask = np.isfinite(v) & _keep_mask(keep, len(ids_arr))
+    ids_arr = check_ids(ids)
+    check_count(budget)
+    v = as_float(values, len(ids_arr))
+    mask = np.isfinite(v) & keep_mask(keep, len(ids_arr))
     rows = np.flatnonzero(mask)
     order = rows[np.lexsort((ids_arr[rows], v[rows]))]
     eligible = int(mask.sum())

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from thresher.passes import check_choice
+from thresher.choices import check_choice
 
 TAG_RULES = ("quantile", "topk", "zscore", "absolute")
 WEIGHTS = ("none", "idf")
