@@ -49,9 +49,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from thresher import data as data_mod  # noqa: E402
-from thresher.cache import PassStore, activation_columns, key_material  # noqa: E402
+from thresher.cache import PassStore, key_material  # noqa: E402
 from thresher.engine.scorer import Scorer  # noqa: E402
-from thresher.methods.mads import resolve_layers  # noqa: E402
+from thresher.methods import mads, nait  # noqa: E402
 from thresher.methods.nait import pool_projections  # noqa: E402
 from thresher.models import load_model  # noqa: E402
 from thresher.passes import PassSpec  # noqa: E402
@@ -62,6 +62,7 @@ FULL = 52_002
 
 
 def variants(n_layers: int) -> dict[str, PassSpec]:
+    """The shared cond pass alone, and with NAIT's and MADS's default pooling (their pool passes)."""
     base = PassSpec(
         model="smollm2-135m",
         view="cond",
@@ -71,20 +72,8 @@ def variants(n_layers: int) -> dict[str, PassSpec]:
     )
     return {
         "plain": base,
-        "nait": dataclasses.replace(
-            base,
-            fields=("logprob", "entropy", "hidden"),
-            layers=tuple(range(n_layers)),
-            pool="drift",
-            pool_span="all",
-        ),
-        "mads": dataclasses.replace(
-            base,
-            fields=("logprob", "entropy", "mlp"),
-            layers=resolve_layers("paper", n_layers),
-            pool="mean",
-            pool_span="prompt",
-        ),
+        "nait": nait.pool_pass("smollm2-135m").resolve(n_layers),
+        "mads": mads.pool_pass("smollm2-135m").resolve(n_layers),
     }
 
 
@@ -137,7 +126,7 @@ def child_peak(a: argparse.Namespace, variant: str) -> float:
             variant == "nait"
         ):  # as `thresher run --method nait`: the pool pass streams into projections
             run_pass(read.samples, scorer, store, progress=False, load_stats=False)
-            keys = activation_columns(spec)
+            keys = spec.activation_columns()
             first = next(
                 store.scan(keys)
             )  # stand-in target set (the cost does not depend on which rows)
@@ -162,7 +151,7 @@ def load_factor(spec: PassSpec, width: int, rows: int = 4000, shard_rows: int = 
     rng = np.random.default_rng(0)
     ids = [f"r{i:05d}" for i in rng.permutation(rows)]
     with tempfile.TemporaryDirectory() as tmp:
-        store = PassStore(tmp, spec, {"pass": dataclasses.asdict(spec)})
+        store = PassStore(tmp, spec, {"pass": spec.to_dict()})
         store.open()
         for a in range(0, rows, shard_rows):
             part = ids[a : a + shard_rows]
@@ -179,7 +168,7 @@ def load_factor(spec: PassSpec, width: int, rows: int = 4000, shard_rows: int = 
                     "entropy": [np.zeros(1)] * n,
                     "activations": {
                         c: rng.standard_normal((n, width), dtype=np.float32)
-                        for c in activation_columns(spec)
+                        for c in spec.activation_columns()
                     },
                 }
             )

@@ -15,7 +15,6 @@ extrapolations to 52K rows, next to what holding every |delta| in RAM would take
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import tempfile
 import time
@@ -31,7 +30,7 @@ from thresher.data import read
 from thresher.embed import Embedder
 from thresher.methods import build
 from thresher.methods.miwv import instruction_text
-from thresher.methods.tshirt import CHUNK_VALUES, THRESHOLD_FILE, noisy_signals
+from thresher.methods.tshirt import CHUNK_VALUES, noisy_signals
 from thresher.models import load_model
 from thresher.pipeline import run
 from thresher.templates import Renderer
@@ -49,7 +48,7 @@ def tokens_fed(plan, samples, tok, demos: dict | None = None) -> dict[str, int]:
             for s in samples
         )
         out[role] = sum(len(x.ids) for x in rendered if x.status == "ok") * max(
-            spec.noise_copies, 1
+            spec.noise.copies if spec.noise else 1, 1
         )
     return out
 
@@ -199,7 +198,8 @@ def main() -> None:
         res = noisy_signals(keep, stores[0], stores[1], a.copies, 0.5)
         peaks[n] = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
-        values[n] = json.loads((sub / THRESHOLD_FILE).read_text())["values"]
+        # one |delta| per noisy uncond log-prob (token_delta has the uncond copies' length)
+        values[n] = sum(len(shard.logprob.values) for shard in stores[1].scan())
         assert len(res["status"]) == n
     n1, n2 = sorted(peaks)
     per_row = values[n2] / n2

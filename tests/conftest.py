@@ -53,3 +53,24 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     make_model(tok).save_pretrained(d)
     tok.save_pretrained(d)
     return d
+
+
+def table_of(method, stats, samples, state=None, passes=None):
+    """A method's signal table from hand-made token stats by role, as the pipeline builds it:
+    the passes' statuses merged, then its signals and filters."""
+    from thresher.methods import SignalInputs
+    from thresher.methods.base import first_failure
+    from thresher.methods.table import make_table
+
+    loaded = [s.status for s in stats.values() if hasattr(s, "status")]
+    status = first_failure(*loaded) if loaded else ["ok"] * len(samples)
+    inputs = SignalInputs(stats, samples, passes or method.passes, state)
+    return make_table(method, inputs, status)
+
+
+def choose(method, table, budget, rows_read=None, seed=42):
+    """The method's selection of `budget` from `table` (rows read = the table's rows unless given)."""
+    from thresher.methods import SelectContext
+
+    ctx = SelectContext(len(table.ids) if rows_read is None else rows_read, seed)
+    return method.select(table, budget, ctx)

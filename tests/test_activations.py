@@ -10,7 +10,7 @@ import torch
 from thresher.backends.hf import HFBackend, decoder_layers, mlp_activation_module
 from thresher.cache import find_pass, key_material, pass_label, satisfies
 from thresher.data import Message, Sample
-from thresher.passes import PassSpec
+from thresher.passes import PassSpec, Pooling
 from thresher.templates import Renderer
 from tiny import FAMILIES
 
@@ -58,11 +58,14 @@ def test_pools_match_their_naive_definitions(family, field, pool, span):
     tok, model = family
     spec = PassSpec(
         model="tiny",
-        fields=("logprob", field),
-        layers=(0,),
-        pool=pool,
-        pool_span=span,
-        pool_threshold=0.05 if pool == "frac_above" else None,
+        fields=("logprob",),
+        pooling=Pooling(
+            sources=(field,),
+            layers=(0,),
+            how=pool,
+            span=span,
+            threshold=0.05 if pool == "frac_above" else None,
+        ),
     )
     rows = [Renderer(tok, spec).render(s) for s in SAMPLES]
     out = HFBackend(model, tok).run(rows, spec)  # batched, right-padded
@@ -85,7 +88,11 @@ def test_mlp_module_is_the_activation_of_each_architecture(family):
         if name.startswith("GPT2")
         else decoder_layers(model)[0].mlp.act_fn
     )
-    spec = PassSpec(model="tiny", fields=("mlp",), layers=(0,), pool="mean", pool_span="all")
+    spec = PassSpec(
+        model="tiny",
+        fields=(),
+        pooling=Pooling(sources=("mlp",), layers=(0,), how="mean", span="all"),
+    )
     width = HFBackend(model, tok).activation_widths(spec)["mlp.0"]
     assert (
         width == model.config.intermediate_size
@@ -100,11 +107,10 @@ def test_down_proj_input_is_the_gated_product(family):
     tok, model = family
     spec = PassSpec(
         model="tiny",
-        fields=("mlp",),
-        layers=(0,),
-        pool="mean",
-        pool_span="all",
-        mlp_tap="down_proj_input",
+        fields=(),
+        pooling=Pooling(
+            sources=("mlp",), layers=(0,), how="mean", span="all", mlp_tap="down_proj_input"
+        ),
     )
     r = Renderer(tok, spec).render(SAMPLES[0])
     got = HFBackend(model, tok).run([r], spec).activations["mlp.0"][0]
@@ -122,18 +128,30 @@ def test_down_proj_input_is_the_gated_product(family):
         )
     np.testing.assert_allclose(got, want.mean(0).numpy(), atol=3e-5, rtol=1e-4)
     assert pass_label(spec) != pass_label(
-        PassSpec(model="tiny", fields=("mlp",), layers=(0,), pool="mean", pool_span="all")
+        PassSpec(
+            model="tiny",
+            fields=(),
+            pooling=Pooling(sources=("mlp",), layers=(0,), how="mean", span="all"),
+        )
     )
 
 
 def test_frac_above_needs_its_threshold_and_keys_stay_stable():
-    with pytest.raises(ValueError, match="pool_threshold"):
-        PassSpec(model="m", fields=("mlp",), layers=(0,), pool="frac_above")
-    with pytest.raises(ValueError, match="pool_threshold"):
-        PassSpec(model="m", fields=("mlp",), layers=(0,), pool="mean", pool_threshold=0.5)
-    assert "pool_threshold" not in PassSpec(model="m").to_dict()  # earlier cache keys unchanged
+    with pytest.raises(ValueError, match="threshold"):
+        PassSpec(
+            model="m", fields=(), pooling=Pooling(sources=("mlp",), layers=(0,), how="frac_above")
+        )
+    with pytest.raises(ValueError, match="threshold"):
+        PassSpec(
+            model="m",
+            fields=(),
+            pooling=Pooling(sources=("mlp",), layers=(0,), how="mean", threshold=0.5),
+        )
+    assert "pooling" not in PassSpec(model="m").to_dict()  # absent unless used
     spec = PassSpec(
-        model="m", fields=("mlp",), layers=(0, 3), pool="frac_above", pool_threshold=0.5
+        model="m",
+        fields=(),
+        pooling=Pooling(sources=("mlp",), layers=(0, 3), how="frac_above", threshold=0.5),
     )
     assert PassSpec.from_dict(spec.to_dict()) == spec
 
@@ -146,17 +164,31 @@ def material(**kw):
 def test_a_superset_pass_satisfies_a_subset_request():
     ifd = material(fields=("logprob", "entropy"))
     nait = material(
-        fields=("logprob", "entropy", "hidden"), layers=(0, 1), pool="drift", pool_span="all"
+        fields=(
+            "logprob",
+            "entropy",
+        ),
+        pooling=Pooling(sources=("hidden",), layers=(0, 1), how="drift", span="all"),
     )
     assert satisfies(nait, ifd) and not satisfies(ifd, nait)
     assert satisfies(
-        nait, material(fields=("logprob", "hidden"), layers=(1,), pool="drift", pool_span="all")
+        nait,
+        material(
+            fields=("logprob",),
+            pooling=Pooling(sources=("hidden",), layers=(1,), how="drift", span="all"),
+        ),
     )
     assert not satisfies(
-        nait, material(fields=("hidden",), layers=(1,), pool="mean", pool_span="all")
+        nait,
+        material(
+            fields=(), pooling=Pooling(sources=("hidden",), layers=(1,), how="mean", span="all")
+        ),
     )  # other pooling
     assert not satisfies(
-        nait, material(fields=("hidden",), layers=(2,), pool="drift", pool_span="all")
+        nait,
+        material(
+            fields=(), pooling=Pooling(sources=("hidden",), layers=(2,), how="drift", span="all")
+        ),
     )  # other layer
     assert not satisfies(nait, material(fields=("logprob",), max_length=256))
     other_data = dict(ifd, data_hash="other")
@@ -168,10 +200,11 @@ def test_find_pass_and_labels(tmp_path):
 
     nait_spec = PassSpec(
         model="m",
-        fields=("logprob", "entropy", "hidden"),
-        layers=(0, 1),
-        pool="drift",
-        pool_span="all",
+        fields=(
+            "logprob",
+            "entropy",
+        ),
+        pooling=Pooling(sources=("hidden",), layers=(0, 1), how="drift", span="all"),
     )
     ifd_spec = PassSpec(model="m", fields=("logprob", "entropy"))
     assert pass_label(ifd_spec) == "cond.alpaca" and pass_label(nait_spec).startswith(

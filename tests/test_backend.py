@@ -10,7 +10,7 @@ import torch
 
 from thresher.backends.hf import HFBackend, decoder_layers, reference_logprobs
 from thresher.data import Message, Sample
-from thresher.passes import PassSpec
+from thresher.passes import PassSpec, Pooling
 from thresher.templates import Renderer
 from tiny import FAMILIES, uniform_llama
 
@@ -75,7 +75,9 @@ def test_hooks_match_output_hidden_states(family):
     n = len(decoder_layers(model))
     layers = tuple(range(n - 1))  # the last layer's hidden_states entry is after the final norm
     spec = PassSpec(
-        model="tiny", fields=("logprob", "hidden"), layers=layers, pool="mean", pool_span="response"
+        model="tiny",
+        fields=("logprob",),
+        pooling=Pooling(sources=("hidden",), layers=layers, how="mean", span="response"),
     )
     rows = [Renderer(tok, spec).render(s) for s in SAMPLES]
     out = HFBackend(model, tok).run(rows, spec)
@@ -96,7 +98,9 @@ def test_pooling_over_spans(pool):
     tok = make_tok()
     model = make_model(tok)
     spec = PassSpec(
-        model="tiny", fields=("logprob", "mlp"), layers=(0,), pool=pool, pool_span="prompt"
+        model="tiny",
+        fields=("logprob",),
+        pooling=Pooling(sources=("mlp",), layers=(0,), how=pool, span="prompt"),
     )
     rows = [Renderer(tok, spec).render(s) for s in SAMPLES]
     captured = {}
@@ -123,4 +127,6 @@ def test_capability_and_layer_checks():
     tok = make_tok()
     backend = HFBackend(make_model(tok), tok)
     with pytest.raises(ValueError, match="do not exist"):
-        backend.check(PassSpec(model="tiny", fields=("hidden",), layers=(7,)))
+        backend.check(
+            PassSpec(model="tiny", fields=(), pooling=Pooling(sources=("hidden",), layers=(7,)))
+        )

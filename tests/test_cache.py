@@ -10,7 +10,7 @@ import pytest
 
 from thresher import cache
 from thresher.cache import CacheMismatch, PassStore, cache_key, key_material, pass_label
-from thresher.passes import PASS_VERSION, PassSpec
+from thresher.passes import PASS_VERSION, PassSpec, Pooling
 
 INFO = {
     "hf_id": "org/m",
@@ -41,7 +41,11 @@ def columns(ids, n=2):
 
 
 def test_load_in_a_given_order_with_only_the_activations_asked_for(tmp_path):
-    spec = PassSpec(model="m", fields=("logprob", "hidden"), layers=(0, 1), pool="mean")
+    spec = PassSpec(
+        model="m",
+        fields=("logprob",),
+        pooling=Pooling(sources=("hidden",), layers=(0, 1), how="mean"),
+    )
     store = PassStore(tmp_path, spec, material(spec))
     store.open()
     rows = {

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -151,3 +153,17 @@ def test_capture_flag_sets_the_config(data):
         ).score.capture
         is None
     )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("argv", [["ls"], ["ls", "methods"], ["validate", "--help"]])
+def test_listing_and_help_import_no_torch(argv):
+    """Listing and help print in well under a second: they import neither torch nor a backend."""
+    code = (
+        "import sys\nfrom thresher import cli\n"
+        f"try:\n    cli.main({argv!r})\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
+        "assert not heavy, heavy"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -7,26 +7,17 @@ import json
 import numpy as np
 import pytest
 
+from conftest import choose
 from thresher.compose import chain
-from thresher.methods import Plan, SignalTable
-from thresher.selectors.base import budget_count
-from thresher.selectors.topk import top_k
+from thresher.methods import Method, SignalTable
+from thresher.methods.table import TopK
 
 
-def toy(name: str, column: str, descending: bool = True) -> Plan:
-    def compute(stats, samples):
+def toy(name: str, column: str, descending: bool = True) -> Method:
+    def signals(inputs):
         raise AssertionError("not used")
 
-    def choose(table, budget, n_rows_read, seed):
-        return top_k(
-            table.ids,
-            table.columns[column],
-            budget_count(budget, len(table.ids)),
-            descending=descending,
-            keep=table.eligible,
-        )
-
-    return Plan(name, {}, {}, compute, choose)
+    return Method(name, {}, {}, signals, column, TopK(column, descending))
 
 
 def test_second_selector_picks_b_inside_the_first_top_factor_b():
@@ -35,7 +26,7 @@ def test_second_selector_picks_b_inside_the_first_top_factor_b():
     second_score = -np.arange(10.0)  # second alone would pick r0, r1
     plan = chain(toy("one", "s1"), toy("two", "s2"))
     table = SignalTable(ids, {"s1": first_score, "two.s2": second_score}, ["ok"] * 10, "s1")
-    sel = plan.choose(table, 2, 10, 42)
+    sel = choose(plan, table, 2)
     assert sel.ids == ("r4", "r5") and sel.requested == 2 and sel.eligible == 6
     assert plan.params["chain"][0]["method"] == "one" and plan.params["narrow_factor"] == 3.0
 
@@ -45,7 +36,7 @@ def test_rows_the_first_method_filters_never_reach_the_second():
     status = ["ok", "filtered:x", "ok", "ok", "nan_score", "ok"]
     plan = chain(toy("one", "s1"), toy("two", "s2"), narrow_factor=1.5)
     table = SignalTable(ids, {"s1": np.arange(6.0), "two.s2": np.arange(6.0)}, status, "s1")
-    sel = plan.choose(table, 2, 6, 42)  # first keeps top 3 of {r0, r2, r3, r5}: r5, r3, r2
+    sel = choose(plan, table, 2)  # first keeps top 3 of {r0, r2, r3, r5}: r5, r3, r2
     assert sel.ids == ("r5", "r3")
 
 

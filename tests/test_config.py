@@ -56,5 +56,5 @@ def test_shipped_configs_load_and_validate(path, tmp_path):
         [f"method.params.target=[{data}]"] if path.stem == "nait" else []
     )  # nait needs an in-domain file
     cfg = RunConfig.from_yaml(path, [f"data.path={data}", *extra])
-    plan = validate(cfg)
-    assert plan.method == path.stem
+    method = validate(cfg)
+    assert method.name == path.stem

@@ -154,12 +154,16 @@ def test_mads_knob_errors():
 
 
 def test_paper_layers_scale_with_depth():
-    from thresher.methods.mads import resolve_layers
+    from thresher.methods.mads import pool_pass
 
-    assert resolve_layers("paper", 28) == (1, 8, 15, 20, 27)
-    assert resolve_layers("paper", 30) == (1, 9, 16, 21, 29)
+    def layers(n_layers, **kw):
+        return pool_pass("m", **kw).resolve(n_layers).pooling.layers
+
+    assert layers(28) == (1, 8, 15, 20, 27)  # the paper's own 28-layer model
+    assert layers(30) == (1, 9, 16, 21, 29)  # round(l * 29 / 27)
+    assert layers(30, layers=[3, 5]) == (3, 5)
     with pytest.raises(ValueError, match="do not exist"):
-        resolve_layers([40], 30)
+        layers(30, layers=[40])
 
 
 @pytest.mark.integration

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from conftest import choose, table_of
 from thresher.data import Message, Sample
 from thresher.methods import METHODS, build
 from thresher.passes import Ragged, TokenStats
@@ -42,19 +43,19 @@ UNCOND = [[-2.0], [-1.0, -3.0], [-2.0], [-4.0]]
 
 def test_ifd_plan_computes_cherry_ifd_and_drops_above_one():
     plan = build("ifd", "m")
-    t = plan.compute({"cond": stats(IDS, COND), "uncond": stats(IDS, UNCOND)}, samples(IDS))
+    t = table_of(plan, {"cond": stats(IDS, COND), "uncond": stats(IDS, UNCOND)}, samples(IDS))
     np.testing.assert_allclose(t.columns["ifd"], [0.5, 1.0, 1.5, 0.25])
     np.testing.assert_allclose(t.columns["loss_cond"], [1, 2, 3, 1])
     assert t.status == ["ok", "ok", "filtered:ifd>1", "ok"]  # Cherry keeps IFD == 1
-    sel = plan.choose(t, 2, 4, 42)
+    sel = choose(plan, t, 2, 4)
     assert sel.ids == ("b", "a")  # highest eligible IFD first
     # int(0.5 * 4 samples) = 2 in the default mode
-    assert len(plan.choose(t, 0.5, 4, 42).ids) == 2
+    assert len(choose(plan, t, 0.5, 4).ids) == 2
 
 
 def test_superfiltering_plan_uses_ppl_ratio_and_drops_at_one():
     plan = build("superfiltering", "m")
-    t = plan.compute({"cond": stats(IDS, COND), "uncond": stats(IDS, UNCOND)}, samples(IDS))
+    t = table_of(plan, {"cond": stats(IDS, COND), "uncond": stats(IDS, UNCOND)}, samples(IDS))
     np.testing.assert_allclose(t.columns["ifd"], np.exp([1 - 2, 2 - 2, 3 - 2, 1 - 4]))
     assert t.status == ["ok", "filtered:ifd>=1", "filtered:ifd>=1", "ok"]
 
@@ -63,10 +64,10 @@ def test_rejected_and_nan_rows_never_become_numbers():
     plan = build("ifd", "m")
     cond = stats(IDS, [[-1.0], [], [-1.0], [-1.0]], status=["ok", "empty_response", "ok", "ok"])
     uncond = stats(IDS, [[-2.0], [], [0.0], [-2.0]])
-    t = plan.compute({"cond": cond, "uncond": uncond}, samples(IDS))
+    t = table_of(plan, {"cond": cond, "uncond": uncond}, samples(IDS))
     assert t.status[1] == "empty_response" and math.isnan(t.columns["ifd"][1])
     assert t.status[2] == "nan_score" and math.isnan(t.columns["ifd"][2])  # s(A) = 0
-    assert set(plan.choose(t, 4, 4, 42).ids) == {"a", "d"}
+    assert set(choose(plan, t, 4, 4).ids) == {"a", "d"}
 
 
 def test_cherry_reproduce_filter_and_budget_on_kept_rows():
@@ -74,17 +75,17 @@ def test_cherry_reproduce_filter_and_budget_on_kept_rows():
     assert plan.passes["cond"].boundary == "cherry" and plan.passes["uncond"].boundary == "cherry"
     # instruct_len 512 + 1 uncond response token > 512 -> skipped as in data_by_IFD.py
     uncond = stats(IDS, UNCOND, n_prompt=[10, 10, 10, 512])
-    t = plan.compute({"cond": stats(IDS, COND), "uncond": uncond}, samples(IDS))
+    t = table_of(plan, {"cond": stats(IDS, COND), "uncond": uncond}, samples(IDS))
     assert t.status == ["ok", "ok", "filtered:ifd>1", "filtered:response_would_be_truncated"]
     # Cherry: int(#kept * rate) = int(2 * 0.5) = 1
-    assert plan.choose(t, 0.5, 100, 42).ids == ("b",)
+    assert choose(plan, t, 0.5, 100).ids == ("b",)
 
 
 def test_superfiltering_reproduce_budget_counts_rows_read():
     plan = build("superfiltering", "m", reproduce=True)
-    t = plan.compute({"cond": stats(IDS, COND), "uncond": stats(IDS, UNCOND)}, samples(IDS))
+    t = table_of(plan, {"cond": stats(IDS, COND), "uncond": stats(IDS, UNCOND)}, samples(IDS))
     # int(rows_read * rate) = int(10 * 0.2) = 2, of which 2 are eligible
-    assert len(plan.choose(t, 0.2, 10, 42).ids) == 2
+    assert len(choose(plan, t, 0.2, 10).ids) == 2
 
 
 @pytest.mark.parametrize(
@@ -92,24 +93,24 @@ def test_superfiltering_reproduce_budget_counts_rows_read():
 )
 def test_ppl_variants(variant, expected):
     plan = build("ppl", "m", {"variant": variant})
-    t = plan.compute({"cond": stats(IDS, COND)}, samples(IDS))
+    t = table_of(plan, {"cond": stats(IDS, COND)}, samples(IDS))
     np.testing.assert_allclose(t.columns["ppl"], np.exp([1, 2, 3, 1]))
     # ascending: a(e^1), d(e^1), b(e^2), c(e^3): ties by id; mid start = (4 - 2) // 2 = 1
-    assert plan.choose(t, 2, 4, 42).ids == expected
+    assert choose(plan, t, 2, 4).ids == expected
 
 
 def test_entropy_plan_reads_the_entropy_of_the_cond_pass():
     plan = build("entropy", "m")
-    t = plan.compute({"cond": stats(IDS, COND)}, samples(IDS))
+    t = table_of(plan, {"cond": stats(IDS, COND)}, samples(IDS))
     np.testing.assert_allclose(t.columns["entropy"], [2, 3, 4, 5])
-    assert plan.choose(t, 1, 4, 42).ids == ("a",)
+    assert choose(plan, t, 1, 4).ids == ("a",)
 
 
 def test_longest_ties_by_characters_then_id():
     plan = build("longest", "m")
     tok = stats(IDS, [[0.0] * 3, [0.0] * 3, [0.0] * 1, [0.0] * 3])
-    t = plan.compute({"tokens": tok}, samples(IDS))  # chars 1, 2, 3, 4
-    assert plan.choose(t, 3, 4, 42).ids == ("d", "b", "a")
+    t = table_of(plan, {"tokens": tok}, samples(IDS))  # chars 1, 2, 3, 4
+    assert choose(plan, t, 3, 4).ids == ("d", "b", "a")
 
 
 def test_shared_cond_pass_across_methods():

@@ -167,7 +167,7 @@ def test_capture_lets_ifd_pay_for_nait_and_ppl_for_mads(tiny_model_dir, tmp_path
     cfg.score.capture = "nait"
     with pytest.raises(
         ValueError,
-        match=r"score.capture='nait' adds activations to a cond pass.*'superfiltering' has none",
+        match=r"score.capture='nait' adds activations to a pass.*'superfiltering' has none",
     ):
         validate(cfg)
     cfg = config(tiny_model_dir, data, tmp_path / "x", method="ifd", count=3)

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from thresher.backends.hf import HFBackend, embedding_noise
-from thresher.cache import CacheMismatch
 from thresher.data import Message, Sample
+from thresher.engine.scorer import Scorer
 from thresher.methods import build
 from thresher.methods.tshirt import noisy_signals
-from thresher.passes import PassSpec, Ragged, TokenStats
+from thresher.passes import Noise, PassSpec, Ragged, TokenStats
 from thresher.pipeline import run
 from thresher.selectors.hierarchical import hierarchical
 from thresher.signals.tshirt import abs_percentile, copy_ifd, copy_moments, sifd, token_delta
@@ -212,14 +212,10 @@ def _noisy_lp(llama, view, alpha, copies, sample):
         template="plain",
         fields=("logprob",),
         max_length=64,
-        noise_alpha=alpha,
-        noise_copies=copies,
+        noise=Noise(alpha=alpha, copies=copies),
     )
-    cond = Renderer(
-        tok, PassSpec(model="m", view="cond", template="plain", fields=("logprob",), max_length=64)
-    ).render(sample)
-    row = Renderer(tok, spec).render(sample)
-    out = HFBackend(model, tok).run([row], spec, noise=[(sample.id, len(cond.ids), cond.scored[0])])
+    row = Scorer(spec, model, tok).render([sample])[0]  # with its noise key (the cond layout)
+    out = HFBackend(model, tok).run([row], spec)
     clean = HFBackend(model, tok).run(
         [row], PassSpec(model="m", view=view, template="plain", fields=("logprob",), max_length=64)
     )
@@ -335,7 +331,7 @@ def test_defaults_and_shared_clean_passes():
         build("tshirt", "gpt2", reproduce=True).passes["uncond"]
         == build("superfiltering", "gpt2", reproduce=True).passes["uncond"]
     )
-    assert plan.passes["noisy_cond"].noise_copies == 30 and plan.streamed == (
+    assert plan.passes["noisy_cond"].noise.copies == 30 and plan.streamed == (
         "noisy_cond",
         "noisy_uncond",
     )
@@ -351,22 +347,23 @@ def test_tshirt_run_reuses_superfiltering_passes_and_selects_exactly(
     result, sel, _ = run(_config(model_dirs["chatml"], data_file, out, "tshirt", copies=3))
     p = result.passes
     assert p["cond"]["reused"] == 9 and p["cond"]["scored"] == 0 and p["uncond"]["scored"] == 0
-    assert p["noisy_cond"]["scored"] == 9 and p["noisy_cond"]["label"].endswith(".noisy3")
+    assert p["noisy_cond"]["scored"] == 9 and ".noisy3-" in p["noisy_cond"]["label"]
     t = result.table
     for s, mu, sd in zip(t.status, t.columns["sifd_mean"], t.columns["sifd_std"], strict=True):
         if s == "ok" or s.startswith("filtered:"):
             assert math.isfinite(mu) and math.isfinite(sd) and sd > 0
     assert len(sel.ids) == min(2, sel.eligible)
-    assert (
-        not (out / "tshirt_spill").exists()
-        and json.loads((out / "tshirt_threshold.json").read_text())["k"] == 0.5
-    )
+    threshold = json.loads((out / "manifest.json").read_text())["diagnostics"]["sifd_threshold"]
+    assert not (out / "scratch").exists() and threshold == t.columns["sifd_threshold"][0] > 0
     again, _, _ = run(_config(model_dirs["chatml"], data_file, out, "tshirt", copies=3))
     np.testing.assert_array_equal(
         again.table.columns["sifd_mean"], t.columns["sifd_mean"]
     )  # resumed, same numbers
-    with pytest.raises(CacheMismatch, match="noise_seed"):
-        run(_config(model_dirs["chatml"], data_file, out, "tshirt", copies=3, seed=7))
+    # another noise seed is another pass, in a folder of its own: nothing stored is overwritten
+    other, _, _ = run(_config(model_dirs["chatml"], data_file, out, "tshirt", copies=3, seed=7))
+    assert other.passes["noisy_cond"]["scored"] == 9
+    assert other.passes["noisy_cond"]["label"] != p["noisy_cond"]["label"]
+    assert not np.array_equal(other.table.columns["sifd_mean"], t.columns["sifd_mean"])
 
 
 def test_reproduce_mode_on_gpt2_drops_the_first_token(model_dirs, data_file, tmp_path):

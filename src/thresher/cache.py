@@ -10,6 +10,7 @@ size or engine, so nothing is lost and nothing is scored twice.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -24,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from thresher.atomic import naming, write_atomic
-from thresher.passes import PASS_VERSION, PassSpec, Ragged, TokenStats
+from thresher.passes import PASS_VERSION, SOURCES, PassSpec, Ragged, TokenStats
 
 KEY_FILE = "key.json"
 
@@ -63,54 +64,54 @@ def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
 
 
 def pass_label(spec: PassSpec) -> str:
+    """The pass's folder name in a run, e.g. `cond.alpaca`; passes that pool activations or add
+    noise get a hash of those settings, so differently pooled or perturbed passes never share a
+    folder."""
     template = spec.template if spec.template in ("alpaca", "plain", "chat") else "custom"
     label = f"{spec.view}.{template}"
     if spec.boundary != "exact":
         label += f".{spec.boundary}"
-    acts = [f for f in spec.fields if f in ACTIVATION_FIELDS]
-    if acts:  # passes with activations pooled differently must not share a folder
-        what = [acts, list(spec.layers), spec.pool, spec.pool_span, spec.pool_threshold]
-        what += (
-            [spec.mlp_tap] if spec.mlp_tap != "act" else []
-        )  # absent by default: earlier labels stay valid
-        what = json.dumps(what)
-        label += f".{'+'.join(acts)}-{hashlib.sha256(what.encode()).hexdigest()[:8]}"
-    if spec.noise_copies:  # T-SHIRT's perturbed copies never share the clean pass's folder
-        label += f".noisy{spec.noise_copies}"
-    return label if spec.fields else f"{label}.tokens"
+    if spec.pooling is not None:
+        label += f".{'+'.join(spec.pooling.sources)}-{_short_hash(spec.pooling.to_dict())}"
+    if spec.noise is not None:  # T-SHIRT's perturbed copies never share the clean pass's folder
+        label += f".noisy{spec.noise.copies}-{_short_hash(spec.noise.to_dict())}"
+    return label if spec.forward else f"{label}.tokens"
 
 
-ACTIVATION_FIELDS = ("hidden", "mlp")
-ACTIVATION_PREFIXES = tuple(f"{f}." for f in ACTIVATION_FIELDS)  # stored columns: hidden.3, mlp.8
-_POOLING = ("pool", "pool_span", "pool_threshold", "mlp_tap")
-# what a pass may differ in from another of the same view and still share its folder's rows: its
-# fields and layers (a superset serves), and how activations are pooled (compared only when wanted)
-SHAREABLE = ("fields", "layers", *_POOLING)
+def _short_hash(d: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
 
 
-def same_reading(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Whether two pass specs (as dicts) agree on every key but the SHAREABLE ones, i.e. read the
-    same tokens with the same settings (a key one of them lacks counts as None)."""
-    return all(a.get(k) == b.get(k) for k in (set(a) | set(b)) - set(SHAREABLE))
+ACTIVATION_PREFIXES = tuple(f"{s}." for s in SOURCES)  # stored columns: hidden.3, mlp.8
+
+
+def same_reading(a: PassSpec, b: PassSpec) -> bool:
+    """Whether two passes read the same tokens with the same settings (model, view, template,
+    length, truncation, boundary, noise): they may then differ only in what they keep per token
+    (`fields`) and what they pool (`pooling`), and one stored pass can serve the other."""
+    da, db = a.to_dict(), b.to_dict()
+    return all(da.get(k) == db.get(k) for k in (set(da) | set(db)) - {"fields", "pooling"})
 
 
 def satisfies(stored: dict[str, Any], wanted: dict[str, Any]) -> bool:
     """Whether a stored pass (its key material) holds everything a wanted pass would: the same
-    inputs, model, template and data, and a superset of its fields and layers (with the same
-    pooling when activations are wanted). Lets `ifd` read the cond pass a `nait` run stored."""
+    inputs, model, template and data, a superset of its fields, and, when it pools activations,
+    a superset of its sources and layers pooled the same way. Lets `ifd` read the cond pass a
+    `nait` run stored."""
     if {k: v for k, v in stored.items() if k != "pass"} != {
         k: v for k, v in wanted.items() if k != "pass"
     }:
         return False
-    s, w = stored["pass"], wanted["pass"]
-    acts = any(f in ACTIVATION_FIELDS for f in w["fields"])
-    if not same_reading(s, w):
+    s, w = PassSpec.from_dict(stored["pass"]), PassSpec.from_dict(wanted["pass"])
+    if not same_reading(s, w) or not set(w.fields) <= set(s.fields):
         return False
-    if not set(w["fields"]) <= set(s["fields"]):
+    if w.pooling is None:
+        return True
+    if s.pooling is None:
         return False
-    return not acts or (
-        set(w["layers"]) <= set(s["layers"]) and all(s.get(k) == w.get(k) for k in _POOLING)
-    )
+    sp, wp = s.pooling, w.pooling
+    same_way = dataclasses.replace(sp, sources=wp.sources, layers=wp.layers) == wp
+    return same_way and set(wp.sources) <= set(sp.sources) and set(wp.layers) <= set(sp.layers)
 
 
 def find_pass(run_dir: str | Path, material: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
@@ -185,6 +186,18 @@ class PassStore:
     def stored_ids(self) -> set[str]:
         """Ids with any committed row, failed ones included."""
         return set(self._latest())
+
+    def statuses(self, order: list[str]) -> list[str]:
+        """The stored status of each id of `order`, reading only the id and status columns (what a
+        streamed pass contributes to its rows' status without loading its values)."""
+        rows = self._latest()
+        missing = [i for i in order if i not in rows]
+        if missing:
+            raise KeyError(f"{len(missing)} ids have no row in {self.dir}, e.g. {missing[:3]}")
+        by_shard: dict[Path, list[str]] = {}
+        for p in {rows[i][0] for i in order}:
+            by_shard[p] = pq.read_table(p, columns=["status"]).column("status").to_pylist()
+        return [by_shard[rows[i][0]][rows[i][1]] for i in order]
 
     def _latest(self) -> dict[str, tuple[Path, int, bool]]:
         """Per id, the committed row that stands: (shard, row, failed). Shards are read in the order
@@ -341,13 +354,6 @@ def _ragged(col: pa.ChunkedArray) -> Ragged:
     offsets = np.asarray(rows.offsets, dtype=np.int64)
     values = np.asarray(rows.values, dtype=np.float64)
     return Ragged(values[offsets[0] : offsets[-1]], offsets - offsets[0])
-
-
-def activation_columns(spec: PassSpec) -> tuple[str, ...]:
-    """The stored column of each pooled activation `spec` asks for, e.g. `hidden.3`."""
-    return tuple(
-        f"{f}.{layer}" for f in spec.fields if f in ACTIVATION_FIELDS for layer in spec.layers
-    )
 
 
 def fixed_rows(col: pa.ChunkedArray) -> np.ndarray:

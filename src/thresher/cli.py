@@ -385,6 +385,73 @@ def config_from_args(a: argparse.Namespace) -> RunConfig:
     return cfg
 
 
+def cmd_train(a: argparse.Namespace) -> str:
+    """`thresher train`: read the data (a run folder means its selected.jsonl), train, summarise."""
+    from thresher.data import read
+    from thresher.rundir import RunFolder
+    from thresher.train import preset, train
+
+    data = Path(a.data)
+    run = RunFolder(data) if RunFolder(data).is_run() else None
+    if run is not None:
+        data = run.selected
+        if not data.is_file():
+            raise FileNotFoundError(
+                f"{run.path} has no {data.name}: run `thresher select {run.path} --fraction 0.1` first"
+            )
+    out = a.out or (str(run.path / "model") if run is not None else None)
+    if out is None:
+        raise ValueError(
+            "give --out: the folder the fine-tuned model is written to (it can then be passed to --model)"
+        )
+    got = read(str(data), format=a.format, limit=a.limit)
+    base = _train_yaml(a.config) if a.config else {}
+    name = a.preset or base.pop("preset", "alpaca")
+    base.pop("preset", None)
+    cfg = preset(name, **{**base, **_train_flags(a)})
+    res = train(got.samples, a.model, out, cfg, progress=not a.no_progress, overwrite=a.overwrite)
+    lines = [
+        f"data      {data}: {got.rows_read} rows read, {len(got.rejected)} rejected reading, {res.rows} trained"
+        + (f", not renderable: {res.rejected}" if res.rejected else ""),
+        f"recipe    preset {name}{' + LoRA' if cfg.lora else ''}: lr {cfg.learning_rate}, batch {cfg.batch_size}, epochs {cfg.epochs}, "
+        f"max steps {cfg.max_steps}, {cfg.template} template, EOS {'appended' if cfg.append_eos else 'not appended'}",
+        f"tokens    {res.tokens} per epoch, {res.loss_tokens} carry the loss (the response tokens)",
+        f"model     {out}: {'already finished, reused' if res.reused else f'{res.steps} steps in {res.seconds:.1f} s'}; use it with --model {out}",
+    ]
+    return "\n".join(lines)
+
+
+def _train_flags(a: argparse.Namespace) -> dict[str, Any]:
+    """The TrainConfig fields given as `thresher train` flags (unset flags are None)."""
+    return {
+        k: v
+        for k, v in dict(
+            lora=a.lora or None,
+            max_steps=a.max_steps,
+            epochs=a.epochs,
+            learning_rate=a.lr,
+            batch_size=a.batch_size,
+            micro_batch=a.micro_batch,
+            template=a.template,
+            max_length=a.max_length,
+            append_eos=False if a.no_eos else None,
+            threads=a.threads,
+        ).items()
+        if v is not None
+    }
+
+
+def _train_yaml(path: str) -> dict[str, Any]:
+    import yaml
+
+    d = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(d, dict):
+        raise ValueError(
+            f"{path} must hold a YAML mapping of `preset` and training options, not {type(d).__name__}"
+        )
+    return d
+
+
 def cmd_ls(what: str | None) -> None:
     from thresher import data
     from thresher.methods import METHODS
@@ -482,9 +549,7 @@ def _dispatch(a: argparse.Namespace) -> int:
         cmd_ls(a.what)
         return 0
     if a.command == "train":
-        from thresher.train import train_command
-
-        print(train_command(a))
+        print(cmd_train(a))
         return 0
     if a.command == "demo":
         cmd_demo(a)
@@ -530,10 +595,9 @@ def _dispatch(a: argparse.Namespace) -> int:
         return 0
     cfg = config_from_args(a)
     if a.command == "validate":
-        plan = pipeline.validate(cfg, need_budget=False)
-        print(
-            f"ok: method {plan.method} with {json.dumps(plan.params)}; passes: {', '.join(f'{k}={v.name()}' for k, v in plan.passes.items()) or 'none'}"
-        )
+        method = pipeline.validate(cfg, need_budget=False)
+        passes = ", ".join(f"{k}={v.name()}" for k, v in method.passes.items()) or "none"
+        print(f"ok: method {method.name} with {json.dumps(method.params)}; passes: {passes}")
         return 0
     if a.command == "score":
         t0 = time.perf_counter()

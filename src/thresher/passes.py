@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -23,94 +24,168 @@ from thresher.choices import check_choice
 # Bump when the meaning of a stored pass changes (new rendering rule, new reduction...):
 # every cache key includes it, so old shards are refused instead of silently mixed.
 # 2: pooled activations stored as float32 (float16 overflowed on Gemma-3's hidden states)
-PASS_VERSION = 2
+# 3: structured specs (pooling and noise parts); exact entropy -sum p (x - lse)
+PASS_VERSION = 3
 
 VIEWS = ("cond", "uncond", "oneshot", "oneshot_uncond", "instruction")
 DEMO_VIEWS = ("oneshot", "oneshot_uncond")  # views rendered with a demonstration (MIWV)
-FIELDS = ("logprob", "entropy", "hidden", "mlp")
+FIELDS = ("logprob", "entropy")  # per scored token
+SOURCES = ("hidden", "mlp")  # pooled activations: the residual stream, or a block's MLP
+# what the hf backend computes; checked in `validate`, before any model (or torch) loads
+CAPABILITIES = (*FIELDS, *SOURCES)
 # drift: span mean minus the sequence's first-token state (NAIT, METHODS §5.3);
-# frac_above: fraction of span tokens whose activation exceeds `pool_threshold` (MADS §6.2)
+# frac_above: fraction of span tokens whose activation exceeds `threshold` (MADS §6.2)
 POOLS = ("mean", "max", "first", "last", "drift", "frac_above")
 POOL_SPANS = ("prompt", "response", "all")
-# where the `mlp` field reads a block's MLP: "act" = the activation function's output (SiLU(gate_proj x)
+# where the `mlp` source reads a block's MLP: "act" = the activation function's output (SiLU(gate_proj x)
 # in Llama-style MLPs); "down_proj_input" = what the down projection reads (SiLU(gate) * up when gated)
 MLP_TAPS = ("act", "down_proj_input")
 TRUNCATIONS = ("prompt_first", "right", "reject")
 # "exact": prompt and response tokenized separately, ids concatenated (the default).
 # The others follow a reference implementation's string-based boundary rule (reproduce mode).
 BOUNDARIES = ("exact", "cherry", "superfiltering")
+# "per_sample": each copy's noise seeded by (seed, sample id, copy), so any subset in any order
+# draws the same values; "reference": T-SHIRT's one global stream in file order (METHODS §12.2)
+NOISE_STREAMS = ("per_sample", "reference")
+
+
+@dataclass(frozen=True)
+class Pooling:
+    """Activations pooled per sample inside the pass, one [width] vector per (source, layer).
+
+    `layers` are 0-based decoder layers, or "all"; with `depth` set they are positions in a
+    model of `depth` layers (a paper's layer numbers), rescaled to the loaded model's depth as
+    round(l * (n - 1) / (depth - 1)). Both are resolved once the model loads (`resolve`).
+    `how` pools the `span` tokens; `threshold` only for how="frac_above"."""
+
+    sources: tuple[str, ...] = ("hidden",)
+    layers: tuple[int, ...] | str = "all"
+    depth: int | None = None
+    how: str = "mean"
+    span: str = "response"
+    threshold: float | None = None
+    mlp_tap: str = "act"
+
+    def __post_init__(self) -> None:
+        if not self.sources:
+            raise ValueError("pooling has no sources: name 'hidden' (residual stream) and/or 'mlp'")
+        for src in self.sources:
+            check_choice("pooling.sources", src, SOURCES)
+        check_choice("pooling.how", self.how, POOLS)
+        check_choice("pooling.span", self.span, POOL_SPANS)
+        check_choice("pooling.mlp_tap", self.mlp_tap, MLP_TAPS)
+        if isinstance(self.layers, str):
+            check_choice("pooling.layers", self.layers, ("all",))
+        elif not self.layers:
+            raise ValueError(
+                "pooling.layers=() is empty: name the decoder layers, e.g. (0, 5, 11), or 'all'"
+            )
+        if self.depth is not None and (isinstance(self.layers, str) or self.depth < 2):
+            raise ValueError(
+                f"pooling.depth={self.depth} rescales a list of layers given for a model of that depth "
+                f"(>= 2), not layers={self.layers!r}"
+            )
+        if self.mlp_tap != "act" and "mlp" not in self.sources:
+            raise ValueError(
+                f"pooling.mlp_tap={self.mlp_tap!r} says where to read the MLP, but sources={list(self.sources)} has no 'mlp'"
+            )
+        if (self.how == "frac_above") != (self.threshold is not None):
+            raise ValueError(
+                f"pooling.how={self.how!r} with threshold={self.threshold!r}: a threshold is "
+                "required by how='frac_above' and meaningless otherwise"
+            )
+
+    @property
+    def resolved(self) -> bool:
+        return not isinstance(self.layers, str) and self.depth is None
+
+    def resolve(self, n_layers: int) -> Pooling:
+        """The same pooling with concrete layers of a model with `n_layers` decoder layers."""
+        if self.layers == "all":
+            layers: tuple[int, ...] = tuple(range(n_layers))
+        elif self.depth is not None:
+            layers = tuple(
+                sorted({round(x * (n_layers - 1) / (self.depth - 1)) for x in self.layers})
+            )
+        else:
+            layers = tuple(int(x) for x in self.layers)
+        bad = [x for x in layers if not 0 <= x < n_layers]
+        if bad:
+            raise ValueError(
+                f"layers {bad} do not exist: the model has {n_layers} decoder layers (0..{n_layers - 1})"
+            )
+        return dataclasses.replace(self, layers=layers, depth=None)
+
+    def columns(self) -> tuple[str, ...]:
+        """The stored column of each pooled activation, e.g. `hidden.3` (layers resolved)."""
+        if not self.resolved:
+            raise ValueError(
+                f"pooling layers {self.layers!r} are not resolved: call resolve(n_layers)"
+            )
+        return tuple(f"{src}.{layer}" for src in self.sources for layer in self.layers)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+@dataclass(frozen=True)
+class Noise:
+    """T-SHIRT's neighbourhood perturbation: `copies` copies of each row, each with uniform noise
+    U(-e, e), e = alpha / sqrt(L * d), added to the input embeddings (METHODS §4.3)."""
+
+    alpha: float
+    copies: int
+    seed: int = 42
+    stream: str = "per_sample"
+
+    def __post_init__(self) -> None:
+        if self.copies < 1 or self.alpha < 0:
+            raise ValueError(
+                f"noise copies={self.copies}, alpha={self.alpha}: expected copies >= 1 and alpha >= 0"
+            )
+        check_choice("noise.stream", self.stream, NOISE_STREAMS)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)
 class PassSpec:
-    """One forward pass of `model` over `view` of every sample.
+    """One forward pass of `model` over `view` of every sample: the unit of caching.
 
-    `fields` ⊆ {logprob, entropy, hidden, mlp}. `layers` are 0-based decoder layer indices
-    whose hidden state (`hidden`) or MLP activation (`mlp`) is pooled over `pool_span`
-    with `pool`. `max_length` counts every token of the view, BOS included.
+    `fields` ⊆ {logprob, entropy} are kept per scored token; `pooling` adds activations pooled
+    per sample, `noise` scores perturbed copies instead of the clean row. `max_length` counts
+    every token of the view, BOS included. A pass with no fields and no pooling only tokenizes.
     """
 
     model: str
     view: str = "cond"
     template: str = "alpaca"
     fields: tuple[str, ...] = ("logprob",)
-    layers: tuple[int, ...] = ()
     max_length: int = 512
     truncation: str = "prompt_first"
     boundary: str = "exact"
     append_eos: bool = False
-    pool: str = "mean"
-    pool_span: str = "response"
-    # T-SHIRT neighbourhood perturbation: `noise_copies` copies of each row, each with uniform
-    # noise U(-e, e), e = noise_alpha / sqrt(L * d), added to the input embeddings; seeded by
-    # (noise_seed, sample id, copy). 0 copies = the clean pass.
-    noise_alpha: float = 0.0
-    noise_copies: int = 0
-    noise_seed: int = 42
-    pool_threshold: float | None = None  # only for pool="frac_above"
-    mlp_tap: str = "act"  # one of MLP_TAPS; only read with fields containing "mlp"
+    pooling: Pooling | None = None
+    noise: Noise | None = None
 
     def __post_init__(self) -> None:
         check_choice("view", self.view, VIEWS)
         for f in self.fields:
             check_choice("fields", f, FIELDS)
-        check_choice("pool", self.pool, POOLS)
-        check_choice("pool_span", self.pool_span, POOL_SPANS)
-        check_choice("mlp_tap", self.mlp_tap, MLP_TAPS)
         check_choice("truncation", self.truncation, TRUNCATIONS)
         check_choice("boundary", self.boundary, BOUNDARIES)
         if self.max_length < 4:
             raise ValueError(
                 f"max_length={self.max_length} is too small: expected at least 4 tokens"
             )
-        if ("hidden" in self.fields or "mlp" in self.fields) and not self.layers:
-            raise ValueError(
-                f"fields={list(self.fields)} asks for activations but layers=() is empty: "
-                "name the decoder layers to pool, e.g. layers=(0, 5, 11)"
-            )
-        if self.mlp_tap != "act" and "mlp" not in self.fields:
-            raise ValueError(
-                f"mlp_tap={self.mlp_tap!r} says where to read the MLP, but fields={list(self.fields)} has no 'mlp'"
-            )
-        if (self.pool == "frac_above") != (self.pool_threshold is not None):
-            raise ValueError(
-                f"pool={self.pool!r} with pool_threshold={self.pool_threshold!r}: pool_threshold is "
-                "required by pool='frac_above' and meaningless otherwise"
-            )
-        if self.noise_copies < 0 or self.noise_alpha < 0:
-            raise ValueError(
-                f"noise_copies={self.noise_copies} and noise_alpha={self.noise_alpha}: expected both >= 0"
-            )
-        if self.noise_copies and (
-            self.view not in ("cond", "uncond") or tuple(self.fields) != ("logprob",)
+        if self.noise is not None and (
+            self.view not in ("cond", "uncond") or self.fields != ("logprob",) or self.pooling
         ):
             raise ValueError(
-                f"noisy copies (noise_copies={self.noise_copies}) are scored for the cond and uncond views with "
-                f"fields=('logprob',) only, not view={self.view!r} fields={list(self.fields)}"
-            )
-        if self.noise_alpha and not self.noise_copies:
-            raise ValueError(
-                f"noise_alpha={self.noise_alpha} needs noise_copies >= 1 (how many perturbed copies to score)"
+                f"noisy copies are scored for the cond and uncond views with fields=('logprob',) and "
+                f"no pooling, not view={self.view!r} fields={list(self.fields)} pooling={self.pooling}"
             )
         if self.boundary != "exact" and self.view not in ("cond", "uncond"):
             raise ValueError(
@@ -123,26 +198,46 @@ class PassSpec:
         """Which span's tokens get a log-prob: the prompt for `instruction`, else the response."""
         return "prompt" if self.view == "instruction" else "response"
 
+    @property
+    def forward(self) -> bool:
+        """Whether the pass runs the model (else it only tokenizes)."""
+        return bool(self.fields) or self.pooling is not None
+
+    def activation_columns(self) -> tuple[str, ...]:
+        return self.pooling.columns() if self.pooling is not None else ()
+
+    def resolve(self, n_layers: int) -> PassSpec:
+        """This pass for a loaded model of `n_layers` decoder layers (pooling layers made concrete)."""
+        if self.pooling is None:
+            return self
+        return dataclasses.replace(self, pooling=self.pooling.resolve(n_layers))
+
     def to_dict(self) -> dict:
-        d = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-        if d["pool_threshold"] is None:  # absent unless used, so earlier cache keys stay valid
-            del d["pool_threshold"]
-        if d["mlp_tap"] == "act":
-            del d["mlp_tap"]
-        if not self.noise_copies:  # likewise for the T-SHIRT noise settings of a clean pass
-            for k in ("noise_alpha", "noise_copies", "noise_seed"):
-                del d[k]
+        d = {
+            k: list(v) if isinstance(v, tuple) else v
+            for k, v in dataclasses.asdict(self).items()
+            if k not in ("pooling", "noise")
+        }
+        for part in ("pooling", "noise"):  # absent unless used
+            if getattr(self, part) is not None:
+                d[part] = getattr(self, part).to_dict()
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> PassSpec:
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        if d.get("pooling") is not None:
+            p = dict(d["pooling"])
+            p["sources"] = tuple(p["sources"])
+            p["layers"] = p["layers"] if isinstance(p["layers"], str) else tuple(p["layers"])
+            d["pooling"] = Pooling(**p)
+        if d.get("noise") is not None:
+            d["noise"] = Noise(**d["noise"])
+        return cls(**d)
 
     def name(self) -> str:
         """A short human-readable label, e.g. `cond/alpaca`."""
-        return f"{self.view}/{self.template}" + (
-            f"/noisy{self.noise_copies}" if self.noise_copies else ""
-        )
+        return f"{self.view}/{self.template}" + (f"/noisy{self.noise.copies}" if self.noise else "")
 
 
 @dataclass

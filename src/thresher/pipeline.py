@@ -1,17 +1,14 @@
 """Runs: validate a config, score (read -> passes -> signals), select, and write the outputs.
 
-Output folder: `scores.parquet` (one row per sample: id, source line, status, every signal,
-token counts, selected flag and rank), `selected.jsonl` (the subset in the input's format),
-`trl.jsonl`, `llamafactory/` (data file + dataset_info.json), `rejected.jsonl` (every row that
-could not be read or scored, with its reason and line), and `manifest.json` (resolved config,
-model and tokenizer hashes, template text, package versions, counts).
+A run: read the data, fit the method (if it has a fit step), run its passes through the pass
+runner, compute its signal table, select, and write the run folder (`thresher.rundir` names
+its files: scores, the subset and its exports, rejected rows, manifest, report).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -22,19 +19,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from thresher import atomic, export
+from thresher import atomic, export, rundir
 from thresher import data as data_mod
-from thresher.backends.hf import CAPABILITIES
-from thresher.cache import PassStore, activation_columns, find_pass, key_material, pass_label
 from thresher.choices import check_choice
-from thresher.compose import capture_pass, capturing_roles, plan_for, with_capture
+from thresher.compose import capture_pass, capturing_roles, method_for, with_capture
 from thresher.config import RunConfig
 from thresher.data import ReadResult, Rejected, Sample
-from thresher.engine import run_on_engine
-from thresher.engine.scorer import Scorer
 from thresher.formats import make_schema
-from thresher.methods import Plan, RunContext, SignalTable
-from thresher.passes import PassSpec
+from thresher.methods import FitContext, Fitted, Method, SelectContext, SignalInputs, SignalTable
+from thresher.methods.base import first_failure
+from thresher.methods.table import make_table
+from thresher.rundir import RunFolder
+from thresher.runner import PassRunner
 from thresher.selectors.base import Selection, budget_count
 from thresher.templates import get_template
 
@@ -58,6 +54,7 @@ class ScoreResult:
     passes: dict[str, dict[str, Any]]  # role -> {label, key, reused, scored, discarded_shards}
     model_info: dict[str, Any] | None
     template_text: str | None
+    method: Method  # built once per run: its params, selector and diagnostics
 
     @property
     def counts(self) -> dict[str, int]:
@@ -73,8 +70,8 @@ class ScoreResult:
         }
 
 
-def validate(cfg: RunConfig, *, need_budget: bool = True) -> Plan:
-    """Check a config fully before any model loads; returns the method's plan."""
+def validate(cfg: RunConfig, *, need_budget: bool = True) -> Method:
+    """Check a config fully before any model loads; returns the run's method."""
     from thresher.models import resolve_model
 
     check_choice("score.engine", cfg.score.engine, ENGINES)
@@ -92,37 +89,33 @@ def validate(cfg: RunConfig, *, need_budget: bool = True) -> Plan:
     make_schema(
         cfg.data.columns or None, cfg.data.roles or None
     )  # a typo in --column / --role fails here
-    plan = plan_for(cfg)
-    if plan.passes:
+    method = method_for(cfg)
+    if method.passes:
         resolve_model(cfg.model.name)
     if cfg.score.capture is not None and not capturing_roles(
-        plan.passes, capture_pass(cfg.score.capture, cfg.model.name, None)
+        method.passes, capture_pass(cfg.score.capture, cfg.model.name)
     ):
         raise ValueError(
-            f"score.capture={cfg.score.capture!r} adds activations to a cond pass without any, of the same template, max_length "
-            f"and truncation as {cfg.score.capture} (alpaca, 512, prompt_first), but {cfg.method.name!r} has none: capture with "
-            f"ifd, ppl, entropy or miwv at their defaults, or run --method {cfg.score.capture} first"
+            f"score.capture={cfg.score.capture!r} adds activations to a pass without any that reads "
+            f"the same tokens as {cfg.score.capture}'s pool pass (cond view, alpaca template, 512 "
+            f"tokens, prompt_first), but {cfg.method.name!r} has none: capture with ifd, ppl, "
+            f"entropy or miwv at their defaults, or run --method {cfg.score.capture} first"
         )
-    for role, spec in plan.passes.items():
-        missing = [f for f in spec.fields if f not in CAPABILITIES]
-        if missing:
-            raise ValueError(
-                f"the {role} pass asks for {missing}, which the hf backend cannot produce ({list(CAPABILITIES)})"
-            )
+    for spec in method.passes.values():
         if spec.template != "chat":
             get_template(spec.template)
     if need_budget or cfg.select.fraction is not None or cfg.select.count is not None:
         budget_count(cfg.select.budget(), 0)  # the budget's type and range, whatever the pool size
-    return plan
+    return method
 
 
-def score(cfg: RunConfig, *, loaded: Any = None) -> ScoreResult:
-    """Read the data, run (or reuse) every pass the method needs, compute its signals."""
-    from thresher.models import load_model, set_threads
+def score(cfg: RunConfig, *, loaded: Any = None, method: Method | None = None) -> ScoreResult:
+    """Read the data, fit the method, run (or reuse) every pass it needs, compute its signals."""
+    from thresher.models import set_threads
 
-    plan = validate(cfg, need_budget=False)
-    run_dir = Path(cfg.output.dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    method = method or validate(cfg, need_budget=False)
+    run = RunFolder(cfg.output.dir)
+    run.path.mkdir(parents=True, exist_ok=True)
     d = cfg.data
     read = data_mod.read(
         d.path,
@@ -142,83 +135,61 @@ def score(cfg: RunConfig, *, loaded: Any = None) -> ScoreResult:
         " (detected)" if read.detected else "",
     )
     samples = read.samples
-    stats, passes, infos, template_text = {}, {}, {}, None
-    models: dict[str, Any] = {cfg.model.name: loaded} if loaded is not None else {}
-
-    def get_model(name: str) -> Any:  # each model loads once, whatever the number of passes
-        if name not in models:
-            m = cfg.model
-            models[name] = load_model(
-                name,
-                dtype=m.dtype,
-                device=m.device,
-                revision=m.revision if name == m.name else None,
-                trust_remote_code=m.trust_remote_code,
-            )
-        return models[name]
-
-    if plan.passes:
+    runner = PassRunner(cfg, run.path, samples, read.content_hash, loaded)
+    if method.passes:
         set_threads(cfg.model.threads)
-    extra = (
-        plan.prepare(
-            RunContext(run_dir, samples, get_model, cfg, cfg.score.progress, read.content_hash)
+    fitted = Fitted()
+    if method.fit is not None:
+
+        def run_pass(role, spec, pass_samples=None, data_hash=None):
+            return runner.run(role, spec, pass_samples, data_hash)[0]
+
+        ctx = FitContext(
+            samples,
+            run.path,
+            cfg.select.budget() if cfg.select.fraction or cfg.select.count else 1.0,
+            cfg.select.seed,
+            read.content_hash,
+            runner.model,
+            run_pass,
+            cfg.score.progress,
         )
-        if plan.prepare
-        else {}
-    )
+        fitted = method.fit(ctx)
+    passes = dict(method.passes)
     captured: list[str] = []  # passes that store activations for a later method, and load none now
     if cfg.score.capture is not None:
-        extra_spec = capture_pass(
-            cfg.score.capture, cfg.model.name, get_model(cfg.model.name).info.n_layers
+        extra = capture_pass(cfg.score.capture, cfg.model.name)
+        captured = capturing_roles(passes, extra)
+        passes.update({role: with_capture(passes[role], extra) for role in captured})
+    stats, records, ran = {}, {}, {}
+    for role, spec in passes.items():
+        if role in fitted.models:  # a model `fit` made, e.g. a calibrated copy
+            spec = dataclasses.replace(spec, model=fitted.models[role])
+        spec = runner.resolve(spec)
+        streamed = role in method.streamed
+        stats[role], rec = runner.run(
+            role,
+            spec,
+            demos=fitted.demos.get(role),
+            key_extra=fitted.key_extra.get(role),
+            stream=streamed,
+            activations=() if role in captured else None,
         )
-        captured = capturing_roles(plan.passes, extra_spec)
-        for role in captured:
-            plan.passes[role] = with_capture(plan.passes[role], extra_spec)
-    for role, spec in plan.passes.items():
-        if "model" in extra.get(role, {}):  # a model `prepare` made, e.g. a calibrated copy
-            spec = dataclasses.replace(spec, model=extra[role]["model"])
-        lm = get_model(spec.model)
-        infos[spec.model] = dataclasses.asdict(lm.info)
-        text = get_template(spec.template, lm.tokenizer).text
-        template_text = template_text or text
-        # passes of the run's model are shared between methods by their label; a pass of another
-        # model (e.g. a calibrated copy) gets a folder of its own role
-        label = pass_label(spec) if spec.model == cfg.model.name else f"{pass_label(spec)}@{role}"
-        material = key_material(spec, infos[spec.model], text, read.content_hash)
-        if extra.get(role, {}).get(
-            "key_extra"
-        ):  # what `prepare` decided, e.g. MIWV's demonstration per sample
-            material["extra"] = extra[role]["key_extra"]
-        # a stored pass with more fields or layers serves this one (e.g. ifd reads nait's cond pass);
-        # it is resumed with its own spec so all its shards hold the same columns
-        # a stored superset is loaded with only the columns asked for (ifd reading nait's pass loads none)
-        wanted = () if role in captured else activation_columns(spec)
-        found = None if cfg.score.overwrite else find_pass(run_dir, material)
-        if found is not None:
-            label, material = found
-            spec = PassSpec.from_dict(material["pass"])
-        store = PassStore(run_dir, spec, material, label)
-        scorer = Scorer(spec, lm.model, lm.tokenizer, batch_tokens=cfg.score.batch_tokens)
-        pass_args = {
-            "shard_rows": cfg.score.shard_rows,
-            "overwrite": cfg.score.overwrite,
-            "progress": cfg.score.progress,
-            "demos": extra.get(role, {}).get("demos"),
-            "load_stats": role not in plan.streamed,
-            "activations": wanted,
-        }
-        res = run_on_engine(cfg, samples, scorer, store, **pass_args)
-        stats[role] = res.stats if res.stats is not None else store
-        passes[role] = {
-            "label": store.dir.name,
-            "model": spec.model,
-            "key": store.key,
-            "reused": res.reused,
-            "scored": res.scored,
-            "discarded_shards": res.discarded_shards,
-        }
-    info = infos.get(cfg.model.name) or next(iter(infos.values()), None)
-    table = plan.compute(stats, samples)
+        records[role] = dataclasses.asdict(rec)
+        ran[role] = spec
+    ids = [s.id for s in samples]
+    pass_status = (
+        first_failure(
+            *(s.statuses(ids) if role in method.streamed else s.status for role, s in stats.items())
+        )
+        if stats
+        else ["ok"] * len(samples)
+    )
+    with run.scratch(method.name) as scratch:
+        inputs = SignalInputs(stats, samples, ran, fitted.state, scratch)
+        table = make_table(method, inputs, pass_status)
+    info = runner.models.get(cfg.model.name) or next(iter(runner.models.values()), None)
+    model_info = dataclasses.asdict(info.info) if info is not None else None
     rejected = list(read.rejected)
     for s, status in zip(samples, table.status, strict=True):
         if status != "ok" and not status.startswith("filtered:"):
@@ -227,23 +198,25 @@ def score(cfg: RunConfig, *, loaded: Any = None) -> ScoreResult:
                     line=s.meta.get("line", 0), reason=status, id=s.id, record=s.meta.get("record")
                 )
             )
-    result = ScoreResult(run_dir, table, read, samples, rejected, passes, info, template_text)
+    result = ScoreResult(
+        run.path, table, read, samples, rejected, records, model_info, runner.template_text, method
+    )
     c = result.counts
     assert c["scored"] + c["rejected"] == c["rows_read"], c
     frac = c["rejected"] / max(c["rows_read"], 1)
     if frac > cfg.score.max_rejected_fraction:
-        data_mod.write_rejected(rejected, run_dir / "rejected.jsonl")
+        data_mod.write_rejected(rejected, run.rejected)
         raise RejectedTooMany(
             f"{c['rejected']} of {c['rows_read']} rows were rejected ({frac:.0%} > score.max_rejected_fraction="
             f"{cfg.score.max_rejected_fraction}); reasons: {data_mod.rejected_counts(rejected)}. "
-            f"See {run_dir / 'rejected.jsonl'}; check data.format/columns and the template, or raise the threshold."
+            f"See {run.rejected}; check data.format/columns and the template, or raise the threshold."
         )
     return result
 
 
-def select(result: ScoreResult, cfg: RunConfig, plan: Plan | None = None) -> Selection:
-    plan = plan or plan_for(cfg)
-    return plan.choose(result.table, cfg.select.budget(), result.read.rows_read, cfg.select.seed)
+def select(result: ScoreResult, cfg: RunConfig) -> Selection:
+    ctx = SelectContext(result.read.rows_read, cfg.select.seed)
+    return result.method.select(result.table, cfg.select.budget(), ctx)
 
 
 def write_outputs(
@@ -254,7 +227,7 @@ def write_outputs(
     timings: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Write every output file of a run; returns the manifest."""
-    out = result.run_dir
+    run, method = RunFolder(result.run_dir), result.method
     rank = {i: k for k, i in enumerate(sel.ids)} if sel else {}
     t = result.table
     cols: dict[str, Any] = {
@@ -267,19 +240,19 @@ def write_outputs(
         cols[name] = pa.array(arr, from_pandas=True) if arr.dtype.kind == "f" else pa.array(arr)
     cols["selected"] = pa.array([i in rank for i in t.ids])
     cols["rank"] = pa.array([rank.get(i) for i in t.ids], type=pa.int64())
-    with atomic.replacing(out / "scores.parquet") as tmp:
+    with atomic.replacing(run.scores) as tmp:
         pq.write_table(pa.table(cols), tmp)
-    data_mod.write_rejected(result.rejected, out / "rejected.jsonl")
+    data_mod.write_rejected(result.rejected, run.rejected)
     by_id = {s.id: s for s in result.samples}
     chosen = [by_id[i] for i in sel.ids] if sel else []
-    export.write_selected(chosen, out / "selected.jsonl")
-    template = cfg.method.params.get("template") or _plan_template(cfg)
+    export.write_selected(chosen, run.selected)
+    template = cfg.method.params.get("template") or method.params.get("template")
     prompts = None
     if template and template != "chat":  # text templates need no tokenizer to render
         tpl = get_template(template)
         prompts = [tpl.prompt(s) for s in chosen]
-    export.write_trl(chosen, out / "trl.jsonl", prompts)
-    lf_entry = export.write_llamafactory(chosen, out / "llamafactory")
+    export.write_trl(chosen, run.trl, prompts)
+    lf_entry = export.write_llamafactory(chosen, run.llamafactory)
     manifest = {
         "thresher_manifest": 1,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -287,7 +260,7 @@ def write_outputs(
         "method": {
             "name": cfg.method.name,
             "reproduce": cfg.method.reproduce,
-            "params": _plan_params(cfg),
+            "params": method.params,
         },
         "data": {
             "source": result.read.source,
@@ -301,7 +274,7 @@ def write_outputs(
         "passes": result.passes,
         "counts": result.counts,
         "rejected_reasons": data_mod.rejected_counts(result.rejected),
-        "diagnostics": _diagnostics(cfg, result.table, sel),
+        "diagnostics": method.diagnostics(result.table, sel) if method.diagnostics else {},
         "selection": {
             "requested": sel.requested,
             "returned": len(sel.ids),
@@ -313,8 +286,8 @@ def write_outputs(
         if sel
         else None,
         "exports": {
-            "selected": "selected.jsonl",
-            "trl": "trl.jsonl",
+            "selected": rundir.SELECTED,
+            "trl": rundir.TRL,
             "trl_format": "prompt_completion"
             if prompts is not None
             else "conversational_prompt_completion",
@@ -323,35 +296,20 @@ def write_outputs(
         "timings_s": timings or {},
         "versions": _versions(),
     }
-    atomic.write_atomic(
-        out / "manifest.json", json.dumps(manifest, indent=1, default=_json_default).encode()
-    )
+    run.write_manifest(manifest, default=_json_default)
     if cfg.output.report:
         from thresher.report import write_report
 
         try:  # every output above is written: a report that fails must not fail the run
-            write_report([out])
+            write_report([run.path])
         except Exception as e:
             log.warning(
                 "report.html was not written (%s: %s); rerun `thresher report %s`",
                 type(e).__name__,
                 e,
-                out,
+                run.path,
             )
     return manifest
-
-
-def _plan_params(cfg: RunConfig) -> dict[str, Any]:
-    return plan_for(cfg).params
-
-
-def _diagnostics(cfg: RunConfig, table: SignalTable, sel: Selection | None) -> dict[str, Any]:
-    plan = plan_for(cfg)
-    return plan.diagnostics(table, sel) if plan.diagnostics else {}
-
-
-def _plan_template(cfg: RunConfig) -> str | None:
-    return _plan_params(cfg).get("template")
 
 
 def _json_default(o: Any) -> Any:
@@ -376,9 +334,9 @@ def run(cfg: RunConfig, *, loaded: Any = None) -> tuple[ScoreResult, Selection, 
     """Score, select and write every output: the whole job of `thresher run`."""
     from thresher.models import load_model
 
-    plan = validate(cfg)
+    method = validate(cfg)
     t0 = time.perf_counter()
-    if plan.passes and loaded is None:
+    if method.passes and loaded is None:
         loaded = load_model(
             cfg.model.name,
             dtype=cfg.model.dtype,
@@ -387,9 +345,9 @@ def run(cfg: RunConfig, *, loaded: Any = None) -> tuple[ScoreResult, Selection, 
             trust_remote_code=cfg.model.trust_remote_code,
         )
     t1 = time.perf_counter()
-    result = score(cfg, loaded=loaded)
+    result = score(cfg, loaded=loaded, method=method)
     t2 = time.perf_counter()
-    sel = select(result, cfg, plan)
+    sel = select(result, cfg)
     manifest = write_outputs(
         result,
         sel,
@@ -433,10 +391,9 @@ def summary(result: ScoreResult, sel: Selection | None, manifest: dict[str, Any]
         lines.append(
             f"diag      {k:<28} {v:.4g}" if isinstance(v, float) else f"diag      {k:<28} {v}"
         )
-    lines.append(
-        f"outputs   {result.run_dir}/ scores.parquet selected.jsonl trl.jsonl llamafactory/ rejected.jsonl manifest.json"
-        + (" report.html" if (result.run_dir / "report.html").exists() else "")
-    )
+    run = RunFolder(result.run_dir)
+    outputs = [*rundir.OUTPUTS, *([rundir.REPORT] if run.report.exists() else [])]
+    lines.append(f"outputs   {run.path}/ {' '.join(outputs)}")
     return "\n".join(lines)
 
 
@@ -446,13 +403,9 @@ def load_run(
     """Reopen a finished run: its config (with overrides applied), data and signals, no model."""
     from thresher.config import override
 
-    run_dir = Path(run_dir)
-    path = run_dir / "manifest.json"
-    if not path.exists():
-        raise FileNotFoundError(
-            f"{run_dir} has no manifest.json: is it the --out folder of a finished `thresher run` or `thresher score`?"
-        )
-    manifest = json.loads(path.read_text())
+    run = RunFolder(run_dir)
+    manifest = run.read_manifest()
+    run_dir = run.path
     cfg = RunConfig.from_dict(manifest["config"])
     cfg.output.dir = str(run_dir)
     for o in overrides or []:
@@ -472,12 +425,15 @@ def load_run(
         raise RuntimeError(
             f"{d.path} changed since {run_dir} was scored (content hash differs); rescore with `thresher run --overwrite`"
         )
-    t = pq.read_table(run_dir / "scores.parquet")
+    method = method_for(cfg)
+    t = pq.read_table(run.scores)
     skip = {"id", "line", "status", "selected", "rank"}
     columns = {
         c: t.column(c).to_numpy(zero_copy_only=False) for c in t.column_names if c not in skip
     }
-    table = SignalTable(t.column("id").to_pylist(), columns, t.column("status").to_pylist(), None)
+    table = SignalTable(
+        t.column("id").to_pylist(), columns, t.column("status").to_pylist(), method.score
+    )
     rejected = list(read.rejected)
     by_id = {s.id: s for s in read.samples}
     for i, status in zip(table.ids, table.status, strict=True):
@@ -497,5 +453,6 @@ def load_run(
         manifest["passes"],
         manifest["model"],
         manifest["template_text"],
+        method,
     )
     return cfg, result

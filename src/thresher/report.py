@@ -19,8 +19,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from thresher import rundir
 from thresher.atomic import write_atomic
 from thresher.cache import ACTIVATION_PREFIXES, fixed_rows
+from thresher.rundir import RunFolder
 
 NOT_SIGNALS = {"id", "line", "status", "selected", "rank"}
 BINS = 30  # ours: enough to show shape for pools of a few hundred rows and up
@@ -56,13 +58,13 @@ class RunView:
 
 
 def read_run(run_dir: str | Path) -> RunView:
-    d = Path(run_dir)
-    for f in ("manifest.json", "scores.parquet"):
-        if not (d / f).is_file():
-            raise FileNotFoundError(
-                f"{d} has no {f}: give the --out folder of a finished `thresher run` or `thresher score`"
-            )
-    t = pq.read_table(d / "scores.parquet")
+    run = RunFolder(run_dir)
+    d, manifest = run.path, run.read_manifest()
+    if not run.scores.is_file():
+        raise FileNotFoundError(
+            f"{d} has no {run.scores.name}: give the --out folder of a finished `thresher run` or `thresher score`"
+        )
+    t = pq.read_table(run.scores)
     signals, lengths = {}, {}
     for name in t.column_names:
         col = t.column(name)
@@ -72,7 +74,7 @@ def read_run(run_dir: str | Path) -> RunView:
             continue
         arr = np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float64)
         (lengths if name.startswith("n_") else signals)[name] = arr
-    rejected_path = d / "rejected.jsonl"
+    rejected_path = run.rejected
     rejected = (
         [json.loads(x) for x in rejected_path.read_text().splitlines() if x.strip()]
         if rejected_path.exists()
@@ -84,7 +86,7 @@ def read_run(run_dir: str | Path) -> RunView:
     )
     return RunView(
         d,
-        json.loads((d / "manifest.json").read_text()),
+        manifest,
         t.column("id").to_pylist(),
         t.column("status").to_pylist(),
         selected,
@@ -99,7 +101,7 @@ def activations(run: RunView) -> tuple[str, np.ndarray] | None:
     the run's rows (NaN rows where missing), or None when the run has none."""
     shards = {
         p: pq.read_schema(p).names
-        for p in sorted((run.dir / "passes").glob("*/shard-*.parquet"))
+        for p in sorted(RunFolder(run.dir).passes.glob("*/shard-*.parquet"))
         if p.with_suffix(".done").exists()
     }
     names = {n for cols in shards.values() for n in cols if n.startswith(ACTIVATION_PREFIXES)}
@@ -405,7 +407,7 @@ def write_report(run_dirs: list[str | Path], out: str | Path | None = None) -> P
     dest = (
         Path(out)
         if out
-        else (runs[0].dir / "report.html" if len(runs) == 1 else Path("report.html"))
+        else (RunFolder(runs[0].dir).report if len(runs) == 1 else Path(rundir.REPORT))
     )
     write_atomic(dest, render(runs).encode("utf-8"))
     return dest

@@ -12,6 +12,8 @@ string-based rules instead, for number-for-number parity.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import string
 from dataclasses import dataclass
 from typing import Any
@@ -126,6 +128,17 @@ class TemplateError(ValueError):
 
 
 @dataclass(frozen=True)
+class NoiseKey:
+    """What a noisy pass needs to draw and slice one row's noise: the sample, the length of its
+    cond view (the noise tensor's sequence length) and where the cond view's response starts
+    (the uncond copies reuse that slice)."""
+
+    sample: str
+    length: int
+    response_start: int
+
+
+@dataclass(frozen=True)
 class Rendered:
     """Token ids of one view of one sample.
 
@@ -142,10 +155,29 @@ class Rendered:
     n_response_tokens: int
     truncated: str = ""
     status: str = "ok"
+    noise: NoiseKey | None = None  # noisy passes only (T-SHIRT), set by `Scorer.render`
 
     @property
     def n_scored(self) -> int:
         return self.scored[1] - self.scored[0]
+
+    def to_json(self) -> str:
+        """The row as JSON, noise key included (what a distributed engine ships to its workers)."""
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> Rendered:
+        d = json.loads(text)
+        return cls(
+            ids=tuple(d["ids"]),
+            scored=tuple(d["scored"]),
+            spans={k: tuple(v) for k, v in d["spans"].items()},
+            n_prompt_tokens=d["n_prompt_tokens"],
+            n_response_tokens=d["n_response_tokens"],
+            truncated=d["truncated"],
+            status=d["status"],
+            noise=NoiseKey(**d["noise"]) if d.get("noise") else None,
+        )
 
 
 def _rejected(reason: str) -> Rendered:

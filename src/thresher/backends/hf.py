@@ -16,10 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from thresher.passes import PassSpec
+from thresher.passes import CAPABILITIES, PassSpec
 from thresher.templates import Rendered
 
-CAPABILITIES = ("logprob", "entropy", "hidden", "mlp")
 # ours: 32M floats (128 MB fp32) of logits per chunk keeps a 256K-vocabulary model under
 # ~0.5 GB of transient memory while still doing one large GEMM per chunk
 LOGIT_CHUNK_ELEMENTS = 32 * 1024 * 1024
@@ -93,7 +92,12 @@ class HFBackend:
             raise ValueError(
                 f"the hf backend cannot produce {bad}; it offers {list(self.capabilities)}"
             )
-        out = [layer for layer in spec.layers if not -self.n_layers <= layer < self.n_layers]
+        if spec.pooling is not None and not spec.pooling.resolved:
+            raise ValueError(
+                f"pooling layers {spec.pooling.layers!r} are not resolved: call spec.resolve({self.n_layers})"
+            )
+        layers = spec.pooling.layers if spec.pooling is not None else ()
+        out = [layer for layer in layers if not -self.n_layers <= layer < self.n_layers]
         if out:
             raise ValueError(
                 f"layers {out} do not exist: the model has {self.n_layers} decoder layers (0..{self.n_layers - 1})"
@@ -102,7 +106,7 @@ class HFBackend:
     @torch.inference_mode()
     def activation_widths(self, spec: PassSpec) -> dict[str, int]:
         """Width of each pooled activation column, read off one two-token forward pass."""
-        if not {"hidden", "mlp"} & set(spec.fields):
+        if spec.pooling is None:
             return {}
         probe = Rendered(
             (self.pad_id, self.pad_id), (1, 2), {"prompt": (0, 1), "response": (1, 2)}, 1, 1
@@ -110,19 +114,11 @@ class HFBackend:
         return {k: v.shape[1] for k, v in self.run([probe], spec).activations.items()}
 
     @torch.inference_mode()
-    def run(
-        self, rows: list[Rendered], spec: PassSpec, noise: list[tuple[str, int, int]] | None = None
-    ) -> BatchOutput:
-        """Score `rows`. A noisy spec (T-SHIRT) needs `noise`: per row (sample id, cond-view
-        length, cond response start); each row's log-probs are then its copies back to back."""
-        if spec.noise_copies:
-            if noise is None or len(noise) != len(rows):
-                raise ValueError(
-                    f"a noisy pass needs one noise key per row (got {None if noise is None else len(noise)} for {len(rows)} rows)"
-                )
-            return BatchOutput(
-                [self._noisy_row(r, spec, key) for r, key in zip(rows, noise, strict=True)], None
-            )
+    def run(self, rows: list[Rendered], spec: PassSpec) -> BatchOutput:
+        """Score `rows`. In a noisy pass (T-SHIRT) each row carries its noise key (`Rendered.noise`)
+        and its log-probs are its copies back to back."""
+        if spec.noise is not None:
+            return BatchOutput([self._noisy_row(r, spec) for r in rows], None)
         if not rows:
             return BatchOutput([], [] if "entropy" in spec.fields else None)
         device = self.lm_head.weight.device
@@ -155,20 +151,18 @@ class HFBackend:
         acts = {k: v.float().cpu().numpy() for k, v in pooled.items()}
         return BatchOutput(logprob, entropy, acts)
 
-    def _noisy_row(self, row: Rendered, spec: PassSpec, key: tuple[str, int, int]) -> np.ndarray:
+    def _noisy_row(self, row: Rendered, spec: PassSpec) -> np.ndarray:
         """One sample's `noise_copies` perturbed copies in one forward: inputs_embeds = embed(ids) + delta.
 
         The uncond view reuses the cond noise: its response rows take the cond response slice, its
         document-start row takes the cond's first-position row (METHODS §4.3/§4.7, the BOS fix)."""
-        sample_id, n_cond, resp_start = key
+        if row.noise is None:
+            raise ValueError("a row of a noisy pass has no noise key: render it with Scorer.render")
+        sample_id, n_cond, resp_start = row.noise.sample, row.noise.length, row.noise.response_start
         embed = self.model.get_input_embeddings()
+        noise = spec.noise
         delta = embedding_noise(
-            spec.noise_seed,
-            sample_id,
-            spec.noise_copies,
-            n_cond,
-            embed.weight.shape[1],
-            spec.noise_alpha,
+            noise.seed, sample_id, noise.copies, n_cond, embed.weight.shape[1], noise.alpha
         )
         if spec.view == "uncond":
             lead = row.spans["response"][0]
@@ -191,9 +185,7 @@ class HFBackend:
         hidden = self.model.base_model(inputs_embeds=x).last_hidden_state  # [copies, L, h]
         a, b = row.scored
         states = hidden[:, a - 1 : b - 1].reshape(-1, hidden.shape[-1])
-        lp, _ = self.token_logprobs(
-            states, ids[0, a:b].repeat(spec.noise_copies), with_entropy=False
-        )
+        lp, _ = self.token_logprobs(states, ids[0, a:b].repeat(noise.copies), with_entropy=False)
         return lp.float().cpu().numpy()
 
     def token_logprobs(
@@ -220,21 +212,22 @@ class HFBackend:
     def _hooks(
         self, rows: list[Rendered], spec: PassSpec, width: int, out: dict[str, torch.Tensor]
     ) -> list[Any]:
-        kinds = [f for f in ("hidden", "mlp") if f in spec.fields]
-        if not kinds:
+        pooling = spec.pooling
+        if pooling is None:
             return []
-        weights, valid, first, last = _pool_index(rows, spec.pool_span, width)
+        kinds = pooling.sources
+        weights, valid, first, last = _pool_index(rows, pooling.span, width)
         layers = decoder_layers(self.model)
 
         def pool(name: str, x: torch.Tensor) -> None:
             out[name] = _pool(
                 x.float(),
-                spec.pool,
+                pooling.how,
                 weights.to(x.device),
                 valid.to(x.device),
                 first,
                 last,
-                spec.pool_threshold,
+                pooling.threshold,
             )
 
         def after(name: str):  # a module's output
@@ -246,11 +239,11 @@ class HFBackend:
             return lambda _module, inputs: pool(name, inputs[0])
 
         handles = []
-        for layer in spec.layers:
+        for layer in pooling.layers:
             block = layers[layer]
             if "hidden" in kinds:
                 handles.append(block.register_forward_hook(after(f"hidden.{layer}")))
-            if "mlp" in kinds and spec.mlp_tap == "act":
+            if "mlp" in kinds and pooling.mlp_tap == "act":
                 handles.append(
                     mlp_activation_module(block).register_forward_hook(after(f"mlp.{layer}"))
                 )

@@ -27,7 +27,7 @@ import json
 import logging
 import os
 import socket
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -117,23 +117,6 @@ def check_reachable(address: str, timeout_s: float = 10.0) -> None:
         ) from e
 
 
-def encode_rendered(r: Rendered) -> str:
-    return json.dumps(asdict(r))
-
-
-def decode_rendered(text: str) -> Rendered:
-    d = json.loads(text)
-    return Rendered(
-        ids=tuple(d["ids"]),
-        scored=tuple(d["scored"]),
-        spans={k: tuple(v) for k, v in d["spans"].items()},
-        n_prompt_tokens=d["n_prompt_tokens"],
-        n_response_tokens=d["n_response_tokens"],
-        truncated=d["truncated"],
-        status=d["status"],
-    )
-
-
 class ScorerActor:
     """A Ray Data actor: loads the model once, then scores whole shards with `Scorer`."""
 
@@ -154,12 +137,11 @@ class ScorerActor:
 
     def __call__(self, batch: dict[str, Any]) -> pa.Table:
         tables = []
-        for shard, ids, rendered, layout in zip(
-            batch["shard"], batch["ids"], batch["rendered"], batch["noise_layout"], strict=True
+        for shard, ids, rendered in zip(
+            batch["shard"], batch["ids"], batch["rendered"], strict=True
         ):
-            self.scorer.noise_layout.update({i: tuple(v) for i, v in json.loads(layout).items()})
             cols = self.scorer.score_rendered(
-                json.loads(ids), [decode_rendered(r) for r in json.loads(rendered)]
+                json.loads(ids), [Rendered.from_json(r) for r in json.loads(rendered)]
             )
             t = shard_table(cols)
             tables.append(
@@ -194,11 +176,8 @@ def run_pass_ray(
             {
                 "shard": k,
                 "ids": json.dumps(planned[k]),
-                "rendered": json.dumps([encode_rendered(rendered[i]) for i in part]),
-                # noisy passes slice each row's noise by its cond-view layout, known to the driver's render
-                "noise_layout": json.dumps(
-                    {i: scorer.noise_layout[i] for i in planned[k] if i in scorer.noise_layout}
-                ),
+                # rows carry what they need on a worker, a noisy pass's noise keys included
+                "rendered": json.dumps([rendered[i].to_json() for i in part]),
             }
             for k, part in enumerate(shards)
         ]

@@ -17,7 +17,7 @@ import numpy as np
 from thresher.backends.hf import HFBackend
 from thresher.data import Sample
 from thresher.passes import DEMO_VIEWS, PassSpec
-from thresher.templates import Rendered, Renderer
+from thresher.templates import NoiseKey, Rendered, Renderer
 
 log = logging.getLogger(__name__)
 
@@ -39,31 +39,38 @@ class Scorer:
     ) -> None:
         self.spec = spec
         self.renderer = Renderer(tokenizer, spec)
-        self.backend = HFBackend(model, tokenizer) if spec.fields else None
+        self.backend = HFBackend(model, tokenizer) if spec.forward else None
         if self.backend is not None:
             self.backend.check(spec)
         self.batch_tokens = batch_tokens
         self.widths = self.backend.activation_widths(spec) if self.backend is not None else {}
-        # T-SHIRT: the uncond copies reuse the response slice of the cond copies' noise, so they
-        # need each sample's cond-view length and response start (filled by `render`)
+        # T-SHIRT: the uncond copies reuse the response slice of the cond copies' noise, so each
+        # uncond row's noise key comes from its cond view
         self.cond_renderer = (
             Renderer(tokenizer, dataclasses.replace(spec, view="cond"))
-            if spec.noise_copies and spec.view == "uncond"
+            if spec.noise is not None and spec.view == "uncond"
             else None
         )
-        self.noise_layout: dict[str, tuple[int, int]] = {}
 
     def render(
         self, samples: list[Sample], demos: dict[str, Sample] | None = None
     ) -> list[Rendered]:
-        if self.cond_renderer is not None:
-            for s in samples:
-                c = self.cond_renderer.render(s)
-                if c.status == "ok":
-                    self.noise_layout[s.id] = (len(c.ids), c.scored[0])
         if self.spec.view in DEMO_VIEWS:
             return [self.renderer.render(s, (demos or {}).get(s.id)) for s in samples]
-        return [self.renderer.render(s) for s in samples]
+        rendered = [self.renderer.render(s) for s in samples]
+        if self.spec.noise is None:
+            return rendered
+        return [self._with_noise_key(s, r) for s, r in zip(samples, rendered, strict=True)]
+
+    def _with_noise_key(self, sample: Sample, r: Rendered) -> Rendered:
+        """The row with its noise key: the cond view's length and response start. An uncond row
+        whose cond view cannot be rendered takes the cond view's status (no noise to reuse)."""
+        if r.status != "ok":
+            return r
+        c = self.cond_renderer.render(sample) if self.cond_renderer is not None else r
+        if c.status != "ok":
+            return dataclasses.replace(r, status=c.status)
+        return dataclasses.replace(r, noise=NoiseKey(sample.id, len(c.ids), c.scored[0]))
 
     def __call__(
         self, samples: list[Sample], demos: dict[str, Sample] | None = None
@@ -81,9 +88,8 @@ class Scorer:
         ok = [i for i, r in enumerate(rendered) if r.status == "ok"]
         if self.backend is not None:
             lengths = {i: len(rendered[i].ids) for i in ok}
-            noise = self._noise_keys(ids, rendered) if self.spec.noise_copies else None
             for batch in self._batches(sorted(ok, key=lengths.__getitem__), lengths):
-                self._score_batch(batch, rendered, status, logprob, entropy, acts, noise)
+                self._score_batch(batch, rendered, status, logprob, entropy, acts)
         scored = [len(lp) if status[i] == "ok" else 0 for i, lp in enumerate(logprob)]
         if self.backend is None:  # a render-only pass (token counts, no forward)
             scored = [r.n_scored if r.status == "ok" else 0 for r in rendered]
@@ -99,27 +105,10 @@ class Scorer:
             "activations": acts,
         }
 
-    def _noise_keys(
-        self, ids: list[str], rendered: list[Rendered]
-    ) -> list[tuple[str, int, int] | None]:
-        """(sample id, cond-view length, cond response start) per row: what seeds and slices its noise."""
-        if self.cond_renderer is None:
-            return [(i, len(r.ids), r.scored[0]) for i, r in zip(ids, rendered, strict=True)]
-        missing = [
-            i
-            for i, r in zip(ids, rendered, strict=True)
-            if r.status == "ok" and i not in self.noise_layout
-        ]
-        if missing:
-            raise RuntimeError(
-                f"the noisy uncond pass has no cond layout for {missing[:3]}: call Scorer.render on these samples first"
-            )
-        return [(i, *self.noise_layout[i]) if i in self.noise_layout else None for i in ids]
-
     def _batches(self, order: list[int], lengths: dict[int, int]) -> list[list[int]]:
         """Pack length-sorted rows while rows x longest length stays within the token budget.
         Noisy passes score one sample per forward: its copies are the batch."""
-        if self.spec.noise_copies:
+        if self.spec.noise is not None:
             return [[i] for i in order]
         out: list[list[int]] = []
         for i in order:
@@ -137,22 +126,16 @@ class Scorer:
         logprob: list,
         entropy: list | None,
         acts: dict,
-        noise: list | None = None,
     ) -> None:
         try:
-            if noise is not None:
-                out = self.backend.run(
-                    [rendered[i] for i in batch], self.spec, noise=[noise[i] for i in batch]
-                )
-            else:
-                out = self.backend.run([rendered[i] for i in batch], self.spec)
+            out = self.backend.run([rendered[i] for i in batch], self.spec)
         except Exception as e:  # isolate the failing row: retry one by one
             if len(batch) == 1:
                 status[batch[0]] = f"error:{type(e).__name__}"
                 log.warning("row %s failed in the %s pass: %s", batch[0], self.spec.name(), e)
                 return
             for i in batch:
-                self._score_batch([i], rendered, status, logprob, entropy, acts, noise)
+                self._score_batch([i], rendered, status, logprob, entropy, acts)
             return
         for k, i in enumerate(batch):
             lp = out.logprob[k]

@@ -1,5 +1,16 @@
-"""What every method is made of: a Plan (passes, signal computation, selection), the signal
-table it produces, and the registry entry that describes it."""
+"""What a method is: a declaration, not wiring.
+
+A method names the passes it needs (`PassSpec`s by role), computes its signal columns from their
+token stats (`signals`, pure numpy on what the passes return), lists the filters that exclude rows
+(`filters`, applied by one shared function that writes the statuses), and chooses the budget
+(`select`). An optional `fit` step runs before the pool's passes (MIWV's demonstrations, NAIT's
+target directions, InstructDiff's warm-up) and returns what it decided as a `Fitted` value; it
+never changes the method or shared state. The pass runner owns models, caches and engines: a
+method never imports them.
+
+A builder decorated with `@method(...)` turns flat typed parameters (each default quoted from its
+paper, or marked `# ours:` with the reason) into a `Method`, and registers itself by name.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +18,7 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -16,16 +27,15 @@ from thresher.passes import PassSpec, TokenStats
 from thresher.selectors.base import Selection
 
 
-@dataclass
-class RunContext:
-    """What a plan's `prepare` step may use before the passes run."""
+class StreamedPass(Protocol):
+    """A stored pass too large to load whole (T-SHIRT's noisy copies, an activation pass of a
+    large pool): read shard by shard, or loaded with only some activation columns."""
 
-    run_dir: Path
-    samples: list[Sample]
-    load_model: Callable[[str], Any]  # model name -> LoadedModel, loaded once per run
-    config: Any  # the RunConfig
-    progress: bool = True
-    data_hash: str = ""  # the dataset's content hash, for the cache keys of passes run in `prepare`
+    def scan(self, activations: tuple[str, ...] | None = None) -> Any: ...
+
+    def load(
+        self, activations: tuple[str, ...] | None = None, order: list[str] | None = None
+    ) -> TokenStats: ...
 
 
 @dataclass
@@ -45,53 +55,150 @@ class SignalTable:
 
 
 @dataclass
-class Plan:
-    method: str
+class Signals:
+    """What `signals` returns when some rows fail there (e.g. T-SHIRT's streamed copies): the
+    columns and a status per row ("ok" or the reason). A plain dict of columns means all "ok"."""
+
+    columns: dict[str, np.ndarray]
+    status: list[str]
+
+
+@dataclass
+class SignalInputs:
+    """What a method's `signals` reads: each pass's token stats by role (a `StreamedPass` for the
+    roles the method streams), the samples, the passes as they ran (pooling layers resolved for
+    the loaded model), what `fit` returned, and a scratch folder for spill files."""
+
+    stats: dict[str, Any]
+    samples: list[Sample]
+    passes: dict[str, PassSpec]
+    state: Any = None
+    scratch: Path | None = None
+
+    @property
+    def ids(self) -> list[str]:
+        return [s.id for s in self.samples]
+
+
+@dataclass
+class Fitted:
+    """What a `fit` step decided: state for `signals` and `select`, and per pass role the model to
+    run instead (InstructDiff's calibrated copy), the demonstration of each sample (MIWV), and
+    what the pass's cache key must also hold so a changed decision recomputes it."""
+
+    state: Any = None
+    models: dict[str, str] = field(default_factory=dict)
+    demos: dict[str, dict[str, Sample]] = field(default_factory=dict)
+    key_extra: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class FitContext:
+    """What a `fit` step may use: the samples, a folder for what it trains, the run's budget and
+    seed, the run's models (loaded once), and the pass runner (cached in the run folder).
+
+    `run_pass(label, spec, samples, data_hash)` returns the TokenStats of `spec` over `samples`;
+    `label` names its folder (e.g. `target.gsm8k`) when the samples are not the pool."""
+
+    samples: list[Sample]
+    work_dir: Path
+    budget: float | int
+    seed: int
+    data_hash: str
+    load_model: Callable[[str], Any]
+    run_pass: Callable[..., TokenStats]
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class SelectContext:
+    """What a selector may need beyond the table: rows read from the file (Superfiltering's
+    budget is a fraction of the whole file) and the run's seed."""
+
+    rows_read: int
+    seed: int = 42
+
+
+Selector = Callable[[SignalTable, "float | int", SelectContext], Selection]
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
     params: dict[str, Any]
     passes: dict[str, PassSpec]
-    compute: Callable[[dict[str, TokenStats], list[Sample]], SignalTable]
-    choose: Callable[[SignalTable, float | int, int, int], Selection] = field(repr=False)
-    # optional step before the passes: returns extra inputs per pass role, e.g.
-    # {"oneshot": {"demos": {sample_id: demo_sample}}}; {"role": {"model": path}} sets the model
-    # of that pass (e.g. InstructDiff's calibrated copy, trained into the run folder)
-    prepare: Callable[[RunContext], dict[str, dict[str, Any]]] | None = field(
-        default=None, repr=False
-    )
-    # optional figures about a selection (e.g. tag coverage), written to the manifest and summary;
-    # computed from the signal table only, so `thresher select` can recompute them without a model
-    diagnostics: Callable[[SignalTable, Selection | None], dict[str, Any]] | None = field(
-        default=None, repr=False
-    )
-    # pass roles too large to load whole (T-SHIRT's noisy copies): `compute` gets their PassStore
-    # instead of TokenStats and reads them shard by shard (PassStore.scan)
+    signals: Callable[[SignalInputs], dict[str, np.ndarray] | Signals]
+    score: str | None
+    select: Selector
+    filters: tuple[Any, ...] = ()  # methods.table filters, applied in order
+    fit: Callable[[FitContext], Fitted] | None = None
+    # figures about a selection (e.g. tag coverage) from the signal table only, so `thresher
+    # select` recomputes them without a model; written to the manifest and the summary
+    diagnostics: Callable[[SignalTable, Selection | None], dict[str, Any]] | None = None
+    # pass roles the method reads shard by shard (`StreamedPass`), never loaded whole
     streamed: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class MethodInfo:
+    """A registry entry: what `thresher ls methods` prints, and the builder."""
+
     name: str
     paper: str
     summary: str
     passes: str
     reference_model: str
     reproducible: bool
-    build: Callable[..., Plan] = field(repr=False)
+    build: Callable[..., Method] = field(repr=False)
+    # the pool pass this method would run with its defaults, for `score.capture` (a method that
+    # pools activations): (model) -> PassSpec
+    pool_pass: Callable[[str], PassSpec] | None = field(default=None, repr=False)
 
     def defaults(self) -> dict[str, Any]:
         sig = inspect.signature(self.build)
         return {k: p.default for k, p in sig.parameters.items() if k != "model"}
 
 
+REGISTRY: dict[str, MethodInfo] = {}
+
+
+def method(
+    name: str,
+    *,
+    paper: str,
+    summary: str,
+    passes: str,
+    reference_model: str = "-",
+    reproducible: bool = False,
+    pool_pass: Callable[[str], PassSpec] | None = None,
+) -> Callable[[Callable[..., Method]], Callable[..., Method]]:
+    """Register a builder `(model, *, params...) -> Method` under `name`."""
+
+    def register(build: Callable[..., Method]) -> Callable[..., Method]:
+        if name in REGISTRY:
+            raise ValueError(f"method {name!r} is registered twice")
+        REGISTRY[name] = MethodInfo(
+            name, paper, summary, passes, reference_model, reproducible, build, pool_pass
+        )
+        return build
+
+    return register
+
+
 def merge_status(*passes: TokenStats) -> list[str]:
     """The first non-ok status of each row across the passes it needs."""
+    return first_failure(*(p.status for p in passes))
+
+
+def first_failure(*statuses: list[str]) -> list[str]:
     out = []
-    for row in zip(*(p.status for p in passes), strict=True):
+    for row in zip(*statuses, strict=True):
         bad = [s for s in row if s != "ok"]
         out.append(bad[0] if bad else "ok")
     return out
 
 
-def token_counts(stats: TokenStats, prefix: str) -> dict[str, np.ndarray]:
+def token_counts(stats: TokenStats, prefix: str = "") -> dict[str, np.ndarray]:
     """Token counts after truncation, and what truncation cut ("" or e.g. "prompt+response")."""
     return {
         f"{prefix}n_prompt_tokens": stats.n_prompt_tokens,

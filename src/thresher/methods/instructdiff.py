@@ -2,7 +2,8 @@
 bi-directional ΔNLL trim, lowest ΔH.
 
 1. warm-up: a seeded random α·N subset fine-tunes a copy of the model (the calibrator) through
-   `thresher.train`, into `<run>/calibrators/`; a finished calibrator is reused on rerun;
+   `thresher.train` in the `fit` step, into `<run>/calibrators/`; a finished calibrator is
+   reused on rerun;
 2. two `cond` passes: the base model's (shared with ifd / ppl / entropy) and the calibrator's;
 3. ΔNLL = L_inst - L_base, ΔH = H_base - H_inst; drop int(γN) rows from each end of ΔNLL
    (status `filtered:dnll_tail`), then take the lowest ΔH, in samples or response tokens;
@@ -24,16 +25,20 @@ import numpy as np
 from thresher.choices import check_choice
 from thresher.data import Sample
 from thresher.methods.base import (
-    MethodInfo,
-    Plan,
-    RunContext,
+    FitContext,
+    Fitted,
+    Method,
+    SelectContext,
+    SignalInputs,
     SignalTable,
     merge_status,
+    method,
     token_counts,
 )
-from thresher.passes import PassSpec, TokenStats
+from thresher.methods.table import Finite, TrimTails, budget_rows, make_table
+from thresher.passes import PassSpec
 from thresher.selectors.base import Selection, budget_count
-from thresher.selectors.trim import BUDGET_UNITS, lowest_within_budget, trim_both_ends
+from thresher.selectors.trim import BUDGET_UNITS, lowest_within_budget
 from thresher.signals.instructdiff import (
     delta_entropy,
     delta_nll,
@@ -45,6 +50,13 @@ from thresher.signals.instructdiff import (
 TRIM_STATUS = "filtered:dnll_tail"
 
 
+@method(
+    "instructdiff",
+    paper="Su et al., InstructDiff: Domain-Adaptive Data Selection via Differential Entropy, arXiv 2601.23006",
+    summary="warm-up-calibrated copy vs base: drop both ΔNLL tails (γ), take the lowest ΔH",
+    passes="cond (base) + cond (calibrated copy); warm-up fine-tuning",
+    reference_model="the model to be tuned (LLaMA-3-8B / Qwen2.5-7B in the paper)",
+)
 def instructdiff(
     model: str,
     *,
@@ -60,7 +72,7 @@ def instructdiff(
     template: str = "alpaca",  # InstructDiff scoring.py: the Alpaca template (input merged into the prompt here, §7.2 [I])
     max_length: int = 512,  # ours: the cond pass shared with ifd / ppl / entropy
     truncation: str = "prompt_first",  # ours: as `ifd`, never empties the response
-) -> Plan:
+) -> Method:
     """ΔH among the middle of ΔNLL, from the base model and a warm-up-calibrated copy."""
     from thresher.train import preset
 
@@ -90,39 +102,29 @@ def instructdiff(
     )
     passes = {
         "cond": PassSpec(model=model, **common),
+        # the model is the calibrated copy `fit` trains (or reuses)
         "calibrated": PassSpec(model=calibrator or model, **common),
     }
 
-    def compute(stats: dict[str, TokenStats], samples: list[Sample]) -> SignalTable:
-        base, inst = stats["cond"], stats["calibrated"]
-        status = merge_status(base, inst)
-        dnll, dh = delta_nll(base.logprob, inst.logprob), delta_entropy(base.entropy, inst.entropy)
-        ids = [s.id for s in samples]
-        for i, s in enumerate(status):
-            if s == "ok" and not (np.isfinite(dnll[i]) and np.isfinite(dh[i])):
-                status[i] = "nan_score"
-        ok = np.array([s == "ok" for s in status])
-        kept = trim_both_ends(ids, dnll, gamma, keep=ok)
-        status = [
-            TRIM_STATUS if s == "ok" and not k else s for s, k in zip(status, kept, strict=True)
-        ]
-        cols = {
-            "delta_entropy": dh,
-            "delta_nll": dnll,
+    def signals(x: SignalInputs) -> dict[str, np.ndarray]:
+        base, inst = x.stats["cond"], x.stats["calibrated"]
+        return {
+            "delta_entropy": delta_entropy(base.entropy, inst.entropy),
+            "delta_nll": delta_nll(base.logprob, inst.logprob),
             "nll_base": mean_nll(base.logprob),
             "nll_calibrated": mean_nll(inst.logprob),
             "entropy_base": mean_token_entropy(base.entropy),
             "entropy_calibrated": mean_token_entropy(inst.entropy),
-            **token_counts(base, ""),
+            **token_counts(base),
         }
-        return SignalTable(ids, cols, status, "delta_entropy")
 
-    def choose(table: SignalTable, budget: float | int, n_rows_read: int, seed: int) -> Selection:
+    filters = (Finite(("delta_nll", "delta_entropy")), TrimTails("delta_nll", gamma, TRIM_STATUS))
+
+    def select(table: SignalTable, budget: float | int, ctx: SelectContext) -> Selection:
         dh = table.columns["delta_entropy"]
         if budget_unit == "samples":
-            return lowest_within_budget(
-                table.ids, dh, budget_count(budget, len(table.ids)), keep=table.eligible
-            )
+            b = budget_rows(table, budget, ctx, "rows")
+            return lowest_within_budget(table.ids, dh, b, keep=table.eligible)
         # select_lowest_diff_entropy: a fraction of the response tokens of the whole scored pool,
         # before the trim
         tokens = np.asarray(table.columns["n_response_tokens"], dtype=np.int64)
@@ -133,7 +135,9 @@ def instructdiff(
             table.ids, dh, n_tokens, keep=table.eligible, unit="tokens", tokens=tokens
         )
 
-    def prepare(ctx: RunContext) -> dict[str, dict[str, Any]]:
+    def fit(ctx: FitContext) -> Fitted:
+        """Warm up the calibrated copy (round k > 0 retrains from the base on round k-1's
+        selection, paper Alg. 1); the calibrated pass then runs on it."""
         base = ctx.load_model(model)
         lm = ctx.load_model(calibrator) if calibrator else base
         if lm.info.tokenizer_hash != base.info.tokenizer_hash:
@@ -149,22 +153,16 @@ def instructdiff(
             folder = _calibrate(ctx, lm, subset, tcfg, k)
             if k == iterations - 1:
                 break
+            calibrated = dataclasses.replace(passes["calibrated"], model=str(folder))
             stats = {
-                "cond": _score(ctx, "cond", passes["cond"]),
-                "calibrated": _score(
-                    ctx,
-                    f"calibrated{k}",
-                    dataclasses.replace(passes["calibrated"], model=str(folder)),
-                ),
+                "cond": ctx.run_pass("cond", passes["cond"]),
+                "calibrated": ctx.run_pass(f"calibrated{k}", calibrated),
             }
-            sel = choose(
-                compute(stats, ctx.samples),
-                ctx.config.select.budget(),
-                len(ctx.samples),
-                ctx.config.select.seed,
-            )
+            inputs = SignalInputs(stats, ctx.samples, {**passes, "calibrated": calibrated})
+            table = make_table(this, inputs, merge_status(*stats.values()))
+            sel = select(table, ctx.budget, SelectContext(len(ctx.samples), ctx.seed))
             subset = [by_id[i] for i in sel.ids]  # the next round retrains from the base on D'^(k)
-        return {"calibrated": {"model": str(folder)}}
+        return Fitted(models={"calibrated": str(folder)})
 
     params = dict(
         alpha=alpha,
@@ -179,10 +177,13 @@ def instructdiff(
         max_length=max_length,
         truncation=truncation,
     )
-    return Plan("instructdiff", params, passes, compute, choose, prepare=prepare)
+    this = Method(
+        "instructdiff", params, passes, signals, "delta_entropy", select, filters, fit=fit
+    )
+    return this
 
 
-def _calibrate(ctx: RunContext, lm: Any, subset: list[Sample], tcfg: Any, k: int) -> Any:
+def _calibrate(ctx: FitContext, lm: Any, subset: list[Sample], tcfg: Any, k: int) -> Any:
     """Train (or reuse) the calibrator of round k; its folder is named by what it depends on."""
     from thresher.train import train
 
@@ -192,49 +193,6 @@ def _calibrate(ctx: RunContext, lm: Any, subset: list[Sample], tcfg: Any, k: int
         "samples": sorted(s.id for s in subset),
     }
     digest = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:12]
-    folder = ctx.run_dir / "calibrators" / f"round{k}-{digest}"
+    folder = ctx.work_dir / "calibrators" / f"round{k}-{digest}"
     train(subset, lm, folder, tcfg, progress=ctx.progress)
     return folder
-
-
-def _score(ctx: RunContext, role: str, spec: PassSpec) -> TokenStats:
-    """One pass inside `prepare` (rounds k < K), cached in the run folder as the pipeline does,
-    so the base model's cond pass is computed once and reused by the final round."""
-    from thresher.cache import PassStore, find_pass, key_material, pass_label
-    from thresher.engine import run_on_engine
-    from thresher.engine.scorer import Scorer
-    from thresher.templates import get_template
-
-    cfg = ctx.config
-    lm = ctx.load_model(spec.model)
-    text = get_template(spec.template, lm.tokenizer).text
-    label = pass_label(spec) if spec.model == cfg.model.name else f"{pass_label(spec)}@{role}"
-    material = key_material(spec, dataclasses.asdict(lm.info), text, ctx.data_hash)
-    found = None if cfg.score.overwrite else find_pass(ctx.run_dir, material)
-    if found is not None:
-        label, material = found
-        spec = PassSpec.from_dict(material["pass"])
-    store = PassStore(ctx.run_dir, spec, material, label)
-    scorer = Scorer(spec, lm.model, lm.tokenizer, batch_tokens=cfg.score.batch_tokens)
-    return run_on_engine(
-        cfg,
-        ctx.samples,
-        scorer,
-        store,
-        shard_rows=cfg.score.shard_rows,
-        overwrite=cfg.score.overwrite,
-        progress=ctx.progress,
-    ).stats
-
-
-INFOS = (
-    MethodInfo(
-        "instructdiff",
-        "Su et al., InstructDiff: Domain-Adaptive Data Selection via Differential Entropy, arXiv 2601.23006",
-        "warm-up-calibrated copy vs base: drop both ΔNLL tails (γ), take the lowest ΔH",
-        "cond (base) + cond (calibrated copy); warm-up fine-tuning",
-        "the model to be tuned (LLaMA-3-8B / Qwen2.5-7B in the paper)",
-        False,
-        instructdiff,
-    ),
-)

@@ -18,23 +18,27 @@ from typing import Any
 import numpy as np
 
 from thresher.choices import check_choice
-from thresher.data import Sample
-from thresher.methods.base import MethodInfo, Plan, RunContext, SignalTable, token_counts
-from thresher.passes import PassSpec, TokenStats
-from thresher.selectors.base import Selection, budget_count
+from thresher.methods.base import (
+    Method,
+    SelectContext,
+    SignalInputs,
+    Signals,
+    SignalTable,
+    method,
+    token_counts,
+)
+from thresher.methods.table import budget_rows
+from thresher.passes import PassSpec, Pooling
+from thresher.selectors.base import Selection
 from thresher.selectors.coverage import STRATEGIES, select_coverage
 from thresher.signals import mads as sig
 
-PAPER_LAYERS = (
-    1,
-    8,
-    15,
-    20,
-    27,
-)  # MADS Fig. 3/10: layers 1, 8, 15 (main) and 20, 27 (appendix) of a 28-layer model
+# MADS Fig. 3/10: layers 1, 8, 15 (main) and 20, 27 (appendix) of a 28-layer model (Llama-3.2-3B)
+PAPER_LAYERS = (1, 8, 15, 20, 27)
+PAPER_DEPTH = 28
 SCOPES = {"instruction": "prompt", "full": "all", "response": "response"}
-# neuron -> (pass field, MLP tap): the activation function's output, the down projection's input
-# (SiLU(gate) * up in gated MLPs), or the residual stream
+# neuron -> (pooled source, MLP tap): the activation function's output, the down projection's
+# input (SiLU(gate) * up in gated MLPs), or the residual stream
 NEURONS = {
     "act": ("mlp", "act"),
     "down_proj_input": ("mlp", "down_proj_input"),
@@ -42,26 +46,8 @@ NEURONS = {
 }
 
 
-def resolve_layers(layers: str | list[int], n_layers: int) -> tuple[int, ...]:
-    """`paper`: the paper's layers at the same relative depth (exactly 1, 8, 15, 20, 27 for a
-    28-layer model such as Llama-3.2-3B); else the 0-based layers given."""
-    if layers == "paper":
-        return tuple(sorted({round(layer * (n_layers - 1) / 27) for layer in PAPER_LAYERS}))
-    if isinstance(layers, str) or not layers:
-        raise ValueError(
-            f"layers={layers!r}: expected 'paper' or a list of 0-based decoder layers, e.g. [1, 8, 15]"
-        )
-    bad = [layer for layer in layers if not 0 <= int(layer) < n_layers]
-    if bad:
-        raise ValueError(
-            f"layers {bad} do not exist: the model has {n_layers} decoder layers (0..{n_layers - 1})"
-        )
-    return tuple(int(layer) for layer in layers)
-
-
 def pool_pass(
     model: str,
-    n_layers: int | None,
     *,
     layers: str | list[int] = "paper",
     text_scope: str = "instruction",
@@ -72,28 +58,47 @@ def pool_pass(
     max_length: int = 512,
     truncation: str = "prompt_first",
 ) -> PassSpec:
-    """The pool's `cond` pass with MADS's pooled activations (defaults as in `mads`). With
-    `n_layers=None` (the depth is not known before the model loads) layers="paper" stands in as (0,)."""
-    field, tap = NEURONS[neuron]
-    if n_layers is not None:
-        chosen = resolve_layers(layers, n_layers)
+    """The pool's `cond` pass with MADS's pooled activations (defaults as in `mads`). `paper`: the
+    paper's layers at the same relative depth (exactly 1, 8, 15, 20, 27 for a 28-layer model),
+    resolved by the pass runner once the model's depth is known."""
+    check_choice("mads neuron", neuron, tuple(NEURONS))
+    check_choice("mads text_scope", text_scope, tuple(SCOPES))
+    if layers == "paper":
+        chosen: dict = {"layers": PAPER_LAYERS, "depth": PAPER_DEPTH}
+    elif isinstance(layers, str) or not layers:
+        raise ValueError(
+            f"layers={layers!r}: expected 'paper' or a list of 0-based decoder layers, e.g. [1, 8, 15]"
+        )
     else:
-        chosen = (0,) if isinstance(layers, str) else tuple(int(x) for x in layers)
+        chosen = {"layers": tuple(int(x) for x in layers)}
+    source, tap = NEURONS[neuron]
+    pooling = Pooling(
+        sources=(source,),
+        how=pool,
+        span=SCOPES[text_scope],
+        threshold=pool_threshold,
+        mlp_tap=tap,
+        **chosen,
+    )
     return PassSpec(
         model=model,
         view="cond",
         template=template,
-        fields=("logprob", "entropy", field),
-        layers=chosen,
+        fields=("logprob", "entropy"),
         max_length=max_length,
         truncation=truncation,
-        pool=pool,
-        pool_span=SCOPES[text_scope],
-        pool_threshold=pool_threshold,
-        mlp_tap=tap,
+        pooling=pooling,
     )
 
 
+@method(
+    "mads",
+    paper="Bai, Zhang et al., MADS: Model-Aware Diverse Core Set Selection, arXiv 2605.30857 (reconstruction)",
+    summary="activation tags (strongly activated MLP neurons per layer), complexity-first tag coverage",
+    passes="cond",
+    reference_model="Llama-3.2-3B-Instruct",
+    pool_pass=lambda model: pool_pass(model),
+)
 def mads(
     model: str,
     *,
@@ -120,7 +125,7 @@ def mads(
     template: str = "alpaca",  # ours: IFD's cond pass, shared; §6.2.2 infers the chat template (template="chat")
     max_length: int = 512,  # ours: as `ifd`, for the same reason; §6.2.2 infers 2048
     truncation: str = "prompt_first",
-) -> Plan:
+) -> Method:
     """Tag each sample with its strongly activated neurons, then cover the tags within budget."""
     checks = {
         "layer_strategy": (layer_strategy, ("union", "single")),
@@ -141,7 +146,8 @@ def mads(
             f"layer_strategy='single' tags one layer: give exactly one, e.g. layers=[8] (got {layers!r})"
         )
     field = NEURONS[neuron][0]
-    pool_args = dict(
+    cond = pool_pass(
+        model,
         layers=layers,
         text_scope=text_scope,
         neuron=neuron,
@@ -151,52 +157,38 @@ def mads(
         max_length=max_length,
         truncation=truncation,
     )
-    passes = {"cond": pool_pass(model, None, **pool_args)}
 
-    def prepare(ctx: RunContext) -> dict[str, dict[str, Any]]:
-        passes["cond"] = pool_pass(model, ctx.load_model(model).info.n_layers, **pool_args)
-        return {}
-
-    def compute(stats: dict[str, TokenStats], samples: list[Sample]) -> SignalTable:
-        cond = stats["cond"]
+    def signals(x: SignalInputs) -> Signals:
+        stats, resolved = x.stats["cond"], x.passes["cond"].pooling.layers
         per_layer, layer_widths = [], []
-        for li, layer in enumerate(passes["cond"].layers):
-            x = cond.activations[f"{field}.{layer}"]
-            layer_widths.append(x.shape[1])
+        for li, layer in enumerate(resolved):
+            a = stats.activations[f"{field}.{layer}"]
+            layer_widths.append(a.shape[1])
             t = (
-                sig.tag_thresholds(x, q, quantile_sample, seed=li)
+                sig.tag_thresholds(a, q, quantile_sample, seed=li)
                 if tag_rule == "quantile"
                 else tau
             )
-            per_layer.append(sig.layer_tags(x, tag_rule, tau=t, k=k, z0=z0))
+            per_layer.append(sig.layer_tags(a, tag_rule, tau=t, k=k, z0=z0))
         tags = sig.merge_layers(per_layer, max(layer_widths))
         finite = np.all(
-            [
-                np.isfinite(cond.activations[f"{field}.{layer}"]).all(axis=1)
-                for layer in passes["cond"].layers
-            ],
+            [np.isfinite(stats.activations[f"{field}.{layer}"]).all(axis=1) for layer in resolved],
             axis=0,
         )
-        status = [
-            ("nan_activation" if st == "ok" and not f else st)
-            for st, f in zip(cond.status, finite, strict=True)
-        ]
         col = np.empty(len(tags), dtype=object)
         col[:] = [t.astype(np.int32) for t in tags]
         # the share of each layer's neurons that are strongly activated, per sample (MADS Fig. 2)
         shares = {
-            f"mads_share.{layer}": np.array([len(t) / x_width for t in tl], dtype=np.float64)
-            for layer, tl, x_width in zip(
-                passes["cond"].layers, per_layer, layer_widths, strict=True
-            )
+            f"mads_share.{layer}": np.array([len(t) / width for t in tl], dtype=np.float64)
+            for layer, tl, width in zip(resolved, per_layer, layer_widths, strict=True)
         }
         cols = {
             "mads_tags": col,
             "mads_n_tags": np.array([len(t) for t in tags], dtype=np.float64),
             **shares,
-            **token_counts(cond, ""),
+            **token_counts(stats),
         }
-        return SignalTable([s.id for s in samples], cols, status, "mads_n_tags")
+        return Signals(cols, ["ok" if f else "nan_activation" for f in finite])
 
     def prepared(table: SignalTable) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
         tags = [np.asarray(t, dtype=np.int64) for t in table.columns["mads_tags"]]
@@ -211,16 +203,10 @@ def mads(
             eligible,
         )
 
-    def choose(table: SignalTable, budget: float | int, n_rows_read: int, seed: int) -> Selection:
+    def select(table: SignalTable, budget: float | int, ctx: SelectContext) -> Selection:
         tags, weights, _, eligible = prepared(table)
-        return select_coverage(
-            table.ids,
-            tags,
-            weights,
-            budget_count(budget, len(table.ids)),
-            strategy=strategy,
-            keep=eligible,
-        )
+        b = budget_rows(table, budget, ctx, "rows")
+        return select_coverage(table.ids, tags, weights, b, strategy=strategy, keep=eligible)
 
     def diagnostics(table: SignalTable, selection: Selection | None) -> dict[str, Any]:
         tags, _, kept, eligible = prepared(table)
@@ -283,22 +269,17 @@ def mads(
         max_length=max_length,
         truncation=truncation,
     )
-    return Plan("mads", params, passes, compute, choose, prepare=prepare, diagnostics=diagnostics)
+    return Method(
+        "mads",
+        params,
+        {"cond": cond},
+        signals,
+        "mads_n_tags",
+        select,
+        diagnostics=diagnostics,
+    )
 
 
 def _quartiles(x: np.ndarray) -> list[float]:
     x = np.asarray(x, dtype=np.float64)
     return [float(v) for v in np.quantile(x, [0.0, 0.25, 0.5, 0.75, 1.0])] if len(x) else []
-
-
-INFOS = (
-    MethodInfo(
-        "mads",
-        "Bai, Zhang et al., MADS: Model-Aware Diverse Core Set Selection, arXiv 2605.30857 (reconstruction)",
-        "activation tags (strongly activated MLP neurons per layer), complexity-first tag coverage",
-        "cond",
-        "Llama-3.2-3B-Instruct",
-        False,
-        mads,
-    ),
-)

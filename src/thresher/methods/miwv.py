@@ -1,7 +1,7 @@
 """MIWV (Jiang et al., Importance-Aware Data Selection for Efficient LLM Instruction Tuning,
 AAAI-26; METHODS §3): how much a retrieved one-shot demonstration hurts the response loss.
 
-`prepare` embeds every instruction (without template boilerplate), finds each sample's nearest
+`fit` embeds every instruction (without template boilerplate), finds each sample's nearest
 other sample, and hands the `oneshot` pass its demonstrations together with a hash of the
 assignment, so the cached one-shot pass is recomputed whenever the neighbours change. The
 zero-shot loss reuses the `cond` pass of `ifd` (same spec), and `icl_ifd` its `uncond` pass.
@@ -18,17 +18,9 @@ import numpy as np
 from thresher.choices import check_choice
 from thresher.data import Sample
 from thresher.embed import Embedder, nearest_other, resolve_embedder
-from thresher.methods.base import (
-    MethodInfo,
-    Plan,
-    RunContext,
-    SignalTable,
-    merge_status,
-    token_counts,
-)
-from thresher.passes import DEMO_VIEWS, PassSpec, TokenStats
-from thresher.selectors.base import Selection, budget_count
-from thresher.selectors.topk import top_k
+from thresher.methods.base import FitContext, Fitted, Method, SignalInputs, method, token_counts
+from thresher.methods.table import Finite, TopK
+from thresher.passes import DEMO_VIEWS, PassSpec
 from thresher.signals.miwv import VARIANTS, icl_ifd, miwv, prompt_loss, response_loss
 
 log = logging.getLogger(__name__)
@@ -48,6 +40,13 @@ def assign_demos(
     return {s.id: samples[j] for s, j in zip(samples, idx, strict=True) if j >= 0}, sim
 
 
+@method(
+    "miwv",
+    paper="Jiang et al., Importance-Aware Data Selection for Efficient LLM Instruction Tuning (MIWV), AAAI 2026",
+    summary="one-shot loss with the nearest other sample as demonstration minus the zero-shot loss; highest first",
+    passes="cond (as ifd) + oneshot (+ oneshot_uncond, or uncond, for icl_ifd) + instruction embeddings",
+    reference_model="the model to be tuned (LLaMA-2-7B in the paper)",
+)
 def miwv_method(
     model: str,
     *,
@@ -59,13 +58,12 @@ def miwv_method(
     skip_above: float
     | None = None,  # ours: None keeps exact duplicates as demonstrations (argmax over j != i, METHODS §3.3)
     icl_denominator: str = "demo",  # icl_ifd only. Not given by the paper; METHODS §3.6 resolution: L(y|C) ("demo"); "plain" = L(y), Cherry's
-) -> Plan:
+) -> Method:
     """MIWV = L(y | x, C) − L(y | x) with C the nearest other sample; top-b, highest first."""
     check_choice("variant", variant, VARIANTS)
     check_choice("icl_denominator", icl_denominator, ("demo", "plain"))
-    resolve_embedder(
-        embedder
-    )  # a packaged alias whose wheel is missing fails here, before any model loads
+    # a packaged alias whose wheel is missing fails here, before any model loads
+    resolve_embedder(embedder)
     common = dict(model=model, template=template, max_length=max_length, truncation=truncation)
     passes = {
         "cond": PassSpec(view="cond", fields=("logprob", "entropy"), **common),  # = ifd's cond pass
@@ -79,54 +77,41 @@ def miwv_method(
     )
     if denominator is not None:
         passes[denominator] = PassSpec(view=denominator, fields=("logprob",), **common)
-    chosen: dict[str, tuple[str, float]] = {}
 
-    def prepare(ctx: RunContext) -> dict:
+    def fit(ctx: FitContext) -> Fitted:
         demos, sim = assign_demos(ctx.samples, Embedder(embedder), skip_above)
-        chosen.clear()
-        chosen.update(
-            {
-                s.id: (demos[s.id].id, float(v))
-                for s, v in zip(ctx.samples, sim, strict=True)
-                if s.id in demos
-            }
-        )
+        chosen = {
+            s.id: (demos[s.id].id, float(v))
+            for s, v in zip(ctx.samples, sim, strict=True)
+            if s.id in demos
+        }
         pairs = json.dumps(sorted((i, d) for i, (d, _) in chosen.items()))
         log.info("MIWV: %d demonstrations assigned by %s", len(chosen), embedder)
         # the one-shot pass depends on the assignment only: another embedder that picks the same
         # neighbours reuses it, any changed neighbour recomputes it
-        with_demos = {
-            "demos": demos,
-            "key_extra": {"demos_sha256": hashlib.sha256(pairs.encode()).hexdigest()},
-        }
-        return {role: with_demos for role in passes if passes[role].view in DEMO_VIEWS}
+        roles = [role for role, spec in passes.items() if spec.view in DEMO_VIEWS]
+        key = {"demos_sha256": hashlib.sha256(pairs.encode()).hexdigest()}
+        return Fitted(
+            state=chosen,
+            demos={role: demos for role in roles},
+            key_extra={role: key for role in roles},
+        )
 
-    def compute(stats: dict[str, TokenStats], samples: list[Sample]) -> SignalTable:
-        cond, one = stats["cond"], stats["oneshot"]
-        status = merge_status(cond, one, *([stats[denominator]] if denominator else []))
+    def signals(x: SignalInputs) -> dict[str, np.ndarray]:
+        cond, one = x.stats["cond"], x.stats["oneshot"]
+        chosen = x.state
         values = {"miwv": miwv(one.logprob, cond.logprob), "prompt_loss": prompt_loss(one.logprob)}
         if denominator:
-            values["icl_ifd"] = icl_ifd(one.logprob, stats[denominator].logprob)
-        status = [
-            ("nan_score" if s == "ok" and not np.isfinite(values[variant][i]) else s)
-            for i, s in enumerate(status)
-        ]
-        cols = {
+            values["icl_ifd"] = icl_ifd(one.logprob, x.stats[denominator].logprob)
+        return {
             **values,
             "loss_cond": response_loss(cond.logprob),
-            "demo_id": np.array([chosen.get(s.id, ("", np.nan))[0] for s in samples], dtype=object),
-            "demo_similarity": np.array([chosen.get(s.id, ("", np.nan))[1] for s in samples]),
+            "demo_id": np.array([chosen.get(i, ("", np.nan))[0] for i in x.ids], dtype=object),
+            "demo_similarity": np.array([chosen.get(i, ("", np.nan))[1] for i in x.ids]),
             "demo_truncated": np.array(["demo" in t.split("+") for t in one.truncated]),
-            **token_counts(cond, ""),
+            **token_counts(cond),
             "n_scored_oneshot": one.n_scored,
         }
-        return SignalTable([s.id for s in samples], cols, status, variant)
-
-    def choose(table: SignalTable, budget: float | int, n_rows_read: int, seed: int) -> Selection:
-        b = budget_count(budget, len(table.ids))
-        return top_k(
-            table.ids, table.columns[variant], b, descending=True, keep=table.eligible
-        )  # MIWV §3.3: highest first
 
     params = dict(
         variant=variant,
@@ -138,17 +123,6 @@ def miwv_method(
     )
     if denominator:
         params["icl_denominator"] = icl_denominator
-    return Plan("miwv", params, passes, compute, choose, prepare)
-
-
-INFOS = (
-    MethodInfo(
-        "miwv",
-        "Jiang et al., Importance-Aware Data Selection for Efficient LLM Instruction Tuning (MIWV), AAAI 2026",
-        "one-shot loss with the nearest other sample as demonstration minus the zero-shot loss; highest first",
-        "cond (as ifd) + oneshot (+ oneshot_uncond, or uncond, for icl_ifd) + instruction embeddings",
-        "the model to be tuned (LLaMA-2-7B in the paper)",
-        False,
-        miwv_method,
-    ),
-)
+    # MIWV §3.3: highest first
+    select = TopK(variant)
+    return Method("miwv", params, passes, signals, variant, select, (Finite((variant,)),), fit=fit)

@@ -2,20 +2,19 @@
 then hierarchical selection.
 
 Passes: the clean `cond` and `uncond` passes of `superfiltering` (same specs, so a run folder
-that holds them reuses them) and their noisy twins (`noise_copies` copies per sample with
+that holds them reuses them) and their noisy twins (`copies` per sample with
 uniform noise on the input embeddings, the uncond copies reusing the cond noise slice). The
 noisy passes hold M·T log-probs per sample, too many to load at 52K rows (52K × ~200 × 30), so
-they are streamed: each is read shard by shard and spilled to float32 files in the run folder,
+they are streamed: each is read shard by shard and spilled to float32 files in a scratch folder,
 Δ is computed per sample into a third file, the dataset-wide threshold is an exact two-pass
 order statistic over that file, and S-IFD is reduced per sample. Peak memory is one shard, one
 chunk and a few per-sample indexes; the spill files are deleted afterwards. (The uncond copies
-need each sample's cond layout, which `Scorer.render` builds on the driver; the Ray engine sends
-it to the actors with each shard.)
+need each sample's cond layout: `Scorer.render` puts it in each row's noise key, which travels
+with the row to any engine.)
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import tempfile
@@ -23,24 +22,36 @@ from pathlib import Path
 
 import numpy as np
 
-from thresher.atomic import naming, write_atomic
-from thresher.cache import PassStore
-from thresher.data import Sample
-from thresher.methods.base import MethodInfo, Plan, SignalTable, merge_status, token_counts
-from thresher.passes import PassSpec, TokenStats
-from thresher.selectors.base import Selection, budget_count
-from thresher.selectors.hierarchical import hierarchical
+from thresher.atomic import naming
+from thresher.methods.base import (
+    Method,
+    SignalInputs,
+    Signals,
+    SignalTable,
+    StreamedPass,
+    method,
+    token_counts,
+)
+from thresher.methods.table import Below, Finite, Hierarchical
+from thresher.passes import Noise, PassSpec, TokenStats
+from thresher.selectors.base import Selection
 from thresher.signals.ifd import ifd_ppl_ratio
 from thresher.signals.tshirt import abs_percentile, copy_ifd, copy_moments, sifd, token_delta
 
 log = logging.getLogger(__name__)
 
-SPILL_DIR = "tshirt_spill"
-THRESHOLD_FILE = "tshirt_threshold.json"
 # ours: 4M float32 values (16 MB) per chunk of the threshold passes
 CHUNK_VALUES = 1 << 22
 
 
+@method(
+    "tshirt",
+    paper="Fu, Hamman, Dutta, T-SHIRT: Token-Selective Hierarchical Data Selection for Instruction Tuning, NeurIPS 2025",
+    summary="S-IFD over the top-k% informative tokens, mean and spread over noisy copies; drop mean noisy IFD >= 1; top 2b by mean, then the b steadiest",
+    passes="cond + uncond (as superfiltering) + noisy cond + noisy uncond (M copies each)",
+    reference_model="gpt2 (124M)",
+    reproducible=True,
+)
 def tshirt(
     model: str,
     *,
@@ -53,7 +64,7 @@ def tshirt(
     template: str = "plain",  # T-SHIRT token_loss.py format_instruction: "{instruction}\n[{input}\n]"
     max_length: int = 1024,  # T-SHIRT token_loss.py: `--max_length 1024` (GPT-2's context)
     truncation: str = "prompt_first",  # ours: as superfiltering, so the clean passes are shared
-) -> Plan:
+) -> Method:
     """μ̂ and σ̂ of S-IFD_k over `copies` perturbed copies; drop mean noisy IFD >= 1; top γ·b by μ̂,
     then the b with the smallest σ̂."""
     if not 0.0 < k <= 1.0:
@@ -62,56 +73,41 @@ def tshirt(
         )
     if copies < 1:
         raise ValueError(f"copies={copies}: expected at least 1 perturbed copy (T-SHIRT uses 30)")
-    boundary = "superfiltering" if reproduce else "exact"
     common = dict(
         model=model,
         template=template,
         max_length=max_length,
         truncation=truncation,
-        boundary=boundary,
+        boundary="superfiltering" if reproduce else "exact",
     )
-    noise = dict(noise_alpha=float(alpha), noise_copies=int(copies), noise_seed=int(seed))
+    noise = Noise(alpha=float(alpha), copies=int(copies), seed=int(seed))
     passes = {
-        "cond": PassSpec(
-            view="cond", fields=("logprob", "entropy"), **common
-        ),  # = superfiltering's cond
+        # = superfiltering's cond and uncond passes
+        "cond": PassSpec(view="cond", fields=("logprob", "entropy"), **common),
         "uncond": PassSpec(view="uncond", fields=("logprob",), **common),
-        "noisy_cond": PassSpec(view="cond", fields=("logprob",), **common, **noise),
-        "noisy_uncond": PassSpec(view="uncond", fields=("logprob",), **common, **noise),
+        "noisy_cond": PassSpec(view="cond", fields=("logprob",), noise=noise, **common),
+        "noisy_uncond": PassSpec(view="uncond", fields=("logprob",), noise=noise, **common),
     }
 
-    def compute(stats: dict, samples: list[Sample]) -> SignalTable:
-        cond, uncond = stats["cond"], stats["uncond"]
-        ids = [s.id for s in samples]
-        noisy = noisy_signals(ids, stats["noisy_cond"], stats["noisy_uncond"], int(copies), k)
-        status = merge_status(cond, uncond)
-        status = [c if c != "ok" else n for c, n in zip(status, noisy.pop("status"), strict=True)]
-        for i, s in enumerate(status):
-            if s != "ok":
-                continue
-            if not (np.isfinite(noisy["sifd_mean"][i]) and np.isfinite(noisy["avg_noisy_ifd"][i])):
-                status[i] = "nan_score"
-            elif noisy["avg_noisy_ifd"][i] >= 1:  # tshirt_select.py: `avg_ifd >= 1: continue`
-                status[i] = "filtered:avg_noisy_ifd>=1"
+    def signals(x: SignalInputs) -> Signals:
+        cond, uncond = x.stats["cond"], x.stats["uncond"]
+        noisy = noisy_signals(
+            x.ids, x.stats["noisy_cond"], x.stats["noisy_uncond"], int(copies), k, x.scratch
+        )
+        status = noisy.pop("status")
         cols = {
             "ifd": ifd_ppl_ratio(cond.logprob, uncond.logprob),
             **noisy,
-            **token_counts(cond, ""),
+            **token_counts(cond),
             "n_scored_uncond": uncond.n_scored,
         }
-        return SignalTable(ids, cols, status, "sifd_mean")
+        return Signals(cols, status)
 
-    def choose(table: SignalTable, budget: float | int, n_rows_read: int, seed_: int) -> Selection:
-        b = budget_count(budget, len(table.ids))
-        return hierarchical(
-            table.ids,
-            table.columns["sifd_mean"],
-            table.columns["sifd_std"],
-            b,
-            gamma=gamma,
-            keep=table.eligible,
-        )
-
+    filters = (
+        Finite(("sifd_mean", "avg_noisy_ifd")),
+        # tshirt_select.py: `avg_ifd >= 1: continue`
+        Below("avg_noisy_ifd", 1.0, False, "filtered:avg_noisy_ifd>=1"),
+    )
     params = dict(
         reproduce=reproduce,
         k=k,
@@ -123,22 +119,40 @@ def tshirt(
         max_length=max_length,
         truncation=truncation,
     )
-    return Plan("tshirt", params, passes, compute, choose, streamed=("noisy_cond", "noisy_uncond"))
+    return Method(
+        "tshirt",
+        params,
+        passes,
+        signals,
+        "sifd_mean",
+        Hierarchical("sifd_mean", "sifd_std", gamma),
+        filters,
+        diagnostics=_threshold,
+        streamed=("noisy_cond", "noisy_uncond"),
+    )
+
+
+def _threshold(table: SignalTable, selection: Selection | None) -> dict:
+    """The dataset-wide |Δ| threshold the tokens were kept by (one value, repeated per row)."""
+    t = np.asarray(table.columns.get("sifd_threshold", []), dtype=np.float64)
+    t = t[np.isfinite(t)]
+    return {"sifd_threshold": float(t[0])} if len(t) else {}
 
 
 def noisy_signals(
     ids: list[str],
-    cond: PassStore | TokenStats,
-    uncond: PassStore | TokenStats,
+    cond: StreamedPass | TokenStats,
+    uncond: StreamedPass | TokenStats,
     copies: int,
     k: float,
+    scratch: Path | None = None,
 ) -> dict:
     """Per sample (in `ids` order): mean and std of the copies' IFD and S-IFD, and a status.
 
-    `cond` / `uncond` are the noisy passes, as stores (streamed) or loaded TokenStats (tests)."""
+    `cond` / `uncond` are the noisy passes, streamed (stored) or loaded TokenStats (tests); the
+    spill files go to `scratch` (a temp dir when None) and are deleted afterwards."""
     n = len(ids)
-    spill = Path(cond.dir).parent.parent / SPILL_DIR if isinstance(cond, PassStore) else None
-    work = _Spill(spill)
+    work = _Spill(scratch)
     try:
         c_rows, c_status = work.write("cond", _shards(cond), ids)
         u_rows, u_status = work.write("uncond", _shards(uncond), ids)
@@ -183,25 +197,14 @@ def noisy_signals(
             k,
             len(delta),
         )
-        if spill is not None:
-            write_atomic(
-                spill.parent / THRESHOLD_FILE,
-                json.dumps(
-                    {
-                        "k": k,
-                        "threshold": threshold if np.isfinite(threshold) else None,
-                        "values": len(delta),
-                    }
-                ).encode(),
-            )
         out["sifd_threshold"] = np.full(n, threshold)
         return {**out, "status": status}
     finally:
         work.close()
 
 
-def _shards(p: PassStore | TokenStats):
-    return p.scan() if isinstance(p, PassStore) else iter([p])
+def _shards(p: StreamedPass | TokenStats):
+    return iter([p]) if isinstance(p, TokenStats) else p.scan()
 
 
 class _Spill:
@@ -260,16 +263,3 @@ class _Spill:
     def close(self) -> None:
         self.maps.clear()
         shutil.rmtree(self.dir, ignore_errors=True)
-
-
-INFOS = (
-    MethodInfo(
-        "tshirt",
-        "Fu, Hamman, Dutta, T-SHIRT: Token-Selective Hierarchical Data Selection for Instruction Tuning, NeurIPS 2025",
-        "S-IFD over the top-k% informative tokens, mean and spread over noisy copies; drop mean noisy IFD >= 1; top 2b by mean, then the b steadiest",
-        "cond + uncond (as superfiltering) + noisy cond + noisy uncond (M copies each)",
-        "gpt2 (124M)",
-        True,
-        tshirt,
-    ),
-)
