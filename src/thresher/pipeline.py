@@ -152,6 +152,7 @@ def score(cfg: RunConfig, *, loaded: Any = None, method: Method | None = None) -
             read.content_hash,
             runner.model,
             run_pass,
+            runner.embed,
             cfg.score.progress,
         )
         fitted = method.fit(ctx)

@@ -8,6 +8,7 @@
     manifest.json      resolved config, model and tokenizer hashes, template, versions, counts
     report.html        the report (`thresher report`)
     passes/<label>/    each forward pass's shards and key (thresher.cache)
+    embeddings/        sentence embeddings a method computed while fitting (MIWV, k-center)
     calibrators/       models a method trained while fitting (InstructDiff's warm-up)
     scratch/           a method's temporary files (T-SHIRT's spill), removed after use
 
@@ -55,6 +56,7 @@ class RunFolder:
     rejected = property(lambda self: self.path / REJECTED)
     report = property(lambda self: self.path / REPORT)
     passes = property(lambda self: self.path / PASSES)
+    embeddings = property(lambda self: self.path / "embeddings")
 
     def is_run(self) -> bool:
         """Whether a finished `thresher run` / `thresher score` wrote this folder."""

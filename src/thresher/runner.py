@@ -11,13 +11,19 @@ resume and engine.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from thresher.atomic import replacing
 from thresher.cache import PassStore, find_pass, key_material, pass_label
 from thresher.data import Sample
 from thresher.passes import PassSpec
+from thresher.rundir import RunFolder
 from thresher.templates import get_template
 
 
@@ -65,6 +71,24 @@ class PassRunner:
                 trust_remote_code=m.trust_remote_code,
             )
         return self.models[name]
+
+    def embed(self, embedder: str, texts: list[str]) -> np.ndarray:
+        """Sentence embeddings of `texts` by `embedder`, cached in the run folder by the embedder's
+        name and the texts' hash, so methods that embed the same texts (MIWV's retrieval, the
+        k-center core set) compute them once."""
+        from thresher.embed import Embedder
+
+        digest = hashlib.sha256(json.dumps([embedder, texts]).encode()).hexdigest()[:16]
+        path = RunFolder(self.run_dir).embeddings / f"{digest}.npy"
+        if path.is_file():
+            emb = np.load(path)
+            if emb.shape[0] == len(texts):
+                return emb
+        emb = Embedder(embedder).encode(texts)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with replacing(path) as tmp, open(tmp, "wb") as f:
+            np.save(f, emb)
+        return emb
 
     def resolve(self, spec: PassSpec) -> PassSpec:
         """`spec` for its loaded model: pooling layers ("all", a paper's depth) made concrete."""

@@ -95,10 +95,12 @@ class Fitted:
 @dataclass
 class FitContext:
     """What a `fit` step may use: the samples, a folder for what it trains, the run's budget and
-    seed, the run's models (loaded once), and the pass runner (cached in the run folder).
+    seed, the run's models (loaded once), the pass runner and sentence embeddings (both cached in
+    the run folder).
 
-    `run_pass(label, spec, samples, data_hash)` returns the TokenStats of `spec` over `samples`;
-    `label` names its folder (e.g. `target.gsm8k`) when the samples are not the pool."""
+    `run_pass(role, spec)` returns the TokenStats of `spec` over the pool;
+    `run_pass(label, spec, samples, data_hash)` over other samples (e.g. a target set), stored
+    under `label` (e.g. `target.gsm8k`). `embed(embedder, texts)` returns [n, d] embeddings."""
 
     samples: list[Sample]
     work_dir: Path
@@ -107,6 +109,7 @@ class FitContext:
     data_hash: str
     load_model: Callable[[str], Any]
     run_pass: Callable[..., TokenStats]
+    embed: Callable[[str, list[str]], np.ndarray]
     progress: bool = True
 
 

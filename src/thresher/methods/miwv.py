@@ -1,8 +1,8 @@
 """MIWV (Jiang et al., Importance-Aware Data Selection for Efficient LLM Instruction Tuning,
 AAAI-26; METHODS §3): how much a retrieved one-shot demonstration hurts the response loss.
 
-`fit` embeds every instruction (without template boilerplate), finds each sample's nearest
-other sample, and hands the `oneshot` pass its demonstrations together with a hash of the
+`fit` embeds every instruction without template boilerplate (cached in the run folder, where
+`kcenter` reuses the embeddings), finds each sample's nearest other sample, and hands the `oneshot` pass its demonstrations together with a hash of the
 assignment, so the cached one-shot pass is recomputed whenever the neighbours change. The
 zero-shot loss reuses the `cond` pass of `ifd` (same spec), and `icl_ifd` its `uncond` pass.
 """
@@ -17,7 +17,7 @@ import numpy as np
 
 from thresher.choices import check_choice
 from thresher.data import Sample
-from thresher.embed import Embedder, nearest_other, resolve_embedder
+from thresher.embed import nearest_other, resolve_embedder
 from thresher.methods.base import FitContext, Fitted, Method, SignalInputs, method, token_counts
 from thresher.methods.table import Finite, TopK
 from thresher.passes import DEMO_VIEWS, PassSpec
@@ -32,10 +32,10 @@ def instruction_text(sample: Sample) -> str:
 
 
 def assign_demos(
-    samples: list[Sample], embedder: Embedder, skip_above: float | None = None
+    samples: list[Sample], emb: np.ndarray, skip_above: float | None = None
 ) -> tuple[dict[str, Sample], np.ndarray]:
-    """Each sample's nearest other sample by cosine of instruction embeddings, and that cosine."""
-    emb = embedder.encode([instruction_text(s) for s in samples])
+    """Each sample's nearest other sample by cosine of its instruction embedding (rows of `emb`,
+    L2-normalised), and that cosine."""
     idx, sim = nearest_other(emb, [s.id for s in samples], skip_above=skip_above)
     return {s.id: samples[j] for s, j in zip(samples, idx, strict=True) if j >= 0}, sim
 
@@ -79,7 +79,8 @@ def miwv_method(
         passes[denominator] = PassSpec(view=denominator, fields=("logprob",), **common)
 
     def fit(ctx: FitContext) -> Fitted:
-        demos, sim = assign_demos(ctx.samples, Embedder(embedder), skip_above)
+        emb = ctx.embed(embedder, [instruction_text(s) for s in ctx.samples])
+        demos, sim = assign_demos(ctx.samples, emb, skip_above)
         chosen = {
             s.id: (demos[s.id].id, float(v))
             for s, v in zip(ctx.samples, sim, strict=True)
