@@ -234,6 +234,67 @@ def test_cherry_reproduce_boundary():
     assert u.scored[0] == len(tok("### Response:").input_ids)
 
 
+LONG = alpaca(
+    "Give three tips for staying healthy.",
+    "1. Eat a balanced diet. 2. Exercise regularly. 3. Sleep at least 7 hours. " * 4,
+)
+
+
+@pytest.mark.parametrize(("family", "dropped"), [("gpt2", True), ("chatml", False)])
+def test_cherry_pinned_truncation_and_drop_rules(family, dropped):
+    """METHODS §12.1, written here from the spec: uncond = "### Response:" + output cut at
+    max_length - prompt_len + 4 tokens; the row is dropped when prompt_len + its response tokens
+    > max_length. "### Response:" is 3 tokens without BOS (gpt2: truncated rows lose exactly one
+    token too many, so they are dropped) and 4 with BOS (chatml: they fit exactly)."""
+    tok, m = tok_of(family), 64
+    prompt = ALPACA_PROMPT_NO_INPUT.format(instruction=LONG.instruction)
+    prompt_len = len(tok(prompt, truncation=True, max_length=m).input_ids)
+    utext = "### Response:" + LONG.response
+    assert len(tok(utext).input_ids) > m - prompt_len + 4  # the uncond text is truncated
+    u_ids = tok(utext, truncation=True, max_length=m - prompt_len + 4).input_ids
+    start = len(tok("### Response:").input_ids)
+    n_alone = len(u_ids) - start
+    # Cherry's first commit cut at m - prompt_len - 2: six response tokens fewer
+    assert n_alone - (m - prompt_len - 2 - start) == 6
+
+    u = Renderer(tok, spec(view="uncond", boundary="cherry", max_length=m)).render(LONG)
+    c = Renderer(tok, spec(view="cond", boundary="cherry", max_length=m)).render(LONG)
+    assert u.status == c.status == "ok"
+    assert u.ids == tuple(u_ids) and u.scored == (start, len(u_ids))
+    assert u.n_response_tokens == n_alone and u.truncated == "response"
+    assert u.n_prompt_tokens == prompt_len and c.n_prompt_tokens == prompt_len
+    # rule 3, as data_by_IFD.py: what the method reads from the rendered uncond row
+    assert (prompt_len + n_alone > m) == dropped
+    assert (u.n_prompt_tokens + u.n_response_tokens > m) == dropped
+
+    # thresher's exact rule on the same row: both views keep the same response tokens (the
+    # prompt is cut from the left), nothing is dropped
+    ue = Renderer(tok, spec(view="uncond", max_length=m)).render(LONG)
+    ce = Renderer(tok, spec(view="cond", max_length=m)).render(LONG)
+    assert ue.status == ce.status == "ok" and len(ce.ids) == m
+    assert ue.n_response_tokens == ce.n_response_tokens == ce.n_scored == ue.n_scored
+    assert ce.ids[ce.scored[0] :] == ue.ids[1:]
+    assert (
+        ce.ids[ce.scored[0] :]
+        == tuple(tok(LONG.response, add_special_tokens=False).input_ids)[: ce.n_response_tokens]
+    )
+
+
+@pytest.mark.parametrize("family", ["gpt2", "chatml"])
+def test_cherry_pinned_prompt_that_fills_max_length_is_dropped_first(family):
+    """Rule 1 (`max_length - prompt_len > 0` fails) comes before the span checks, in both views."""
+    tok = tok_of(family)
+    prompt = ALPACA_PROMPT_NO_INPUT.format(instruction=LONG.instruction)
+    m = len(tok(prompt).input_ids)  # the prompt alone is exactly max_length tokens
+    for view in ("cond", "uncond"):
+        r = Renderer(tok, spec(view=view, boundary="cherry", max_length=m)).render(LONG)
+        assert r.status == "prompt_fills_max_length" and r.ids == ()
+    # one token more: the prompt fits, the uncond budget is 5 tokens, the cond text has room
+    # for one response token
+    r = Renderer(tok, spec(view="cond", boundary="cherry", max_length=m + 1)).render(LONG)
+    assert r.status == "ok" and r.n_response_tokens == 1
+
+
 def test_superfiltering_reproduce_leaves_first_token_unscored_without_bos():
     tok = tok_of("gpt2")
     u = Renderer(tok, spec(view="uncond", template="plain", boundary="superfiltering")).render(

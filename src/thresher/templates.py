@@ -347,7 +347,7 @@ class Renderer:
         )
 
     def _render_reference(self, sample: Sample) -> Rendered:
-        """Cherry_LLM / Superfiltering boundary rules, reproduced (METHODS §1.3–1.4, §2.4–2.5).
+        """Cherry_LLM / Superfiltering boundary rules, reproduced (METHODS §1.3-1.4, §2.4-2.5, §12.1).
 
         Both tokenize the joined string with the tokenizer's default special tokens, truncate at
         a token budget, and find the response start as
@@ -358,16 +358,13 @@ class Renderer:
         response = sample.response
         if response == "":
             return _rejected("empty_response")
+        # instruct_i_len in both references: the prompt alone, special tokens included, cut at
+        # max_length (`tokenizer.encode(instruct_i, truncation=True, max_length=args.max_length)`)
         instruct_len = len(tok(prompt, truncation=True, max_length=m).input_ids)
+        if self.spec.boundary == "cherry":
+            return self._render_cherry(prompt, response, instruct_len)
         if view == "cond":
             return _by_rfind(tok, prompt + response, response, m, instruct_len)
-        if self.spec.boundary == "cherry":
-            # data_analysis.py: the "### Response:" + output text is truncated at
-            # max_length - instruct_len - 2, and data_by_IFD.py skips rows where that is <= 4
-            budget = m - instruct_len - 2
-            if budget <= 4:
-                return _rejected("prompt_fills_max_length")
-            return _by_rfind(tok, CHERRY_UNCOND_PREFIX + response, response, budget, instruct_len)
         # Superfiltering: the output alone at max_length - instruct_len + 1, loss via
         # labels=input_ids, so position 0 (the first response token without BOS) is unscored
         budget = m - instruct_len + 1
@@ -383,6 +380,29 @@ class Renderer:
             len(ids) - n_lead,
         )
 
+    def _render_cherry(self, prompt: str, response: str, instruct_len: int) -> Rendered:
+        """Cherry_LLM at its pinned commit 01fac8d (METHODS §12.1).
+
+        `data_by_IFD.py` drops a row, in this order: (1) when `max_length - instruct_len > 0`
+        fails, i.e. the prompt alone fills max_length: status `prompt_fills_max_length`, the same
+        in both views so the row's first reason is this one; (2) when either response span is
+        empty (`len_1 <= 0 or len_2 <= 0`): status `response_truncated_away`; (3) when
+        `instruct_len + len_1 > max_length`, len_1 being the uncond view's response tokens after
+        truncation; (4) when IFD > 1. Rules 3 and 4 need both views and are the method's: this
+        view gives `n_prompt_tokens = instruct_len` and `n_response_tokens = len_1` for rule 3.
+
+        The unconditioned text `"### Response:" + output` is truncated at
+        `max_length - instruct_len + 4` tokens (`data_analysis.py` and `data_by_IFD.py` at the
+        pinned commit; Cherry's first commit used `- 2` and skipped rows where that was <= 4).
+        """
+        tok, m = self.tok, self.spec.max_length
+        if m - instruct_len <= 0:
+            return _rejected("prompt_fills_max_length")
+        if self.spec.view == "cond":
+            return _by_rfind(tok, prompt + response, response, m, instruct_len)
+        budget = m - instruct_len + 4
+        return _by_rfind(tok, CHERRY_UNCOND_PREFIX + response, response, budget, instruct_len)
+
 
 def _by_rfind(tok: Any, text: str, response: str, max_length: int, instruct_len: int) -> Rendered:
     ids = tok(text, truncation=True, max_length=max_length).input_ids
@@ -390,6 +410,14 @@ def _by_rfind(tok: Any, text: str, response: str, max_length: int, instruct_len:
     if start >= len(ids):
         return _rejected("response_truncated_away")
     resp = (start, len(ids))
+    # one token more than the budget tells whether the budget cut the text, without tokenizing
+    # (and warning about) a text longer than the model's context
+    cut = len(tok(text, truncation=True, max_length=max_length + 1).input_ids) > len(ids)
     return Rendered(
-        tuple(ids), resp, {"prompt": (0, start), "response": resp}, instruct_len, len(ids) - start
+        tuple(ids),
+        resp,
+        {"prompt": (0, start), "response": resp},
+        instruct_len,
+        len(ids) - start,
+        "response" if cut else "",
     )
