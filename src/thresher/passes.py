@@ -37,7 +37,7 @@ MLP_TAPS = ("act", "down_proj_input")
 TRUNCATIONS = ("prompt_first", "right", "reject")
 # "exact": prompt and response tokenized separately, ids concatenated (the default).
 # The others follow a reference implementation's string-based boundary rule (reproduce mode).
-BOUNDARIES = ("exact", "cherry", "superfiltering")
+BOUNDARIES = ("exact", "cherry", "superfiltering", "instructdiff")
 
 
 @dataclass(frozen=True)
