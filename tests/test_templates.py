@@ -234,6 +234,146 @@ def test_cherry_reproduce_boundary():
     assert u.scored[0] == len(tok("### Response:").input_ids)
 
 
+LONG = alpaca(
+    "Give three tips for staying healthy.",
+    "1. Eat a balanced diet. 2. Exercise regularly. 3. Sleep at least 7 hours. " * 4,
+)
+
+
+@pytest.mark.parametrize(("family", "dropped"), [("gpt2", True), ("chatml", False)])
+def test_cherry_pinned_truncation_and_drop_rules(family, dropped):
+    """METHODS §12.1, written here from the spec: uncond = "### Response:" + output cut at
+    max_length - prompt_len + 4 tokens; the row is dropped when prompt_len + its response tokens
+    > max_length. "### Response:" is 3 tokens without BOS (gpt2: truncated rows lose exactly one
+    token too many, so they are dropped) and 4 with BOS (chatml: they fit exactly)."""
+    tok, m = tok_of(family), 64
+    prompt = ALPACA_PROMPT_NO_INPUT.format(instruction=LONG.instruction)
+    prompt_len = len(tok(prompt, truncation=True, max_length=m).input_ids)
+    utext = "### Response:" + LONG.response
+    assert len(tok(utext).input_ids) > m - prompt_len + 4  # the uncond text is truncated
+    u_ids = tok(utext, truncation=True, max_length=m - prompt_len + 4).input_ids
+    start = len(tok("### Response:").input_ids)
+    n_alone = len(u_ids) - start
+    # Cherry's first commit cut at m - prompt_len - 2: six response tokens fewer
+    assert n_alone - (m - prompt_len - 2 - start) == 6
+
+    u = Renderer(tok, spec(view="uncond", boundary="cherry", max_length=m)).render(LONG)
+    c = Renderer(tok, spec(view="cond", boundary="cherry", max_length=m)).render(LONG)
+    assert u.status == c.status == "ok"
+    assert u.ids == tuple(u_ids) and u.scored == (start, len(u_ids))
+    assert u.n_response_tokens == n_alone and u.truncated == "response"
+    assert u.n_prompt_tokens == prompt_len and c.n_prompt_tokens == prompt_len
+    # rule 3, as data_by_IFD.py: what the method reads from the rendered uncond row
+    assert (prompt_len + n_alone > m) == dropped
+    assert (u.n_prompt_tokens + u.n_response_tokens > m) == dropped
+
+    # thresher's exact rule on the same row: both views keep the same response tokens (the
+    # prompt is cut from the left), nothing is dropped
+    ue = Renderer(tok, spec(view="uncond", max_length=m)).render(LONG)
+    ce = Renderer(tok, spec(view="cond", max_length=m)).render(LONG)
+    assert ue.status == ce.status == "ok" and len(ce.ids) == m
+    assert ue.n_response_tokens == ce.n_response_tokens == ce.n_scored == ue.n_scored
+    assert ce.ids[ce.scored[0] :] == ue.ids[1:]
+    assert (
+        ce.ids[ce.scored[0] :]
+        == tuple(tok(LONG.response, add_special_tokens=False).input_ids)[: ce.n_response_tokens]
+    )
+
+
+@pytest.mark.parametrize("family", ["gpt2", "chatml"])
+def test_cherry_pinned_prompt_that_fills_max_length_is_dropped_first(family):
+    """Rule 1 (`max_length - prompt_len > 0` fails) comes before the span checks, in both views."""
+    tok = tok_of(family)
+    prompt = ALPACA_PROMPT_NO_INPUT.format(instruction=LONG.instruction)
+    m = len(tok(prompt).input_ids)  # the prompt alone is exactly max_length tokens
+    for view in ("cond", "uncond"):
+        r = Renderer(tok, spec(view=view, boundary="cherry", max_length=m)).render(LONG)
+        assert r.status == "prompt_fills_max_length" and r.ids == ()
+    # one token more: the prompt fits, the uncond budget is 5 tokens, the cond text has room
+    # for one response token
+    r = Renderer(tok, spec(view="cond", boundary="cherry", max_length=m + 1)).render(LONG)
+    assert r.status == "ok" and r.n_response_tokens == 1
+
+
+def instructdiff_reference(tok, instruction: str, response: str):
+    """METHODS §12.3, written from the spec: the full ids and the target positions t (scored as
+    log p(ids[t] | ids[:t])) of InstructDiff's scoring.py."""
+    prompt = ALPACA_PROMPT_NO_INPUT.format(instruction=instruction)
+    full = tok(prompt + "\n" + response).input_ids
+    prompt_len = len(tok(prompt).input_ids) - 1
+    # shifted logits [prompt_len, len(full) - 1) predict labels full[1:][prompt_len:]
+    return tuple(full), (prompt_len + 1, len(full))
+
+
+@pytest.mark.parametrize("family", ["chatml", "gpt2", "gemma"])
+def test_instructdiff_reference_text_and_targets(family):
+    tok = tok_of(family)
+    r = Renderer(tok, spec(boundary="instructdiff", max_length=4096)).render(SAMPLE_IN)
+    ids, scored = instructdiff_reference(tok, SAMPLE_IN.instruction, SAMPLE_IN.response)
+    assert r.status == "ok" and r.ids == ids and r.scored == scored
+    assert r.n_response_tokens == r.n_scored == scored[1] - scored[0]
+    # the input field is ignored: the same row without it renders the same
+    no_input = alpaca(SAMPLE_IN.instruction, SAMPLE_IN.response)
+    assert Renderer(tok, spec(boundary="instructdiff", max_length=4096)).render(no_input) == r
+
+
+@pytest.mark.parametrize("family", ["chatml", "gpt2"])
+def test_instructdiff_reference_scores_the_newline_as_a_response_token(family):
+    tok = tok_of(family)
+    r = Renderer(tok, spec(boundary="instructdiff", max_length=4096)).render(SAMPLE)
+    assert tok.convert_ids_to_tokens(r.ids[r.scored[0]]) == "Ċ"  # "\n", the first target
+    assert r.n_response_tokens == len(tok(SAMPLE.response, add_special_tokens=False).input_ids) + 1
+    exact = Renderer(tok, spec(max_length=4096)).render(SAMPLE)
+    assert r.n_response_tokens == exact.n_response_tokens + 1
+
+
+def test_instructdiff_reference_boundary_is_a_token_count():
+    """Gemma's metaspace BPE merges "Response:" and "\n" into one token: the reference still
+    starts the targets at the prompt's own token count, one token into the response, and an
+    empty response leaves no target (the code's NLL = inf), rejected."""
+    tok = tok_of("gemma")
+    r = Renderer(tok, spec(boundary="instructdiff", max_length=4096)).render(SAMPLE)
+    first = r.ids.index(tok.convert_tokens_to_ids("▁Response:\n")) + 1  # the response's first
+    assert r.scored[0] == first + 1  # ... is not scored: the targets start one token later
+    empty = Renderer(tok, spec(boundary="instructdiff", max_length=4096)).render(alpaca("Hi.", ""))
+    assert empty.status == "empty_response" and empty.ids == ()
+    # where "\n" stays a token of its own, an empty response scores the "\n" alone, as the code
+    one = Renderer(tok_of("chatml"), spec(boundary="instructdiff")).render(alpaca("Hi.", ""))
+    assert one.status == "ok" and one.n_response_tokens == 1
+
+
+@pytest.mark.parametrize("family", ["chatml", "gpt2"])
+def test_instructdiff_reference_skips_parts_over_max_length_and_never_truncates(family):
+    tok = tok_of(family)
+    prompt = ALPACA_PROMPT_NO_INPUT.format(instruction=LONG.instruction)
+    n_p, n_r = len(tok(prompt).input_ids), len(tok(LONG.response).input_ids)
+    assert n_r > n_p
+    # each part alone fits, the whole text does not: scored whole, nothing cut
+    r = Renderer(tok, spec(boundary="instructdiff", max_length=n_r)).render(LONG)
+    ids, scored = instructdiff_reference(tok, LONG.instruction, LONG.response)
+    assert r.status == "ok" and len(r.ids) > n_r and (r.ids, r.scored) == (ids, scored)
+    assert r.truncated == ""
+    # one token over, for the response alone, then for the prompt alone
+    too_long = Renderer(tok, spec(boundary="instructdiff", max_length=n_r - 1)).render(LONG)
+    assert too_long.status == "over_max_length"
+    short = alpaca(LONG.instruction, "Yes.")
+    assert Renderer(tok, spec(boundary="instructdiff", max_length=n_p)).render(short).status == "ok"
+    over = Renderer(tok, spec(boundary="instructdiff", max_length=n_p - 1)).render(short)
+    assert over.status == "over_max_length"
+
+
+def test_instructdiff_reference_needs_the_cond_view_of_a_text_template():
+    tok = tok_of("chatml")
+    with pytest.raises(ValueError, match="view='uncond'"):
+        Renderer(tok, spec(view="uncond", boundary="instructdiff"))
+    with pytest.raises(ValueError, match="template='chat'"):
+        Renderer(tok, spec(template="chat", boundary="instructdiff"))
+    # a custom format string is filled as the code's format_map (e.g. its DIRECT_PROMPT)
+    r = Renderer(tok, spec(template="{instruction}", boundary="instructdiff")).render(SAMPLE)
+    assert r.ids == tuple(tok(SAMPLE.instruction + "\n" + SAMPLE.response).input_ids)
+    assert r.scored[0] == len(tok(SAMPLE.instruction).input_ids)
+
+
 def test_superfiltering_reproduce_leaves_first_token_unscored_without_bos():
     tok = tok_of("gpt2")
     u = Renderer(tok, spec(view="uncond", template="plain", boundary="superfiltering")).render(

@@ -43,7 +43,7 @@ MLP_TAPS = ("act", "down_proj_input")
 TRUNCATIONS = ("prompt_first", "right", "reject")
 # "exact": prompt and response tokenized separately, ids concatenated (the default).
 # The others follow a reference implementation's string-based boundary rule (reproduce mode).
-BOUNDARIES = ("exact", "cherry", "superfiltering")
+BOUNDARIES = ("exact", "cherry", "superfiltering", "instructdiff")
 # "per_sample": each copy's noise seeded by (seed, sample id, copy), so any subset in any order
 # draws the same values; "reference": T-SHIRT's one global stream in file order (METHODS §12.2)
 NOISE_STREAMS = ("per_sample", "reference")

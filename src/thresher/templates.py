@@ -6,8 +6,9 @@ across the join (the failure that makes `text.rfind(response)`-style masks drift
 is added at the start when the tokenizer adds one by default; the chat template decides its
 own special tokens. The `uncond` view puts the response after a document-start token (BOS,
 or EOS for tokenizers without BOS such as GPT-2) so every response token is scored in both
-views. Reproduce modes (`boundary="cherry"|"superfiltering"`) follow those references'
-string-based rules instead, for number-for-number parity.
+views. Reproduce modes (`boundary="cherry"|"superfiltering"|"instructdiff"`) follow those
+references' rules instead (string-based boundaries, their truncations and skips), for
+number-for-number parity.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ PLAIN_PROMPT_INPUT = "{instruction}\n{input}\n"
 PLAIN_PROMPT_NO_INPUT = "{instruction}\n"
 # Cherry's unconditioned text is "### Response:" + output.
 CHERRY_UNCOND_PREFIX = "### Response:"
+# InstructDiff scoring.py: the text scored is prompt + "\n" + response
+INSTRUCTDIFF_SEPARATOR = "\n"
 # MIWV: a complete demonstration, then a blank line, then the target (METHODS §10.3).
 ONESHOT_SEPARATOR = "\n\n"
 
@@ -222,11 +225,20 @@ class Renderer:
             if spec.append_eos and tokenizer.eos_token_id is not None
             else []
         )
+        if spec.boundary == "instructdiff" and (spec.view != "cond" or spec.template == "chat"):
+            raise ValueError(
+                f"boundary='instructdiff' with view={spec.view!r} and template={spec.template!r}: "
+                "InstructDiff's reference scores one cond view of a text template (`alpaca`, its "
+                "DEFAULT_PROMPT, or a custom format string such as '{instruction}'); use "
+                "view='cond' with one of those"
+            )
 
     def enc(self, text: str) -> list[int]:
         return list(self.tok(text, add_special_tokens=False).input_ids)
 
     def render(self, sample: Sample, demo: Sample | None = None) -> Rendered:
+        if self.spec.boundary == "instructdiff":
+            return self._render_instructdiff(sample)
         if self.spec.boundary != "exact":
             return self._render_reference(sample)
         try:
@@ -379,7 +391,7 @@ class Renderer:
         )
 
     def _render_reference(self, sample: Sample) -> Rendered:
-        """Cherry_LLM / Superfiltering boundary rules, reproduced (METHODS §1.3–1.4, §2.4–2.5).
+        """Cherry_LLM / Superfiltering boundary rules, reproduced (METHODS §1.3-1.4, §2.4-2.5, §12.1).
 
         Both tokenize the joined string with the tokenizer's default special tokens, truncate at
         a token budget, and find the response start as
@@ -390,16 +402,13 @@ class Renderer:
         response = sample.response
         if response == "":
             return _rejected("empty_response")
+        # instruct_i_len in both references: the prompt alone, special tokens included, cut at
+        # max_length (`tokenizer.encode(instruct_i, truncation=True, max_length=args.max_length)`)
         instruct_len = len(tok(prompt, truncation=True, max_length=m).input_ids)
+        if self.spec.boundary == "cherry":
+            return self._render_cherry(prompt, response, instruct_len)
         if view == "cond":
             return _by_rfind(tok, prompt + response, response, m, instruct_len)
-        if self.spec.boundary == "cherry":
-            # data_analysis.py: the "### Response:" + output text is truncated at
-            # max_length - instruct_len - 2, and data_by_IFD.py skips rows where that is <= 4
-            budget = m - instruct_len - 2
-            if budget <= 4:
-                return _rejected("prompt_fills_max_length")
-            return _by_rfind(tok, CHERRY_UNCOND_PREFIX + response, response, budget, instruct_len)
         # Superfiltering: the output alone at max_length - instruct_len + 1, loss via
         # labels=input_ids, so position 0 (the first response token without BOS) is unscored
         budget = m - instruct_len + 1
@@ -415,6 +424,67 @@ class Renderer:
             len(ids) - n_lead,
         )
 
+    def _render_cherry(self, prompt: str, response: str, instruct_len: int) -> Rendered:
+        """Cherry_LLM at its pinned commit 01fac8d (METHODS §12.1).
+
+        `data_by_IFD.py` drops a row, in this order: (1) when `max_length - instruct_len > 0`
+        fails, i.e. the prompt alone fills max_length: status `prompt_fills_max_length`, the same
+        in both views so the row's first reason is this one; (2) when either response span is
+        empty (`len_1 <= 0 or len_2 <= 0`): status `response_truncated_away`; (3) when
+        `instruct_len + len_1 > max_length`, len_1 being the uncond view's response tokens after
+        truncation; (4) when IFD > 1. Rules 3 and 4 need both views and are the method's: this
+        view gives `n_prompt_tokens = instruct_len` and `n_response_tokens = len_1` for rule 3.
+
+        The unconditioned text `"### Response:" + output` is truncated at
+        `max_length - instruct_len + 4` tokens (`data_analysis.py` and `data_by_IFD.py` at the
+        pinned commit; Cherry's first commit used `- 2` and skipped rows where that was <= 4).
+        """
+        tok, m = self.tok, self.spec.max_length
+        if m - instruct_len <= 0:
+            return _rejected("prompt_fills_max_length")
+        if self.spec.view == "cond":
+            return _by_rfind(tok, prompt + response, response, m, instruct_len)
+        budget = m - instruct_len + 4
+        return _by_rfind(tok, CHERRY_UNCOND_PREFIX + response, response, budget, instruct_len)
+
+    def _render_instructdiff(self, sample: Sample) -> Rendered:
+        """InstructDiff's `scoring.py` @ 28adfe3 (`_compute_metrics`, `score_dataset`; METHODS §12.3).
+
+        The prompt is `DEFAULT_PROMPT`, Alpaca's no-input template filled with the instruction
+        only: the input field is ignored (a custom template is filled as the code's
+        `format_map({instruction, input})`). The text scored is `prompt + "\n" + response`,
+        tokenized whole with the tokenizer's special tokens and never truncated. With
+        `prompt_len = len(tok(prompt).input_ids) - 1`, the targets are the shifted positions
+        `[prompt_len, len(full) - 1)`, i.e. every token after the prompt's own token count,
+        the "\n" included: `n_response_tokens` is the reference's `n_tokens`. Rows whose prompt
+        or response alone (special tokens included) is longer than `max_length` (the code's
+        4,096) are skipped: status `over_max_length`. An empty response is scored (the "\n"
+        alone), as the code does; a text whose tokens end within the prompt's count (the code's
+        `target_len <= 0`, NLL = inf: an empty response whose "\n" merged into the prompt's last
+        token) is rejected as `empty_response`.
+        """
+        tok, m = self.tok, self.spec.max_length
+        if self.template.name == "alpaca":
+            prompt = ALPACA_PROMPT_NO_INPUT.format(instruction=sample.instruction)
+        else:
+            prompt = self.template.prompt(sample, tok)
+        response = sample.response
+        p_ids = tok(prompt).input_ids
+        if len(p_ids) > m or len(tok(response).input_ids) > m:
+            return _rejected("over_max_length")
+        ids = tok(prompt + INSTRUCTDIFF_SEPARATOR + response).input_ids
+        start = len(p_ids)  # target position prompt_len + 1: shifted logit prompt_len predicts it
+        if start >= len(ids):
+            return _rejected("empty_response")
+        resp = (start, len(ids))
+        return Rendered(
+            tuple(ids),
+            resp,
+            {"prompt": (self._leading_bos(list(ids)), start), "response": resp},
+            start,
+            len(ids) - start,
+        )
+
 
 def _by_rfind(tok: Any, text: str, response: str, max_length: int, instruct_len: int) -> Rendered:
     ids = tok(text, truncation=True, max_length=max_length).input_ids
@@ -422,6 +492,14 @@ def _by_rfind(tok: Any, text: str, response: str, max_length: int, instruct_len:
     if start >= len(ids):
         return _rejected("response_truncated_away")
     resp = (start, len(ids))
+    # one token more than the budget tells whether the budget cut the text, without tokenizing
+    # (and warning about) a text longer than the model's context
+    cut = len(tok(text, truncation=True, max_length=max_length + 1).input_ids) > len(ids)
     return Rendered(
-        tuple(ids), resp, {"prompt": (0, start), "response": resp}, instruct_len, len(ids) - start
+        tuple(ids),
+        resp,
+        {"prompt": (0, start), "response": resp},
+        instruct_len,
+        len(ids) - start,
+        "response" if cut else "",
     )

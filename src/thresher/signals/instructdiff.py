@@ -7,8 +7,10 @@ tuned ("calibrated") copy of the model changes the response's mean NLL and mean 
     ΔH   = H_base - H_inst                                              paper Eq. 2 (= the code)
 
 The reference code stores ΔNLL with the opposite sign (`base_nll - instruct_nll`); the trim
-is symmetric, so the selection does not depend on it (METHODS §7.5). Pure numpy: the
-per-token log-probs and entropies come from the two `cond` passes.
+is symmetric, so the selected set does not depend on it (METHODS §7.5) except for which of
+several rows with equal ΔNLL fall in a tail. `reference_diff_nll` and
+`reference_diff_entropy` give the reference's own columns for `--reproduce` (METHODS §12.3). Pure numpy: the per-token log-probs and
+entropies come from the two `cond` passes.
 """
 
 from __future__ import annotations
@@ -41,6 +43,32 @@ def delta_entropy(base_entropy: Ragged, inst_entropy: Ragged) -> np.ndarray:
     NaN where either row is empty or the token counts differ."""
     out = mean_token_entropy(base_entropy) - mean_token_entropy(inst_entropy)
     out[base_entropy.lengths() != inst_entropy.lengths()] = np.nan
+    return out
+
+
+def reference_diff_nll(base_logprob: Ragged, inst_logprob: Ragged) -> np.ndarray:
+    """The reference's `diff_nll = base_nll - instruct_nll` (`selection.py` @ 28adfe3), i.e. -ΔNLL
+    of the paper. Each NLL is rounded to float32 first, as `scoring.py` stores
+    `float(nll.item())` of a torch fp32 mean (rounding the float64 mean gives the correctly
+    rounded fp32 value, within an ulp of torch's fp32 reduction); the difference is taken in
+    float64, as the code's Python floats. NaN where either row is empty or the counts differ."""
+    return _fp32_diff(mean_nll(base_logprob), mean_nll(inst_logprob), base_logprob, inst_logprob)
+
+
+def reference_diff_entropy(base_entropy: Ragged, inst_entropy: Ragged) -> np.ndarray:
+    """The reference's `diff_entropy = base_avg_entropy - instruct_avg_entropy` (= ΔH of the
+    paper), with each mean rounded to float32 as `reference_diff_nll`."""
+    return _fp32_diff(
+        mean_token_entropy(base_entropy),
+        mean_token_entropy(inst_entropy),
+        base_entropy,
+        inst_entropy,
+    )
+
+
+def _fp32_diff(base: np.ndarray, inst: np.ndarray, rb: Ragged, ri: Ragged) -> np.ndarray:
+    out = base.astype(np.float32).astype(np.float64) - inst.astype(np.float32).astype(np.float64)
+    out[rb.lengths() != ri.lengths()] = np.nan
     return out
 
 
