@@ -55,6 +55,40 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return d
 
 
+@pytest.fixture(scope="session")
+def embed_dirs(tmp_path_factory):
+    """The tiny ChatML Llama (`lm`) and two tiny BERT sentence encoders of different seeds
+    (`emb0`, `emb1`) saved as folders, for the methods that embed instructions."""
+    from transformers import BertConfig, BertModel
+
+    from tiny import FAMILIES
+
+    make_tok, make_model = FAMILIES["chatml"]
+    tok = make_tok()
+    lm = tmp_path_factory.mktemp("tiny-llama")
+    make_model(tok).save_pretrained(lm)
+    tok.save_pretrained(lm)
+    out = {"lm": lm}
+    for seed in (0, 1):
+        emb = tmp_path_factory.mktemp(f"tiny-bert{seed}")
+        cfg = BertConfig(
+            vocab_size=len(tok),
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=128,
+            pad_token_id=tok.pad_token_id,
+        )
+        import torch
+
+        torch.manual_seed(seed)
+        BertModel(cfg).save_pretrained(emb)
+        tok.save_pretrained(emb)
+        out[f"emb{seed}"] = emb
+    return out
+
+
 def table_of(method, stats, samples, state=None, passes=None):
     """A method's signal table from hand-made token stats by role, as the pipeline builds it:
     the passes' statuses merged, then its signals and filters."""

@@ -126,3 +126,33 @@ def test_errors_say_what_was_expected():
         kcenter_greedy(LINE_IDS, LINE, 2, metric="cosine")
     with pytest.raises(ValueError, match="budget=-1"):
         kcenter_greedy(LINE_IDS, LINE, -1)
+
+
+def test_kcenter_method_reuses_miwv_embeddings_and_reselects_without_a_model(
+    embed_dirs, tmp_path, monkeypatch
+):
+    """`kcenter` after `miwv` in one folder embeds nothing again, selects exactly b by greedy
+    k-center over the same embeddings, and `thresher select` re-selects from scores.parquet."""
+    import thresher.embed
+    from test_miwv import ROWS, _config
+    from thresher.methods.miwv import instruction_text
+    from thresher.pipeline import load_run, run, select
+
+    out = tmp_path / "run"
+    run(_config(embed_dirs, ROWS, out))  # miwv: embeds the instructions into the run folder
+    cached = list((out / "embeddings").glob("*.npy"))
+    assert len(cached) == 1
+
+    def refuse(*a, **k):
+        raise AssertionError("kcenter embedded again instead of reading miwv's embeddings")
+
+    monkeypatch.setattr(thresher.embed.Embedder, "encode", refuse)
+    cfg = _config(embed_dirs, ROWS, out)
+    cfg.method.name, cfg.select.count = "kcenter", 3
+    result, sel, manifest = run(cfg)
+    emb = np.load(cached[0])
+    want = kcenter_greedy(result.table.ids, emb, 3, seed=cfg.select.seed)
+    assert sel.ids == want.ids and len(sel.ids) == 3 and manifest["passes"] == {}
+    assert [instruction_text(s) for s in result.samples]  # the embedded texts are the instructions
+    cfg2, reopened = load_run(out, ["select.count=2"])
+    assert select(reopened, cfg2).ids == want.ids[:2]  # the greedy order: a prefix of the 3

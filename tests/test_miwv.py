@@ -14,7 +14,6 @@ from thresher.methods import build
 from thresher.passes import Ragged
 from thresher.pipeline import run
 from thresher.signals.miwv import icl_ifd, miwv, prompt_loss
-from tiny import FAMILIES
 
 
 def test_miwv_golden():
@@ -79,54 +78,24 @@ ROWS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def dirs(tmp_path_factory):
-    from transformers import BertConfig, BertModel
-
-    make_tok, make_model = FAMILIES["chatml"]
-    tok = make_tok()
-    lm = tmp_path_factory.mktemp("tiny-llama")
-    make_model(tok).save_pretrained(lm)
-    tok.save_pretrained(lm)
-    out = {"lm": lm}
-    for seed in (0, 1):
-        emb = tmp_path_factory.mktemp(f"tiny-bert{seed}")
-        cfg = BertConfig(
-            vocab_size=len(tok),
-            hidden_size=16,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=32,
-            max_position_embeddings=128,
-            pad_token_id=tok.pad_token_id,
-        )
-        import torch
-
-        torch.manual_seed(seed)
-        BertModel(cfg).save_pretrained(emb)
-        tok.save_pretrained(emb)
-        out[f"emb{seed}"] = emb
-    return out
-
-
-def _config(dirs, rows, out, embedder="emb0", **params):
+def _config(embed_dirs, rows, out, embedder="emb0", **params):
     data = out.parent / f"{out.name}.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg = RunConfig()
     cfg.model.name, cfg.data.path, cfg.method.name, cfg.output.dir = (
-        str(dirs["lm"]),
+        str(embed_dirs["lm"]),
         str(data),
         "miwv",
         str(out),
     )
-    cfg.method.params = {"embedder": str(dirs[embedder]), **params}
+    cfg.method.params = {"embedder": str(embed_dirs[embedder]), **params}
     cfg.score.progress, cfg.score.shard_rows = False, 4
     cfg.select.count = 3
     return cfg
 
 
-def test_miwv_run_never_self_exact_budget_and_duplicates(dirs, tmp_path):
-    result, sel, _ = run(_config(dirs, ROWS, tmp_path / "run"))
+def test_miwv_run_never_self_exact_budget_and_duplicates(embed_dirs, tmp_path):
+    result, sel, _ = run(_config(embed_dirs, ROWS, tmp_path / "run"))
     t = result.table
     ids = t.ids
     demo = dict(zip(ids, t.columns["demo_id"], strict=True))
@@ -149,10 +118,10 @@ def test_miwv_run_never_self_exact_budget_and_duplicates(dirs, tmp_path):
     assert list(sel.ids) == [ids[i] for i in top]
 
 
-def test_permuting_the_dataset_permutes_the_scores(dirs, tmp_path):
-    a, _, _ = run(_config(dirs, ROWS, tmp_path / "a"))
+def test_permuting_the_dataset_permutes_the_scores(embed_dirs, tmp_path):
+    a, _, _ = run(_config(embed_dirs, ROWS, tmp_path / "a"))
     perm = [3, 0, 5, 2, 4, 1]
-    b, _, _ = run(_config(dirs, [ROWS[p] for p in perm], tmp_path / "b"))
+    b, _, _ = run(_config(embed_dirs, [ROWS[p] for p in perm], tmp_path / "b"))
     by_id = dict(zip(b.table.ids, b.table.columns["miwv"], strict=True))
     demo_b = dict(zip(b.table.ids, b.table.columns["demo_id"], strict=True))
     for i, v, d in zip(
@@ -161,21 +130,21 @@ def test_permuting_the_dataset_permutes_the_scores(dirs, tmp_path):
         assert demo_b[i] == d and by_id[i] == pytest.approx(v, abs=1e-5)
 
 
-def test_oneshot_key_changes_with_the_neighbour_assignment(dirs, tmp_path):
+def test_oneshot_key_changes_with_the_neighbour_assignment(embed_dirs, tmp_path):
     out = tmp_path / "run"
-    first, _, _ = run(_config(dirs, ROWS, out))
+    first, _, _ = run(_config(embed_dirs, ROWS, out))
     assert first.passes["cond"]["scored"] == 6
-    again, _, _ = run(_config(dirs, ROWS, out))
+    again, _, _ = run(_config(embed_dirs, ROWS, out))
     assert again.passes["oneshot"]["reused"] == 6 and again.passes["oneshot"]["scored"] == 0
     # excluding exact duplicates moves the first and last rows' demonstrations: the key names it
     with pytest.raises(CacheMismatch, match=r"extra\.demos_sha256"):
-        run(_config(dirs, ROWS, out, skip_above=0.999))
+        run(_config(embed_dirs, ROWS, out, skip_above=0.999))
 
 
-def test_a_sample_without_a_neighbour_is_rejected_not_a_crash(dirs, tmp_path):
+def test_a_sample_without_a_neighbour_is_rejected_not_a_crash(embed_dirs, tmp_path):
     """A pool of three exact duplicates with skip_above=0.999: every row excludes the others, so
     none has a demonstration. Each is rejected as `no_demonstration`, with its line; no crash."""
-    cfg = _config(dirs, [ROWS[0]] * 3, tmp_path / "run", skip_above=0.999)
+    cfg = _config(embed_dirs, [ROWS[0]] * 3, tmp_path / "run", skip_above=0.999)
     cfg.score.max_rejected_fraction = 1.0
     result, sel, _ = run(cfg)
     assert result.table.status == ["no_demonstration"] * 3 and not any(
@@ -187,8 +156,8 @@ def test_a_sample_without_a_neighbour_is_rejected_not_a_crash(dirs, tmp_path):
     assert sel.ids == () and sel.eligible == 0
 
 
-def test_icl_ifd_variant_runs_with_either_denominator(dirs, tmp_path):
-    result, sel, _ = run(_config(dirs, ROWS, tmp_path / "v", variant="icl_ifd"))
+def test_icl_ifd_variant_runs_with_either_denominator(embed_dirs, tmp_path):
+    result, sel, _ = run(_config(embed_dirs, ROWS, tmp_path / "v", variant="icl_ifd"))
     assert (
         result.table.score == "icl_ifd"
         and np.isfinite(result.table.columns["icl_ifd"]).all()
@@ -196,7 +165,7 @@ def test_icl_ifd_variant_runs_with_either_denominator(dirs, tmp_path):
     )
     assert "oneshot_uncond" in result.passes and "uncond" not in result.passes
     plain, _, _ = run(
-        _config(dirs, ROWS, tmp_path / "p", variant="icl_ifd", icl_denominator="plain")
+        _config(embed_dirs, ROWS, tmp_path / "p", variant="icl_ifd", icl_denominator="plain")
     )
     assert "uncond" in plain.passes and "oneshot_uncond" not in plain.passes
     # the same numerator over two denominators: L(y|C) and L(y) differ, so do the ratios
