@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -141,7 +142,7 @@ def test_tiny_end_to_end_warmup_two_passes_selection(tiny_model_dir, tmp_path):
 @pytest.mark.slow
 def test_token_budget_and_two_iterations(tiny_model_dir, tmp_path):
     cfg = _cfg(tiny_model_dir, tmp_path, budget_unit="tokens", iterations=2)
-    _, sel, _ = run(cfg)
+    _, sel, manifest = run(cfg)
     t = pq.read_table(tmp_path / "run" / "scores.parquet").to_pandas().set_index("id")
     total = int(t.loc[t["status"].isin(["ok", "filtered:dnll_tail"]), "n_response_tokens"].sum())
     got = int(t.loc[list(sel.ids), "n_response_tokens"].sum())
@@ -149,11 +150,29 @@ def test_token_budget_and_two_iterations(tiny_model_dir, tmp_path):
     assert got >= int(0.2 * total) > got - last  # the row that reaches the budget is the last
     rounds = sorted(p.name.split("-")[0] for p in (tmp_path / "run" / "calibrators").iterdir())
     assert rounds == ["round0", "round1"]
-    # round 1 trained on round 0's selection
+    # round 1 trained on round 0's selection: recompute that selection from the stored passes
+    # of round 0 (the base cond pass and the round-0 calibrated copy's) with the method's rules
+    from conftest import choose, table_of
+    from thresher.cache import PassStore
+
+    run_dir = tmp_path / "run"
+    method = build("instructdiff", str(tiny_model_dir), cfg.method.params)
+    samples = read(cfg.data.path).samples
+    ids = [s.id for s in samples]
+
+    def stored(label):
+        key = json.loads((run_dir / "passes" / label / "key.json").read_text())
+        spec = PassSpec.from_dict(key["material"]["pass"])
+        return PassStore(run_dir, spec, key["material"], label).load(order=ids)
+
+    stats = {"cond": stored("cond.alpaca"), "calibrated": stored("cond.alpaca@calibrated0")}
+    round0 = choose(method, table_of(method, stats, samples), 0.2)
     meta = json.loads(
-        next((tmp_path / "run" / "calibrators").glob("round1-*/thresher-train.json")).read_text()
+        next((run_dir / "calibrators").glob("round1-*/thresher-train.json")).read_text()
     )
-    assert len(meta["samples"]) > 0
+    assert meta["samples"] == sorted(round0.ids) and len(round0.ids) > 0
+    # the final calibrated pass ran on the round-1 copy
+    assert "round1-" in Path(manifest["passes"]["calibrated"]["model"]).name
 
 
 @pytest.mark.slow

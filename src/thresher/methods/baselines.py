@@ -64,7 +64,7 @@ def ppl(
     variant: str = "min",  # InstructDiff App. B: PPL-Min / PPL-Mid / PPL-Max; Min was the strongest (27.04 math avg)
     template: str = "alpaca",  # ours: the same cond pass as `ifd`, so scoring both costs one pass
     max_length: int = 512,  # ours: as `ifd`, for the same reason
-    truncation: str = "prompt_first",
+    truncation: str = "prompt_first",  # ours: as `ifd`, never empties the response
 ) -> Method:
     """Perplexity of the response given the prompt under the base model; lowest, middle or highest b."""
     return _cond_rank("ppl", model, template, max_length, truncation, variant, "ppl")
@@ -83,7 +83,7 @@ def entropy(
     variant: str = "min",  # InstructDiff App. B: Entropy-Min/Mid/Max; Min was the best baseline (29.80 math avg)
     template: str = "alpaca",  # ours: the same cond pass as `ifd`
     max_length: int = 512,  # ours: as `ifd`
-    truncation: str = "prompt_first",
+    truncation: str = "prompt_first",  # ours: as `ifd`, never empties the response
 ) -> Method:
     """Mean full-vocabulary predictive entropy over the response under the base model."""
     return _cond_rank("entropy", model, template, max_length, truncation, variant, "entropy")
@@ -101,7 +101,11 @@ def _longest_first(table: SignalTable, budget: float | int, ctx: SelectContext) 
     summary="longest responses in tokens",
     passes="tokenize only",
 )
-def longest(model: str, *, template: str = "alpaca") -> Method:
+def longest(
+    model: str,
+    *,
+    template: str = "alpaca",  # ours: IFD's template; the length counted is the response's alone
+) -> Method:
     """Long Is More (Zhao et al., ICML 2024): the b longest responses, in tokens of the model's
     tokenizer; ties by characters, then id (METHODS §2.2). Tokenizes only; no forward pass."""
     # ours: no truncation, so the count is the response's full length

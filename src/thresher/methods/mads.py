@@ -124,7 +124,7 @@ def mads(
     strategy: str = "complexity_first",  # coverage stated; InsTag Algorithm 1 inferred; "greedy_max_coverage" option
     template: str = "alpaca",  # ours: IFD's cond pass, shared; §6.2.2 infers the chat template (template="chat")
     max_length: int = 512,  # ours: as `ifd`, for the same reason; §6.2.2 infers 2048
-    truncation: str = "prompt_first",
+    truncation: str = "prompt_first",  # ours: as `ifd`, never empties the response
 ) -> Method:
     """Tag each sample with its strongly activated neurons, then cover the tags within budget."""
     checks = {

@@ -121,7 +121,7 @@ def nait(
     pool_span: str = "all",  # ours: the whole formatted example, template(x) + y (METHODS §5.4)
     template: str = "alpaca",  # ours: IFD's cond pass (Cherry `--prompt alpaca`), so the pass is shared
     max_length: int = 512,  # ours: as `ifd` (Cherry_LLM `--max_length 512`), for the same reason
-    truncation: str = "prompt_first",
+    truncation: str = "prompt_first",  # ours: as `ifd`, never empties the response
 ) -> Method:
     """Top-b by the candidates' activation drift projected on the in-domain directions."""
     paths = [target] if isinstance(target, str) else list(target or [])
