@@ -179,3 +179,124 @@ def test_reference_errors_say_what_was_expected():
         instructdiff_reference(IDS, DNLL, DH, TOKENS[:3], gamma=0.1, beta=0.1)
     with pytest.raises(ValueError, match="ties='file'"):
         trim_both_ends(IDS, DNLL, 0.1, ties="file")
+
+
+POOL = [
+    ("Give the sum of 17 and 25.", "", "17 + 25 = 42."),
+    ("Reverse the word.", "hello", "The reversed word is olleh."),
+    ("Name a colour.", "", "Blue, like the sea."),
+    ("Count to three.", "", "One, two, three."),
+    ("Translate to French.", "cat", "chat"),
+    ("What is 2 times 8?", "", "16"),
+    ("Write a greeting.", "", "Hello there, friend!"),
+    ("Spell the word.", "dog", "d-o-g"),
+    ("Name a fruit.", "", "An apple."),
+    ("Add 5 and 6.", "", "5 + 6 = 11."),
+    ("Give an antonym of hot.", "", "Cold."),
+    ("Finish the phrase.", "once upon", "a time."),
+]
+
+
+@pytest.fixture(scope="module")
+def reproduce_setup(tmp_path_factory):
+    import json
+
+    d = tmp_path_factory.mktemp("idiff-repro")
+    tok = chatml_llama_tokenizer()
+    for name, seed in (("base", 0), ("calibrated", 1)):
+        tiny_llama(tok, seed=seed).save_pretrained(d / name)
+        tok.save_pretrained(d / name)
+    rows = [{"instruction": i, "input": x, "output": o} for i, x, o in POOL]
+    (d / "pool.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return d
+
+
+def _reproduce_config(d, out, **params):
+    from thresher.config import RunConfig
+
+    cfg = RunConfig()
+    cfg.model.name, cfg.data.path, cfg.output.dir = str(d / "base"), str(d / "pool.jsonl"), str(out)
+    cfg.method.name, cfg.method.reproduce = "instructdiff", True
+    cfg.method.params = {"calibrated_model": str(d / "calibrated"), "gamma": 0.1, **params}
+    cfg.select.fraction = 0.3
+    cfg.score.progress = False
+    return cfg
+
+
+def test_reproduce_with_a_calibrated_model_gives_the_reference_selection(reproduce_setup, tmp_path):
+    """`instructdiff --reproduce` with `calibrated_model=`: no warm-up, and the values and the
+    selection of the reference's scoring.py + selection.py, re-implemented here from §12.3."""
+    from transformers import AutoModelForCausalLM
+
+    from thresher.pipeline import run
+
+    torch.set_num_threads(1)
+    d = reproduce_setup
+    result, sel, manifest = run(_reproduce_config(d, tmp_path / "run"))
+    assert not (tmp_path / "run" / "calibrators").exists()  # nothing was trained
+    tok = chatml_llama_tokenizer()
+    models = {k: AutoModelForCausalLM.from_pretrained(d / k).eval() for k in ("base", "calibrated")}
+    ref = [{k: reference_metrics(m, tok, i, o) for k, m in models.items()} for i, _, o in POOL]
+    diff_nll = [
+        float(np.float32(r["base"]["nll"])) - float(np.float32(r["calibrated"]["nll"])) for r in ref
+    ]
+    diff_h = [
+        float(np.float32(r["base"]["avg_entropy"]))
+        - float(np.float32(r["calibrated"]["avg_entropy"]))
+        for r in ref
+    ]
+    t = result.table
+    np.testing.assert_allclose(t.columns["diff_nll"], diff_nll, atol=1e-5)
+    np.testing.assert_allclose(t.columns["delta_entropy"], diff_h, atol=1e-5)
+    n_tokens = [r["base"]["n_tokens"] for r in ref]  # response tokens + the "\n"
+    assert t.columns["n_response_tokens"].tolist() == n_tokens
+    # selection.py: stable sort by diff_nll, drop int(N * gamma) from each end, then stable sort
+    # of the survivors by diff_entropy, rows appended until the tokens reach int(total * beta)
+    order = sorted(range(len(POOL)), key=lambda k: diff_nll[k])
+    cut = int(len(order) * 0.1)
+    survivors = sorted(order[cut : len(order) - cut], key=lambda k: diff_h[k])
+    budget, got, want = int(sum(n_tokens) * 0.3), 0, []
+    for k in survivors:
+        want.append(t.ids[k])
+        got += n_tokens[k]
+        if got >= budget:
+            break
+    assert list(sel.ids) == want
+    assert sum(s == "filtered:dnll_tail" for s in t.status) == 2 * cut
+    calibrated = manifest["passes"]["calibrated"]
+    assert calibrated["model"] == str(d / "calibrated") and len(calibrated["model_sha256"]) == 64
+
+
+def test_calibrated_model_needs_the_same_tokenizer_and_one_round(reproduce_setup, tmp_path):
+    from thresher.methods import build
+    from thresher.pipeline import validate
+    from tiny import gpt2_tokenizer, tiny_gpt2
+
+    other = tmp_path / "gpt2"
+    tok = gpt2_tokenizer()
+    tiny_gpt2(tok).save_pretrained(other)
+    tok.save_pretrained(other)
+    cfg = _reproduce_config(reproduce_setup, tmp_path / "run", calibrated_model=str(other))
+    with pytest.raises(ValueError, match=r"gpt2'.*another tokenizer than the run's model.*base'"):
+        validate(cfg)
+    with pytest.raises(ValueError, match="iterations=1"):
+        build("instructdiff", "m", {"calibrated_model": "x", "iterations": 2})
+    with pytest.raises(ValueError, match="give one"):
+        build("instructdiff", "m", {"calibrated_model": "x", "calibrator": "y"})
+    assert "instructdiff" in [
+        line.split()[0] for line in _ls_methods() if "reproduce mode: yes" in line
+    ]
+
+
+def _ls_methods() -> list[str]:
+    """`thresher ls methods` as (method, its passes line) pairs joined into one line each."""
+    import contextlib
+    import io
+
+    from thresher.cli import main
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        main(["ls", "methods"])
+    lines = buf.getvalue().splitlines()[1:]
+    return [" ".join(lines[k : k + 4]) for k in range(0, len(lines), 4)]

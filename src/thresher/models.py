@@ -206,10 +206,7 @@ def load_model(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = None if ref.kind == "hub" else Path(ref.path_or_id)
-    if ref.gguf_file is not None:
-        folder = _converted(ref)
-    source = ref.path_or_id if folder is None else str(folder)
+    folder, source = _source(ref)
     kwargs = {"revision": ref.revision, "trust_remote_code": trust_remote_code}
     # AutoTokenizer, never LlamaTokenizer: the latter mis-tokenises SmolLM2
     tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
@@ -243,6 +240,29 @@ def load_model(
         architecture=type(model).__name__,
     )
     return LoadedModel(model, tokenizer, info)
+
+
+def _source(ref: ModelRef) -> tuple[Path | None, str]:
+    """The local folder of a model (None for a hub id: the hub cache holds it) and what
+    `from_pretrained` reads; a GGUF is converted to safetensors once."""
+    folder = None if ref.kind == "hub" else Path(ref.path_or_id)
+    if ref.gguf_file is not None:
+        folder = _converted(ref)
+    return folder, ref.path_or_id if folder is None else str(folder)
+
+
+def tokenizer_hash(
+    name: str, *, revision: str | None = None, trust_remote_code: bool = False
+) -> str:
+    """The hash `ModelInfo.tokenizer_hash` holds for `name`, loading its tokenizer alone."""
+    from transformers import AutoTokenizer
+
+    ref = resolve_model(name, revision=revision)
+    _, source = _source(ref)
+    tok = AutoTokenizer.from_pretrained(
+        source, revision=ref.revision, trust_remote_code=trust_remote_code
+    )
+    return _tokenizer_hash(tok)
 
 
 def _converted(ref: ModelRef) -> Path:

@@ -92,6 +92,7 @@ def validate(cfg: RunConfig, *, need_budget: bool = True) -> Method:
     method = method_for(cfg)
     if method.passes:
         resolve_model(cfg.model.name)
+    _check_tokenizers(cfg, method)
     if cfg.score.capture is not None and not capturing_roles(
         method.passes, capture_pass(cfg.score.capture, cfg.model.name)
     ):
@@ -107,6 +108,25 @@ def validate(cfg: RunConfig, *, need_budget: bool = True) -> Method:
     if need_budget or cfg.select.fraction is not None or cfg.select.count is not None:
         budget_count(cfg.select.budget(), 0)  # the budget's type and range, whatever the pool size
     return method
+
+
+def _check_tokenizers(cfg: RunConfig, method: Method) -> None:
+    """A pass on another model than the run's (InstructDiff's calibrated copy) is compared token by
+    token with the run model's passes: refuse a model whose tokenizer differs, naming both."""
+    others = {r: s.model for r, s in method.passes.items() if s.model != cfg.model.name}
+    if not others:
+        return
+    from thresher.models import tokenizer_hash
+
+    m = cfg.model
+    base = tokenizer_hash(m.name, revision=m.revision, trust_remote_code=m.trust_remote_code)
+    for role, name in others.items():
+        if tokenizer_hash(name, trust_remote_code=m.trust_remote_code) != base:
+            raise ValueError(
+                f"{name!r} (the {role} pass of {method.name}) has another tokenizer than the run's "
+                f"model {m.name!r}: the two passes are compared token by token, so both models must "
+                "share one tokenizer (a fine-tuned copy of the model, or a smaller model of its family)"
+            )
 
 
 def score(cfg: RunConfig, *, loaded: Any = None, method: Method | None = None) -> ScoreResult:

@@ -33,6 +33,7 @@ class PassRecord:
 
     label: str
     model: str
+    model_sha256: str  # the weights the pass ran on
     key: str
     reused: int
     scored: int
@@ -143,6 +144,7 @@ class PassRunner:
         record = PassRecord(
             store.dir.name,
             spec.model,
+            lm.info.weights_sha256,
             store.key,
             result.reused,
             result.scored,

@@ -38,16 +38,20 @@ from thresher.methods.base import (
 from thresher.methods.table import Finite, TrimTails, budget_rows, make_table
 from thresher.passes import PassSpec
 from thresher.selectors.base import Selection, budget_count
-from thresher.selectors.trim import BUDGET_UNITS, lowest_within_budget
+from thresher.selectors.trim import BUDGET_UNITS, instructdiff_reference, lowest_within_budget
 from thresher.signals.instructdiff import (
     delta_entropy,
     delta_nll,
     mean_nll,
     mean_token_entropy,
+    reference_diff_entropy,
+    reference_diff_nll,
     warmup_indices,
 )
 
 TRIM_STATUS = "filtered:dnll_tail"
+# scoring.py @ 28adfe3: a row whose prompt or response alone is longer is skipped
+REFERENCE_MAX_TOKENS = 4096
 
 
 @method(
@@ -56,16 +60,20 @@ TRIM_STATUS = "filtered:dnll_tail"
     summary="warm-up-calibrated copy vs base: drop both ΔNLL tails (γ), take the lowest ΔH",
     passes="cond (base) + cond (calibrated copy); warm-up fine-tuning",
     reference_model="the model to be tuned (LLaMA-3-8B / Qwen2.5-7B in the paper)",
+    reproducible=True,
 )
 def instructdiff(
     model: str,
     *,
+    reproduce: bool = False,
     alpha: float = 0.1,  # InstructDiff §4.1: warm-up ratio "α = 0.1" (1,000 of 10,000 in the configs)
     gamma: float = 0.1,  # InstructDiff §4.1: NLL reject ratio "γ = 0.1" from each end
     budget_unit: str = "samples",  # METHODS §10.7: samples by default; "tokens" reproduces the code
     iterations: int = 1,  # InstructDiff Alg. 1: K; the main results use one round (§5.4 studies 2-3)
     warmup_seed: int = 42,  # InstructDiff configs: seed 42
     calibrator: str | None = None,  # ours: None warms up the base model itself, as the paper
+    calibrated_model: str
+    | None = None,  # ours: a calibrated copy you already have (METHODS §12.3): no warm-up is trained
     train_preset: str = "instructdiff-warmup",  # InstructDiff configs: 3 epochs, the domain's lr and batch
     train: dict[str, Any]
     | None = None,  # ours: TrainConfig fields that override the preset, e.g. {"lora": true}
@@ -73,10 +81,27 @@ def instructdiff(
     max_length: int = 512,  # ours: the cond pass shared with ifd / ppl / entropy
     truncation: str = "prompt_first",  # ours: as `ifd`, never empties the response
 ) -> Method:
-    """ΔH among the middle of ΔNLL, from the base model and a warm-up-calibrated copy."""
+    """ΔH among the middle of ΔNLL, from the base model and a warm-up-calibrated copy.
+
+    Reproduce (METHODS §12.3): the reference's text (no-input prompt, the input ignored, "\n"
+    before the response scored as a response token), its 4,096-token skip, its signs, its trim
+    (ties in file order) and its token budget (a fraction of the response tokens, the row that
+    reaches it included)."""
     from thresher.train import preset
 
     check_choice("budget_unit", budget_unit, BUDGET_UNITS)
+    if calibrated_model is not None and calibrator is not None:
+        raise ValueError(
+            f"calibrated_model={calibrated_model!r} and calibrator={calibrator!r}: give one, the "
+            "copy you already have (no warm-up) or the model to warm up"
+        )
+    if calibrated_model is not None and iterations != 1:
+        raise ValueError(
+            f"calibrated_model={calibrated_model!r} with iterations={iterations}: rounds after the "
+            "first retrain the copy on the previous selection; give iterations=1 with a copy you have"
+        )
+    if reproduce:
+        budget_unit = "tokens"  # the code's only budget: a fraction of the response tokens
     if not isinstance(iterations, int) or iterations < 1:
         raise ValueError(
             f"iterations={iterations!r}: expected an int >= 1 (K rounds of calibrate, score, select)"
@@ -100,17 +125,25 @@ def instructdiff(
     common = dict(
         view="cond", template=template, fields=fields, max_length=max_length, truncation=truncation
     )
+    if reproduce:  # scoring.py: rows whose prompt or response alone exceed 4,096 tokens are skipped
+        common.update(boundary="instructdiff", max_length=REFERENCE_MAX_TOKENS)
     passes = {
         "cond": PassSpec(model=model, **common),
-        # the model is the calibrated copy `fit` trains (or reuses)
-        "calibrated": PassSpec(model=calibrator or model, **common),
+        # the calibrated copy you gave, or the one `fit` trains (from `calibrator`, else the base)
+        "calibrated": PassSpec(model=calibrated_model or calibrator or model, **common),
     }
 
     def signals(x: SignalInputs) -> dict[str, np.ndarray]:
         base, inst = x.stats["cond"], x.stats["calibrated"]
+        if reproduce:  # selection.py: base - calibrated, each mean rounded to fp32 as scoring.py
+            nll = {"diff_nll": reference_diff_nll(base.logprob, inst.logprob)}
+            dh = reference_diff_entropy(base.entropy, inst.entropy)
+        else:
+            nll = {"delta_nll": delta_nll(base.logprob, inst.logprob)}
+            dh = delta_entropy(base.entropy, inst.entropy)
         return {
-            "delta_entropy": delta_entropy(base.entropy, inst.entropy),
-            "delta_nll": delta_nll(base.logprob, inst.logprob),
+            "delta_entropy": dh,
+            **nll,
             "nll_base": mean_nll(base.logprob),
             "nll_calibrated": mean_nll(inst.logprob),
             "entropy_base": mean_token_entropy(base.entropy),
@@ -118,10 +151,33 @@ def instructdiff(
             **token_counts(base),
         }
 
-    filters = (Finite(("delta_nll", "delta_entropy")), TrimTails("delta_nll", gamma, TRIM_STATUS))
+    nll_column = "diff_nll" if reproduce else "delta_nll"
+    filters = (
+        Finite((nll_column, "delta_entropy")),
+        # the reference sorts stably, so its ties keep file order; thresher's break by id
+        TrimTails(nll_column, gamma, TRIM_STATUS, ties="position" if reproduce else "id"),
+    )
 
     def select(table: SignalTable, budget: float | int, ctx: SelectContext) -> Selection:
         dh = table.columns["delta_entropy"]
+        if reproduce:
+            if not isinstance(budget, float):
+                raise ValueError(
+                    f"budget={budget!r}: instructdiff --reproduce selects a fraction of the response "
+                    "tokens (the code's beta); give --fraction, e.g. --fraction 0.1"
+                )
+            scored = np.array([s in ("ok", TRIM_STATUS) for s in table.status])
+            tokens = table.columns["n_response_tokens"]
+            _, sel = instructdiff_reference(
+                table.ids,
+                table.columns["diff_nll"],
+                dh,
+                tokens,
+                gamma=gamma,
+                beta=budget,
+                keep=scored,
+            )
+            return sel
         if budget_unit == "samples":
             b = budget_rows(table, budget, ctx, "rows")
             return lowest_within_budget(table.ids, dh, b, keep=table.eligible)
@@ -137,15 +193,9 @@ def instructdiff(
 
     def fit(ctx: FitContext) -> Fitted:
         """Warm up the calibrated copy (round k > 0 retrains from the base on round k-1's
-        selection, paper Alg. 1); the calibrated pass then runs on it."""
-        base = ctx.load_model(model)
-        lm = ctx.load_model(calibrator) if calibrator else base
-        if lm.info.tokenizer_hash != base.info.tokenizer_hash:
-            raise ValueError(
-                f"calibrator={calibrator!r} has another tokenizer than {model!r}: InstructDiff compares "
-                "the two models token by token, so the calibrator must share the tokenizer (e.g. a "
-                "smaller model of the same family)"
-            )
+        selection, paper Alg. 1); the calibrated pass then runs on it. (`validate` has checked
+        that the calibrator shares the base model's tokenizer.)"""
+        lm = ctx.load_model(calibrator or model)
         by_id = {s.id: s for s in ctx.samples}
         subset = [ctx.samples[i] for i in warmup_indices(len(ctx.samples), alpha, warmup_seed)]
         folder = None
@@ -171,6 +221,7 @@ def instructdiff(
         iterations=iterations,
         warmup_seed=warmup_seed,
         calibrator=calibrator,
+        calibrated_model=calibrated_model,
         train_preset=train_preset,
         train=dict(train or {}),
         template=template,
@@ -178,7 +229,14 @@ def instructdiff(
         truncation=truncation,
     )
     this = Method(
-        "instructdiff", params, passes, signals, "delta_entropy", select, filters, fit=fit
+        "instructdiff",
+        {"reproduce": reproduce, **params},
+        passes,
+        signals,
+        "delta_entropy",
+        select,
+        filters,
+        fit=None if calibrated_model else fit,
     )
     return this
 

@@ -75,9 +75,10 @@ class TrimTails:
     column: str
     gamma: float
     status: str
+    ties: str = "id"  # or "position": equal values in table (file) order, as a stable sort
 
     def keep(self, ids: list[str], cols: dict[str, np.ndarray], ok: np.ndarray) -> np.ndarray:
-        return trim_both_ends(ids, cols[self.column], self.gamma, keep=ok) | ~ok
+        return trim_both_ends(ids, cols[self.column], self.gamma, keep=ok, ties=self.ties) | ~ok
 
 
 def apply_filters(
