@@ -172,3 +172,19 @@ def test_a_run_started_on_one_engine_resumes_on_the_other(ray_local, job, local_
     )
     assert len(ids) == len(set(ids)) == len(ROWS) - 1  # nothing lost, nothing twice
     np.testing.assert_array_equal(got.table.columns["ifd"], want.table.columns["ifd"])
+
+
+@pytest.mark.slow
+def test_tshirt_reproduce_noise_is_the_same_on_ray(ray_local, job, tmp_path):
+    """The reference noise stream is replayed on the driver and each row's generator state
+    travels to the workers with it: the Ray engine draws the local engine's values."""
+    got = {}
+    for engine in ("local", "ray"):
+        cfg = _cfg(job, tmp_path / engine, engine)
+        cfg.method.name, cfg.method.reproduce = "tshirt", True
+        cfg.method.params = {"copies": 2}
+        cfg.data.limit, cfg.score.ray_concurrency = 12, 1
+        result, _, _ = run(cfg)
+        got[engine] = result.table
+    for name in ("sifd_mean", "sifd_std", "avg_noisy_ifd"):
+        np.testing.assert_array_equal(got["ray"].columns[name], got["local"].columns[name])

@@ -327,10 +327,9 @@ def test_defaults_and_shared_clean_passes():
     )
     sf = build("superfiltering", "gpt2")
     assert plan.passes["cond"] == sf.passes["cond"] and plan.passes["uncond"] == sf.passes["uncond"]
-    assert (
-        build("tshirt", "gpt2", reproduce=True).passes["uncond"]
-        == build("superfiltering", "gpt2", reproduce=True).passes["uncond"]
-    )
+    repro = build("tshirt", "gpt2", reproduce=True)  # T-SHIRT's own texts and noise stream
+    assert {s.boundary for s in repro.passes.values()} == {"tshirt"}
+    assert repro.passes["noisy_uncond"].noise.stream == "reference"
     assert plan.passes["noisy_cond"].noise.copies == 30 and plan.streamed == (
         "noisy_cond",
         "noisy_uncond",
@@ -410,3 +409,122 @@ def test_tshirt_smollm2_on_40_real_rows(shared_data, tmp_path):
                 (s == "ok" or s.startswith("filtered:")) and math.isfinite(mu) and math.isfinite(sd)
             ), (i, s, mu, sd)
     assert len(sel.ids) == 4 and sel.note == ""
+
+
+# ---------------------------------------------------------------- reproduce: the reference RNG
+
+REFERENCE_ROWS = [  # file order matters: each row's noise starts where the previous row's ended
+    {"instruction": "Add 1 and 2.", "input": "", "output": " 3"},  # a 1-token response
+    {"instruction": "Name a colour.", "input": "", "output": " Blue, like the sea."},
+    {"instruction": "Reverse the word.", "input": "stone", "output": " enots"},
+    {"instruction": "Count to three.", "input": "", "output": " One, two, three."},
+    {"instruction": "Give 7 + 7.", "input": "", "output": " 14, which is even."},
+]
+
+
+def reference_noisy_losses(model, tok, rows, copies, alpha, max_length):
+    """T-SHIRT token_loss.py's noisy losses, written here from METHODS §12.2 (not from thresher):
+    seed 42 once, then per sample in file order u = U(-1, 1) of shape (M + 1, L, C), a clean row
+    0 prepended, scaled by alpha / sqrt(L * C); rows 1..M kept. Returns per sample the (cond
+    response, uncond) losses of the kept copies."""
+    torch.manual_seed(42)
+    wte, out = model.get_input_embeddings(), []
+    for r in rows:
+        instruction = r["instruction"] + "\n" + (r["input"] + "\n" if r["input"] else "")
+        full = tok(instruction + r["output"], truncation=True, max_length=max_length).input_ids
+        instruction_len = len(tok(instruction).input_ids)
+        resp = tok(r["output"], truncation=True, max_length=max_length - instruction_len).input_ids
+        L, C = len(full), model.config.n_embd
+        u = torch.empty((copies + 1, L, C), dtype=torch.float32).uniform_(-1, 1)
+        noise = torch.cat([torch.zeros(1, L, C), u]) * (alpha / math.sqrt(L * C))
+        with torch.no_grad():
+            logits = model(inputs_embeds=wte(torch.tensor([full])) + noise).logits
+            ids = torch.tensor([full] * (copies + 2))
+            cond = -torch.log_softmax(logits[:, :-1], -1).gather(2, ids[:, 1:, None])[..., 0]
+            cond = cond[:, instruction_len - 1 :]
+            xu = wte(torch.tensor([resp])) + noise[:, instruction_len:]
+            logits_u = model(inputs_embeds=xu).logits
+            ids_u = torch.tensor([resp] * (copies + 2))
+            uncond = -torch.log_softmax(logits_u[:, :-1], -1).gather(2, ids_u[:, 1:, None])[..., 0]
+        out.append((cond[1 : copies + 1].numpy(), uncond[1 : copies + 1].numpy()))
+    return out
+
+
+def _noisy_rows(out, role_prefix):
+    """Each sample's stored noisy log-probs, [copies * T], from the run folder's pass shards."""
+    import pyarrow.parquet as pq
+
+    rows = {}
+    for p in sorted(out.glob(f"passes/{role_prefix}*noisy*/shard-*.parquet")):
+        t = pq.read_table(p)
+        for i, lp in zip(t.column("id").to_pylist(), t.column("logprob").to_pylist(), strict=True):
+            rows[i] = np.asarray(lp, np.float32)
+    return rows
+
+
+def test_reproduce_draws_the_reference_noise_stream_and_resumes_bit_identically(
+    tmp_path, monkeypatch
+):
+    from thresher.cache import PassStore
+
+    make_tok, make_model = FAMILIES["gpt2"]
+    tok = make_tok()
+    model_dir = tmp_path / "gpt2"
+    model = make_model(tok)
+    model.save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    data = tmp_path / "pool.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in REFERENCE_ROWS))
+    copies, alpha = 3, 5.0
+    want = reference_noisy_losses(model.eval(), tok, REFERENCE_ROWS, copies, alpha, 1024)
+
+    def config(out):
+        cfg = _config(model_dir, data, out, "tshirt", copies=copies, alpha=alpha, reproduce=True)
+        cfg.method.reproduce, cfg.score.shard_rows = True, 1
+        cfg.method.params.pop("reproduce")
+        return cfg
+
+    result, _, _ = run(config(tmp_path / "run"))
+    ids = result.table.ids
+    cond, uncond = _noisy_rows(tmp_path / "run", "cond"), _noisy_rows(tmp_path / "run", "uncond")
+    for i, (c, u) in zip(ids, want, strict=True):
+        np.testing.assert_allclose(cond[i].reshape(copies, -1), -c, atol=1e-5)
+        np.testing.assert_allclose(uncond[i].reshape(copies, -1), -u, atol=1e-5)
+    assert math.isnan(result.table.columns["avg_noisy_ifd"][0])  # 1 token: no uncond token
+
+    # killed after two shards of the first noisy pass, then resumed: bit-identical values
+    real = PassStore.write_shard
+    calls = {"n": 0}
+
+    def dies(self, columns):
+        if ".noisy" in self.dir.name and calls["n"] >= 2:
+            raise KeyboardInterrupt("killed")
+        calls["n"] += ".noisy" in self.dir.name
+        return real(self, columns)
+
+    monkeypatch.setattr(PassStore, "write_shard", dies)
+    with pytest.raises(KeyboardInterrupt):
+        run(config(tmp_path / "resumed"))
+    monkeypatch.setattr(PassStore, "write_shard", real)
+    again, _, manifest = run(config(tmp_path / "resumed"))
+    assert 0 < manifest["passes"]["noisy_cond"]["reused"] < len(ids)
+    resumed = _noisy_rows(tmp_path / "resumed", "cond")
+    for i in ids:
+        np.testing.assert_array_equal(resumed[i], cond[i])
+    np.testing.assert_array_equal(
+        again.table.columns["sifd_mean"], result.table.columns["sifd_mean"]
+    )
+
+
+def test_reference_selection_uses_the_heap_rules_and_says_when_short():
+    from thresher.selectors.hierarchical import hierarchical_reference
+
+    ids = ["a", "b", "c", "d", "e"]
+    mean = np.array([0.9, 0.5, 0.7, np.nan, 0.8])
+    spread = np.array([0.3, 0.1, 0.2, 0.0, 0.1])
+    # gamma * b = 4 largest means of the finite rows: a, e, c, b; the 2 smallest spreads among
+    # them, ascending; heapq.nsmallest is stable over the heap's list order for the tie b/e
+    sel = hierarchical_reference(ids, mean, spread, 2, gamma=2)
+    assert sel.ids == ("b", "e") and sel.note == ""
+    short = hierarchical_reference(ids, mean, spread, 5, gamma=2)  # 4 eligible rows
+    assert len(short.ids) == 4 and "returns 4 rows" in short.note

@@ -43,7 +43,7 @@ MLP_TAPS = ("act", "down_proj_input")
 TRUNCATIONS = ("prompt_first", "right", "reject")
 # "exact": prompt and response tokenized separately, ids concatenated (the default).
 # The others follow a reference implementation's string-based boundary rule (reproduce mode).
-BOUNDARIES = ("exact", "cherry", "superfiltering", "instructdiff")
+BOUNDARIES = ("exact", "cherry", "superfiltering", "tshirt", "instructdiff")
 # "per_sample": each copy's noise seeded by (seed, sample id, copy), so any subset in any order
 # draws the same values; "reference": T-SHIRT's one global stream in file order (METHODS §12.2)
 NOISE_STREAMS = ("per_sample", "reference")
@@ -186,6 +186,15 @@ class PassSpec:
             raise ValueError(
                 f"noisy copies are scored for the cond and uncond views with fields=('logprob',) and "
                 f"no pooling, not view={self.view!r} fields={list(self.fields)} pooling={self.pooling}"
+            )
+        if (
+            self.noise is not None
+            and self.noise.stream == "reference"
+            and self.boundary != "tshirt"
+        ):
+            raise ValueError(
+                f"noise.stream='reference' replays T-SHIRT's draws over its own token lengths: it "
+                f"needs boundary='tshirt' (reproduce mode), not boundary={self.boundary!r}"
             )
         if self.boundary != "exact" and self.view not in ("cond", "uncond"):
             raise ValueError(

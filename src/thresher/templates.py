@@ -13,6 +13,7 @@ number-for-number parity.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import string
@@ -133,12 +134,14 @@ class TemplateError(ValueError):
 @dataclass(frozen=True)
 class NoiseKey:
     """What a noisy pass needs to draw and slice one row's noise: the sample, the length of its
-    cond view (the noise tensor's sequence length) and where the cond view's response starts
-    (the uncond copies reuse that slice)."""
+    cond view (the noise tensor's sequence length), where the cond view's response starts (the
+    uncond copies reuse that slice) and, for the reference stream, the random generator's state
+    before this sample's draw (METHODS §12.2: one global stream in file order)."""
 
     sample: str
     length: int
     response_start: int
+    state: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -166,7 +169,10 @@ class Rendered:
 
     def to_json(self) -> str:
         """The row as JSON, noise key included (what a distributed engine ships to its workers)."""
-        return json.dumps(dataclasses.asdict(self))
+        d = dataclasses.asdict(self)
+        if self.noise is not None and self.noise.state is not None:
+            d["noise"]["state"] = base64.b64encode(self.noise.state).decode("ascii")
+        return json.dumps(d)
 
     @classmethod
     def from_json(cls, text: str) -> Rendered:
@@ -179,8 +185,15 @@ class Rendered:
             n_response_tokens=d["n_response_tokens"],
             truncated=d["truncated"],
             status=d["status"],
-            noise=NoiseKey(**d["noise"]) if d.get("noise") else None,
+            noise=_noise_key(d.get("noise")),
         )
+
+
+def _noise_key(d: dict[str, Any] | None) -> NoiseKey | None:
+    if not d:
+        return None
+    state = base64.b64decode(d["state"]) if d.get("state") is not None else None
+    return NoiseKey(d["sample"], d["length"], d["response_start"], state)
 
 
 def _rejected(reason: str) -> Rendered:
@@ -404,6 +417,8 @@ class Renderer:
             return _rejected("empty_response")
         # instruct_i_len in both references: the prompt alone, special tokens included, cut at
         # max_length (`tokenizer.encode(instruct_i, truncation=True, max_length=args.max_length)`)
+        if self.spec.boundary == "tshirt":
+            return self._render_tshirt(prompt, response)
         instruct_len = len(tok(prompt, truncation=True, max_length=m).input_ids)
         if self.spec.boundary == "cherry":
             return self._render_cherry(prompt, response, instruct_len)
@@ -423,6 +438,36 @@ class Renderer:
             instruct_len,
             len(ids) - n_lead,
         )
+
+    def _render_tshirt(self, prompt: str, response: str) -> Rendered:
+        """T-SHIRT `token_loss.py` at 0f96e76 (METHODS §12.2): `instruction_len =
+        len(tok(instruction).input_ids)`, uncut; the cond view is `tok(instruction + output)` cut
+        at max_length, its response scored from `instruction_len`; the uncond view is
+        `tok(output)` cut at `max_length - instruction_len`, every token but the first scored."""
+        tok, m = self.tok, self.spec.max_length
+        instruct_len = len(tok(prompt).input_ids)
+        if self.spec.view == "cond":
+            ids = tok(prompt + response, truncation=True, max_length=m).input_ids
+            if instruct_len >= len(ids):
+                return _rejected("response_truncated_away")
+            resp = (instruct_len, len(ids))
+            spans = {"prompt": (0, instruct_len), "response": resp}
+            return Rendered(tuple(ids), resp, spans, instruct_len, len(ids) - instruct_len)
+        budget = m - instruct_len
+        if budget < 2:
+            return _rejected("prompt_fills_max_length")
+        ids = tok(response, truncation=True, max_length=budget).input_ids
+        n_lead = 1 if self.adds_bos else 0
+        spans = {"prompt": (0, n_lead), "response": (n_lead, len(ids))}
+        return Rendered(tuple(ids), (1, len(ids)), spans, instruct_len, len(ids) - n_lead)
+
+    def noise_length(self, sample: Sample) -> int:
+        """The sequence length of a sample's draw in T-SHIRT's reference noise stream: its full
+        ids, `tok(instruction + output)` cut at max_length, for every sample, renderable or not
+        (METHODS §12.2: the code draws for every sample in file order)."""
+        prompt = self.template.prompt(sample, self.tok)
+        text = prompt + sample.response
+        return len(self.tok(text, truncation=True, max_length=self.spec.max_length).input_ids)
 
     def _render_cherry(self, prompt: str, response: str, instruct_len: int) -> Rendered:
         """Cherry_LLM at its pinned commit 01fac8d (METHODS §12.1).

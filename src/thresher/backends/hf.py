@@ -85,6 +85,7 @@ class HFBackend:
         self.softcap = _softcap(model)
         self.vocab = self.lm_head.weight.shape[0]
         self.n_layers = len(decoder_layers(model))
+        self.embed_width = model.get_input_embeddings().weight.shape[1]
 
     def check(self, spec: PassSpec) -> None:
         bad = [f for f in spec.fields if f not in self.capabilities]
@@ -161,9 +162,18 @@ class HFBackend:
         sample_id, n_cond, resp_start = row.noise.sample, row.noise.length, row.noise.response_start
         embed = self.model.get_input_embeddings()
         noise = spec.noise
-        delta = embedding_noise(
-            noise.seed, sample_id, noise.copies, n_cond, embed.weight.shape[1], noise.alpha
-        )
+        if noise.stream == "reference":
+            if row.noise.state is None:
+                raise ValueError(
+                    f"{sample_id!r} has no generator state: the reference stream is replayed by Scorer.render"
+                )
+            delta = reference_noise(
+                row.noise.state, noise.copies, n_cond, self.embed_width, noise.alpha
+            )
+        else:
+            delta = embedding_noise(
+                noise.seed, sample_id, noise.copies, n_cond, self.embed_width, noise.alpha
+            )
         if spec.view == "uncond":
             lead = row.spans["response"][0]
             n_resp = len(row.ids) - lead
@@ -252,6 +262,20 @@ class HFBackend:
                     mlp_input_module(block).register_forward_pre_hook(before(f"mlp.{layer}"))
                 )
         return handles
+
+
+def reference_noise(
+    state: bytes, copies: int, length: int, width: int, alpha: float
+) -> torch.Tensor:
+    """T-SHIRT's reference draw for one sample (METHODS §12.2), from the generator `state` before
+    it: `u = empty((copies + 1, L, C)).uniform_(-1, 1)`, `noise = cat([zeros(1, L, C), u]) *
+    (alpha / math.sqrt(L * C))` (a Python float scale applied in fp32); the code keeps rows
+    1..copies of the scored batch (`ifds[1:-1]`), the copies returned here."""
+    g = torch.Generator()
+    g.set_state(torch.frombuffer(bytearray(state), dtype=torch.uint8))
+    u = torch.empty((copies + 1, length, width), dtype=torch.float32).uniform_(-1, 1, generator=g)
+    noise = torch.cat([torch.zeros(1, length, width), u]) * (alpha / math.sqrt(length * width))
+    return noise[1 : copies + 1]
 
 
 def embedding_noise(

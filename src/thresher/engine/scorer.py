@@ -55,14 +55,21 @@ class Scorer:
     def render(
         self, samples: list[Sample], demos: dict[str, Sample] | None = None
     ) -> list[Rendered]:
+        """Every sample's row for this pass. A noisy pass needs `samples` to be the whole dataset
+        in file order when its noise is the reference stream (each sample's draw starts where the
+        previous sample's ended)."""
         if self.spec.view in DEMO_VIEWS:
             return [self.renderer.render(s, (demos or {}).get(s.id)) for s in samples]
         rendered = [self.renderer.render(s) for s in samples]
         if self.spec.noise is None:
             return rendered
-        return [self._with_noise_key(s, r) for s, r in zip(samples, rendered, strict=True)]
+        states = self._reference_states(samples) if self.spec.noise.stream == "reference" else {}
+        return [
+            self._with_noise_key(s, r, states.get(s.id))
+            for s, r in zip(samples, rendered, strict=True)
+        ]
 
-    def _with_noise_key(self, sample: Sample, r: Rendered) -> Rendered:
+    def _with_noise_key(self, sample: Sample, r: Rendered, state: bytes | None) -> Rendered:
         """The row with its noise key: the cond view's length and response start. An uncond row
         whose cond view cannot be rendered takes the cond view's status (no noise to reuse)."""
         if r.status != "ok":
@@ -70,7 +77,29 @@ class Scorer:
         c = self.cond_renderer.render(sample) if self.cond_renderer is not None else r
         if c.status != "ok":
             return dataclasses.replace(r, status=c.status)
-        return dataclasses.replace(r, noise=NoiseKey(sample.id, len(c.ids), c.scored[0]))
+        if state is not None and len(c.ids) != (self.cond_renderer or self.renderer).noise_length(
+            sample
+        ):  # the replayed draw had another shape: its values would not be the reference's
+            raise RuntimeError(f"{sample.id!r}: cond view and reference noise lengths differ")
+        return dataclasses.replace(r, noise=NoiseKey(sample.id, len(c.ids), c.scored[0], state))
+
+    def _reference_states(self, samples: list[Sample]) -> dict[str, bytes]:
+        """T-SHIRT's noise stream replayed (METHODS §12.2): one generator seeded once, and for
+        each sample in file order a [copies + 1, L, width] uniform draw, L its full length. Each
+        sample's key holds the generator state before its draw, so any engine, in any order and
+        after any resume, draws exactly the reference's values for it. Replaying costs one
+        draw per sample, without a forward pass."""
+        import torch
+
+        noise, width = self.spec.noise, self.backend.embed_width
+        lengths = self.cond_renderer or self.renderer
+        g = torch.Generator().manual_seed(noise.seed)
+        states = {}
+        for s in samples:
+            states[s.id] = g.get_state().numpy().tobytes()
+            length = lengths.noise_length(s)
+            torch.empty((noise.copies + 1, length, width)).uniform_(-1, 1, generator=g)
+        return states
 
     def __call__(
         self, samples: list[Sample], demos: dict[str, Sample] | None = None

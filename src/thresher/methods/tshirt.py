@@ -25,6 +25,7 @@ import numpy as np
 from thresher.atomic import naming
 from thresher.methods.base import (
     Method,
+    SelectContext,
     SignalInputs,
     Signals,
     SignalTable,
@@ -32,9 +33,10 @@ from thresher.methods.base import (
     method,
     token_counts,
 )
-from thresher.methods.table import Below, Finite, Hierarchical
+from thresher.methods.table import Below, Finite, Hierarchical, budget_rows
 from thresher.passes import Noise, PassSpec, TokenStats
 from thresher.selectors.base import Selection
+from thresher.selectors.hierarchical import hierarchical_reference
 from thresher.signals.ifd import ifd_ppl_ratio
 from thresher.signals.tshirt import abs_percentile, copy_ifd, copy_moments, sifd, token_delta
 
@@ -78,11 +80,14 @@ def tshirt(
         template=template,
         max_length=max_length,
         truncation=truncation,
-        boundary="superfiltering" if reproduce else "exact",
+        boundary="tshirt" if reproduce else "exact",
     )
-    noise = Noise(alpha=float(alpha), copies=int(copies), seed=int(seed))
+    # reproduce: the code's one noise stream in file order (METHODS §12.2); else each copy seeded
+    # by (seed, sample, copy), so noise never depends on which other rows a run holds
+    stream = "reference" if reproduce else "per_sample"
+    noise = Noise(alpha=float(alpha), copies=int(copies), seed=int(seed), stream=stream)
     passes = {
-        # = superfiltering's cond and uncond passes
+        # = superfiltering's cond and uncond passes (outside reproduce mode)
         "cond": PassSpec(view="cond", fields=("logprob", "entropy"), **common),
         "uncond": PassSpec(view="uncond", fields=("logprob",), **common),
         "noisy_cond": PassSpec(view="cond", fields=("logprob",), noise=noise, **common),
@@ -92,7 +97,13 @@ def tshirt(
     def signals(x: SignalInputs) -> Signals:
         cond, uncond = x.stats["cond"], x.stats["uncond"]
         noisy = noisy_signals(
-            x.ids, x.stats["noisy_cond"], x.stats["noisy_uncond"], int(copies), k, x.scratch
+            x.ids,
+            x.stats["noisy_cond"],
+            x.stats["noisy_uncond"],
+            int(copies),
+            k,
+            x.scratch,
+            reference=reproduce,
         )
         status = noisy.pop("status")
         cols = {
@@ -125,11 +136,22 @@ def tshirt(
         passes,
         signals,
         "sifd_mean",
-        Hierarchical("sifd_mean", "sifd_std", gamma),
+        _reference_selection(gamma) if reproduce else Hierarchical("sifd_mean", "sifd_std", gamma),
         filters,
         diagnostics=_threshold,
         streamed=("noisy_cond", "noisy_uncond"),
     )
+
+
+def _reference_selection(gamma: int):
+    """tshirt_select.py's selection (METHODS §12.2), with a note when it returns fewer than b."""
+
+    def select(table: SignalTable, budget: float | int, ctx: SelectContext) -> Selection:
+        b = budget_rows(table, budget, ctx, "rows")
+        mean, spread = table.columns["sifd_mean"], table.columns["sifd_std"]
+        return hierarchical_reference(table.ids, mean, spread, b, gamma=gamma, keep=table.eligible)
+
+    return select
 
 
 def _threshold(table: SignalTable, selection: Selection | None) -> dict:
@@ -146,11 +168,14 @@ def noisy_signals(
     copies: int,
     k: float,
     scratch: Path | None = None,
+    reference: bool = False,
 ) -> dict:
     """Per sample (in `ids` order): mean and std of the copies' IFD and S-IFD, and a status.
 
     `cond` / `uncond` are the noisy passes, streamed (stored) or loaded TokenStats (tests); the
-    spill files go to `scratch` (a temp dir when None) and are deleted afterwards."""
+    spill files go to `scratch` (a temp dir when None) and are deleted afterwards. `reference`:
+    the code's float32 arithmetic (METHODS §12.2) and its strict threshold even at k = 1."""
+    precision = np.float32 if reference else np.float64
     n = len(ids)
     work = _Spill(scratch)
     try:
@@ -175,7 +200,10 @@ def noisy_signals(
                 if c is None or u is None or c.shape[1] - u.shape[1] not in (0, 1):
                     status[i] = "error:noisy_token_count_mismatch"
                     continue
-                out["avg_noisy_ifd"][i], out["std_noisy_ifd"][i] = copy_moments(copy_ifd(c, u))
+                # the code's np.mean / np.std over its float32 per-copy IFDs: float64 moments
+                out["avg_noisy_ifd"][i], out["std_noisy_ifd"][i] = copy_moments(
+                    copy_ifd(c, u, precision)
+                )
                 d_rows[i] = (dfile.tell() // 4, u.shape[1])
                 with naming(work.dir / "delta.f32"):
                     dfile.write(token_delta(c, u).tobytes())
@@ -186,10 +214,11 @@ def noisy_signals(
         # ours: k = 1 keeps every token (S-IFD = IFD over the aligned tokens, METHODS §8.1); the
         # reference's strict `> percentile(0)` would drop the smallest |delta| even then
         chunks = lambda: (delta[a : a + CHUNK_VALUES] for a in range(0, len(delta), CHUNK_VALUES))  # noqa: E731
-        threshold = -np.inf if k >= 1 else abs_percentile(chunks, (1 - k) * 100)
+        threshold = -np.inf if k >= 1 and not reference else abs_percentile(chunks, (1 - k) * 100)
         for i, (off, t) in d_rows.items():
             out["sifd_mean"][i], out["sifd_std"][i] = copy_moments(
-                sifd(delta[off : off + copies * t].reshape(copies, t), threshold)
+                sifd(delta[off : off + copies * t].reshape(copies, t), threshold, precision),
+                precision,
             )
         log.info(
             "T-SHIRT threshold |delta| > %r (k=%s) over %d noisy token values",

@@ -7,11 +7,12 @@
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Sequence
 
 import numpy as np
 
-from thresher.selectors.base import Selection
+from thresher.selectors.base import Selection, check_count, check_ids, keep_mask
 from thresher.selectors.topk import top_k
 
 
@@ -46,3 +47,41 @@ def hierarchical(
             f"({pool.eligible} eligible of {len(ids)}); asked for {budget}"
         )
     return Selection(final.ids, budget, pool.eligible, note)
+
+
+def hierarchical_reference(
+    ids: Sequence[str],
+    mean: np.ndarray,
+    spread: np.ndarray,
+    budget: int,
+    *,
+    gamma: int = 2,
+    keep: np.ndarray | None = None,
+) -> Selection:
+    """T-SHIRT's `tshirt_select.py` (METHODS §12.2): rows in table (file) order, those with a NaN
+    mean or spread or not kept are skipped; a min-heap of (mean, position) holds the gamma·b
+    largest means (a new row replaces the heap's smallest when larger, `heapq.heappushpop`);
+    of those, `heapq.nsmallest(b, heap, key=spread)` (stable over the heap's list order), in
+    ascending spread. It returns fewer than b rows when fewer are eligible; the note says so."""
+    ids_arr = check_ids(ids)
+    check_count(budget)
+    n = len(ids_arr)
+    mean, spread = np.asarray(mean, np.float64), np.asarray(spread, np.float64)
+    ok = keep_mask(keep, n) & np.isfinite(mean) & np.isfinite(spread)
+    size = int(gamma) * budget
+    heap: list[tuple[float, int]] = []
+    for i in np.flatnonzero(ok):
+        item = (float(mean[i]), int(i))
+        if len(heap) < size:
+            heapq.heappush(heap, item)
+        elif size:
+            heapq.heappushpop(heap, item)
+    chosen = heapq.nsmallest(budget, heap, key=lambda item: spread[item[1]])
+    eligible = int(ok.sum())
+    note = (
+        ""
+        if len(chosen) == budget
+        else f"the reference selection returns {len(chosen)} rows: only {eligible} of {n} are "
+        f"eligible (finite mean and spread, kept by the filter); asked for {budget}"
+    )
+    return Selection(tuple(str(ids_arr[i]) for _, i in chosen), budget, eligible, note)

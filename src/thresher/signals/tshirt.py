@@ -36,31 +36,38 @@ def token_delta(cond: np.ndarray, uncond: np.ndarray) -> np.ndarray:
     return cond[:, offset:] - uncond
 
 
-def copy_ifd(cond: np.ndarray, uncond: np.ndarray) -> np.ndarray:
+def copy_ifd(cond: np.ndarray, uncond: np.ndarray, dtype: type = np.float64) -> np.ndarray:
     """IFD of each copy as the reference computes it: PPL(y|x) / PPL(y) over each pass's own
-    tokens (T and T − 1 in reproduce mode on GPT-2). NaN for a copy with no tokens."""
-    cond, uncond = np.asarray(cond, np.float64), np.asarray(uncond, np.float64)
+    tokens (T and T − 1 in reproduce mode on GPT-2). NaN for a copy with no tokens.
+    `dtype=np.float32`: `exp(mean cond loss) / exp(mean uncond loss)` in float32, as the code."""
+    cond, uncond = np.asarray(cond, dtype), np.asarray(uncond, dtype)
     if cond.shape[1] == 0 or uncond.shape[1] == 0:
         return np.full(cond.shape[0], np.nan)
+    if dtype is np.float32:
+        loss_c, loss_u = -cond.mean(axis=1, dtype=dtype), -uncond.mean(axis=1, dtype=dtype)
+        return np.exp(loss_c) / np.exp(loss_u)
     return np.exp(uncond.mean(axis=1) - cond.mean(axis=1))
 
 
-def sifd(delta: np.ndarray, threshold: float) -> np.ndarray:
+def sifd(delta: np.ndarray, threshold: float, dtype: type = np.float64) -> np.ndarray:
     """S-IFD of each copy: exp(−mean Δ over tokens with |Δ| > threshold), strict as the reference;
-    a copy where no token survives gets count 1 and sum 0, so S-IFD = 1 (reference clamp)."""
-    delta = np.asarray(delta, np.float64)
-    keep = np.abs(delta) > threshold
-    counts = np.maximum(keep.sum(axis=1), 1)
-    return np.exp(-np.where(keep, delta, 0.0).sum(axis=1) / counts)
+    a copy where no token survives gets count 1 and sum 0, so S-IFD = 1 (reference clamp).
+    `dtype=np.float32` computes as the reference's torch code: the threshold compared in float32
+    (a Python float against a float32 tensor) and the mean and exp in float32."""
+    delta = np.asarray(delta, dtype)
+    keep = np.abs(delta) > dtype(threshold)
+    counts = np.maximum(keep.sum(axis=1), 1).astype(dtype)
+    return np.exp(-np.where(keep, delta, dtype(0)).sum(axis=1, dtype=dtype) / counts)
 
 
-def copy_moments(values: np.ndarray) -> tuple[float, float]:
+def copy_moments(values: np.ndarray, dtype: type = np.float64) -> tuple[float, float]:
     """μ̂ and σ̂ over copies: mean and population standard deviation (1/M, the poster's Eq. 4 and
-    the code's `std(unbiased=False)`). NaN for no copies."""
-    values = np.asarray(values, np.float64)
+    the code's `std(unbiased=False)`), in `dtype` (the reference's torch mean and std of S-IFD
+    are float32). NaN for no copies."""
+    values = np.asarray(values, dtype)
     if values.size == 0:
         return float("nan"), float("nan")
-    return float(values.mean()), float(values.std())
+    return float(values.mean(dtype=dtype)), float(values.std(dtype=dtype))
 
 
 def abs_percentile(chunks: Callable[[], Iterable[np.ndarray]], q: float) -> float:
