@@ -13,9 +13,10 @@ three variants of the `cond` pass (alpaca template, max_length 512, log-prob + e
 Each variant is warmed up, then timed `--repeats` times in rotating order; the figure is the
 median, and the cost of activation capture is the ratio to `plain` within this run (the
 machine may be shared and noisy). Memory: the bytes each row adds to the pass shards (float32,
-measured from the parquet files written) and what a row holds in memory afterwards: the float32
-activations of a loaded pass (`mads`), or one projection per layer for `nait`, which streams its
-pool pass shard by shard as `thresher run --method nait` does. The peak memory
+measured from the parquet files written) and what a row holds in memory afterwards: one
+projection per layer for `nait` and its tags for `mads`, which both stream their pool pass
+shard by shard as `thresher run` does, or the float32 activations of a loaded pass
+(`mads_loaded`: MADS as it ran before it streamed, the same tags). The peak memory
 of each variant is measured in a child process of its own that runs the whole pass through the
 local engine (shards written, then loaded, as `thresher run` does): peak RSS minus the RSS after
 the model loaded and scored one row (the memory-mapped weights are paged in by the first forward),
@@ -52,6 +53,7 @@ from thresher import data as data_mod  # noqa: E402
 from thresher.cache import PassStore, key_material  # noqa: E402
 from thresher.engine.scorer import Scorer  # noqa: E402
 from thresher.methods import mads, nait  # noqa: E402
+from thresher.methods.mads import stream_tags  # noqa: E402
 from thresher.methods.nait import pool_projections  # noqa: E402
 from thresher.models import load_model  # noqa: E402
 from thresher.passes import PassSpec  # noqa: E402
@@ -138,10 +140,21 @@ def child_peak(a: argparse.Namespace, variant: str) -> float:
                 "pc1",
             )
             assert len(cond.ids) == len(ids) and all(len(v) == len(ids) for v in proj["t"].values())
+        elif variant in ("mads", "mads_loaded"):
+            # as `thresher run --method mads` does now (the pool pass streamed shard by shard into
+            # tags), or as it did before (the whole pass loaded, then tagged)
+            streamed = variant == "mads"
+            res = run_pass(read.samples, scorer, store, progress=False, load_stats=not streamed)
+            source = store if streamed else res.stats
+            cols = list(spec.activation_columns())
+            rule = dict(rule="quantile", q=0.99, sample=4096, tau=None, k=82, z0=3.0)
+            _, tags, _, _ = stream_tags(source, ids, cols, **rule)
+            held = sum(t.nbytes + sys.getsizeof(t) for layer in tags for t in layer) / len(ids)
+            return peak_mb() - loaded, held
         else:
             res = run_pass(read.samples, scorer, store, progress=False)
             assert len(res.stats) == len(read.samples)
-    return peak_mb() - loaded
+    return peak_mb() - loaded, 0.0
 
 
 def load_factor(spec: PassSpec, width: int, rows: int = 4000, shard_rows: int = 64) -> float:
@@ -202,14 +215,17 @@ def main() -> None:
         default=str(ROOT.parent / "shared" / "data" / "alpaca_en_demo.json"),
         help="default: alpaca_en_demo.json beside the project",
     )
-    ap.add_argument("--child", choices=["plain", "nait", "mads", "load"], help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--child", choices=["plain", "nait", "mads", "mads_loaded", "load"], help=argparse.SUPPRESS
+    )
     a = ap.parse_args()
     if a.child == "load":
         spec = variants(30)["mads"]
         print(json.dumps({"factor": load_factor(spec, 1536)}))
         return
     if a.child:
-        print(json.dumps({"peak_mb": child_peak(a, a.child)}))
+        peak, held = child_peak(a, a.child)
+        print(json.dumps({"peak_mb": peak, "held_bytes_per_row": held}))
         return
     torch.set_num_threads(a.threads)
     lm = load_model("smollm2-135m")
@@ -251,7 +267,8 @@ def main() -> None:
             ).stdout.splitlines()[-1]
         )
 
-    peak = {k: child(k)["peak_mb"] for k in specs}
+    children = {k: child(k) for k in [*specs, "mads_loaded"]}
+    peak = {k: c["peak_mb"] for k, c in children.items()}
     factor = child("load")[
         "factor"
     ]  # peak of loading activations over their bytes, measured at 4,000 rows
@@ -264,7 +281,7 @@ def main() -> None:
         f"loading pooled activations peaks at {factor:.2f}x their bytes (synthetic pass, 4,000 rows)"
     )
     print(
-        f"{'variant':<7} {'s':>7} {'rows/s':>7} {'x plain':>8} {'act cols':>8} {'shard B/row':>11} {'held B/row':>10} {'52K shards':>10} {'52K held':>10} {'peak MB':>8} {'52K peak MB':>11}"
+        f"{'variant':<11} {'s':>7} {'rows/s':>7} {'x plain':>8} {'act cols':>8} {'shard B/row':>11} {'held B/row':>10} {'52K shards':>10} {'52K held':>10} {'peak MB':>8} {'52K peak MB':>11}"
     )
     with tempfile.TemporaryDirectory() as tmp:
         shard_bytes = {}
@@ -275,26 +292,33 @@ def main() -> None:
             shard_bytes[k] = path.stat().st_size / len(samples)
     base = statistics.median(times["plain"])
     result = {}
-    for k in specs:
-        t = statistics.median(times[k])
-        acts = cols[k]["activations"]
-        loaded = sum(v.shape[1] * 4 for v in acts.values())
-        # nait streams its pool pass: a row holds one float64 projection per layer, not its activations
-        held = 8 * len(acts) if k == "nait" else loaded
-        extra = shard_bytes[k] - shard_bytes["plain"]
-        # the loaded pass also holds each row's log-probs and entropies (float64 ragged arrays)
-        per_row = (held if k == "nait" else factor * loaded) + 16 * sum(
-            len(x) for x in cols[k]["logprob"]
+    # mads_loaded: the same pass and tags as mads, with the pass loaded whole (how mads ran before
+    # it streamed); it shares mads's timing and shards
+    for k in [*specs, "mads_loaded"]:
+        v = "mads" if k == "mads_loaded" else k
+        t = statistics.median(times[v])
+        acts = cols[v]["activations"]
+        loaded = sum(w.shape[1] * 4 for w in acts.values())
+        # what a row holds once its activations are consumed: nait one float64 projection per
+        # layer, mads its tags (measured in the child); a loaded pass its float32 activations
+        held = {"nait": 8 * len(acts), "mads": children["mads"]["held_bytes_per_row"]}.get(
+            k, loaded
+        )
+        extra = shard_bytes[v] - shard_bytes["plain"]
+        streamed = k in ("nait", "mads")
+        # a loaded pass also holds each row's log-probs and entropies (float64 ragged arrays)
+        per_row = (held if streamed else factor * loaded) + 16 * sum(
+            len(x) for x in cols[v]["logprob"]
         ) / len(samples)
         at_full = peak[k] + per_row * (FULL - len(samples)) / 2**20
         print(
-            f"{k:<7} {t:7.2f} {len(samples) / t:7.1f} {t / base:8.2f} {len(acts):8d} {shard_bytes[k]:11.0f} {held:10d} "
-            f"{shard_bytes[k] * FULL / 1e9:8.2f}GB {held * FULL / 1e9:8.2f}GB {peak[k]:8.0f} {at_full:11.0f}"
+            f"{k:<11} {t:7.2f} {len(samples) / t:7.1f} {t / base:8.2f} {len(acts):8d} {shard_bytes[v]:11.0f} {held:10.0f} "
+            f"{shard_bytes[v] * FULL / 1e9:8.2f}GB {held * FULL / 1e9:8.2f}GB {peak[k]:8.0f} {at_full:11.0f}"
         )
         result[k] = {
             "seconds": t,
             "ratio_to_plain": t / base,
-            "shard_bytes_per_row": shard_bytes[k],
+            "shard_bytes_per_row": shard_bytes[v],
             "activation_shard_bytes_per_row": extra,
             "activation_bytes_per_row": loaded,
             "held_bytes_per_row": held,

@@ -192,3 +192,45 @@ def test_mads_on_40_real_rows(shared_data, tmp_path):
     d = manifest["diagnostics"]
     # complexity-first starts from the most-tagged rows, so the subset carries more tags than the pool
     assert d["mean_tags_subset"] >= d["mean_tags_pool"] and 0 < d["tag_coverage_subset"] <= 1
+
+
+@pytest.mark.parametrize("rule", ["quantile", "topk", "zscore"])
+def test_streamed_tags_equal_the_tags_of_the_loaded_pass(tmp_path, rule):
+    """MADS reads its pool pass shard by shard (memory grows with the tags, not the activations):
+    the tags, thresholds and finite rows equal those of the whole pass loaded at once."""
+    from thresher.cache import PassStore
+    from thresher.methods.mads import pool_pass, stream_tags
+
+    rng = np.random.default_rng(0)
+    spec = pool_pass("m", layers=[0, 2]).resolve(4)
+    cols = spec.activation_columns()
+    ids = [f"r{i:03d}" for i in range(50)]
+    store = PassStore(tmp_path, spec, {"pass": spec.to_dict()})
+    store.open()
+    order = rng.permutation(len(ids))  # shards committed in another order than the dataset's
+    for a in range(0, len(ids), 16):
+        part = [ids[i] for i in order[a : a + 16]]
+        acts = {c: rng.standard_normal((len(part), 12)).astype(np.float32) for c in cols}
+        if "r007" in part:
+            acts[cols[1]][part.index("r007")] = np.nan  # a row not finite in one layer
+        n = len(part)
+        store.write_shard(
+            {
+                "id": part,
+                "status": ["ok"] * n,
+                "n_prompt_tokens": [1] * n,
+                "n_response_tokens": [1] * n,
+                "n_scored": [1] * n,
+                "truncated": [""] * n,
+                "logprob": [np.zeros(1)] * n,
+                "activations": acts,
+            }
+        )
+    args = dict(rule=rule, q=0.9, sample=20, tau=None, k=3, z0=1.5)
+    _, streamed, widths, finite = stream_tags(store, ids, list(cols), **args)
+    _, loaded, widths2, finite2 = stream_tags(store.load(order=ids), ids, list(cols), **args)
+    assert widths == widths2 == [12, 12] and finite.tolist() == finite2.tolist()
+    assert not finite[7] and finite.sum() == 49
+    for a, b in zip(streamed, loaded, strict=True):
+        assert [t.tolist() for t in a] == [t.tolist() for t in b]
+    assert sum(len(t) for t in streamed[0]) > 0 and len(streamed[1][7]) == 0

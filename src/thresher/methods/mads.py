@@ -24,11 +24,12 @@ from thresher.methods.base import (
     SignalInputs,
     Signals,
     SignalTable,
+    StreamedPass,
     method,
     token_counts,
 )
 from thresher.methods.table import budget_rows
-from thresher.passes import PassSpec, Pooling
+from thresher.passes import PassSpec, Pooling, TokenStats
 from thresher.selectors.base import Selection
 from thresher.selectors.coverage import STRATEGIES, select_coverage
 from thresher.signals import mads as sig
@@ -159,22 +160,13 @@ def mads(
     )
 
     def signals(x: SignalInputs) -> Signals:
-        stats, resolved = x.stats["cond"], x.passes["cond"].pooling.layers
-        per_layer, layer_widths = [], []
-        for li, layer in enumerate(resolved):
-            a = stats.activations[f"{field}.{layer}"]
-            layer_widths.append(a.shape[1])
-            t = (
-                sig.tag_thresholds(a, q, quantile_sample, seed=li)
-                if tag_rule == "quantile"
-                else tau
-            )
-            per_layer.append(sig.layer_tags(a, tag_rule, tau=t, k=k, z0=z0))
-        tags = sig.merge_layers(per_layer, max(layer_widths))
-        finite = np.all(
-            [np.isfinite(stats.activations[f"{field}.{layer}"]).all(axis=1) for layer in resolved],
-            axis=0,
+        resolved = x.passes["cond"].pooling.layers
+        columns = [f"{field}.{layer}" for layer in resolved]
+        rule = dict(rule=tag_rule, q=q, sample=quantile_sample, tau=tau, k=k, z0=z0)
+        stats, per_layer, layer_widths, finite = stream_tags(
+            x.stats["cond"], x.ids, columns, **rule
         )
+        tags = sig.merge_layers(per_layer, max(layer_widths))
         col = np.empty(len(tags), dtype=object)
         col[:] = [t.astype(np.int32) for t in tags]
         # the share of each layer's neurons that are strongly activated, per sample (MADS Fig. 2)
@@ -277,7 +269,74 @@ def mads(
         "mads_n_tags",
         select,
         diagnostics=diagnostics,
+        streamed=("cond",),
     )
+
+
+def stream_tags(
+    cond: StreamedPass | TokenStats,
+    ids: list[str],
+    columns: list[str],
+    *,
+    rule: str,
+    q: float,
+    sample: int,
+    tau: float | None,
+    k: int,
+    z0: float,
+) -> tuple[TokenStats, list[list[np.ndarray]], list[int], np.ndarray]:
+    """Each layer's tags per sample (in `ids` order), reading the pool pass one shard at a time
+    (a loaded TokenStats, in tests, counts as one shard), so memory grows with the tags, not with
+    the activations (layers x width floats a row).
+
+    Pass 1 records which rows are finite per layer (and the per-neuron moments for the z-score
+    rule); the quantile rule's threshold rows are then drawn from that, as `tag_thresholds`
+    draws them, and pass 2 reads their values; pass 3 tags every shard. Returns the pass without
+    activations, the tags per layer, the layer widths and which rows are finite in every layer."""
+    pos = {i: r for r, i in enumerate(ids)}
+
+    def shards():
+        return [cond] if isinstance(cond, TokenStats) else cond.scan(tuple(columns))
+
+    def rows_of(shard: TokenStats) -> np.ndarray:
+        return np.array([pos[i] for i in shard.ids], dtype=np.int64)
+
+    finite = np.zeros((len(columns), len(ids)), dtype=bool)
+    widths = [0] * len(columns)
+    moments = [sig.NeuronMoments() for _ in columns]
+    for shard in shards():
+        rows = rows_of(shard)
+        for li, c in enumerate(columns):
+            a = shard.activations[c]
+            widths[li] = a.shape[1]
+            ok = np.all(np.isfinite(a), axis=1)
+            finite[li, rows] = ok
+            if rule == "zscore":
+                moments[li].add(a[ok])
+    taus: list[float | None] = [tau] * len(columns)
+    if rule == "quantile":
+        picked = [sig.threshold_rows(finite[li], sample, seed=li) for li in range(len(columns))]
+        wanted = [set(p.tolist()) for p in picked]
+        values: list[dict[int, np.ndarray]] = [{} for _ in columns]
+        for shard in shards():
+            for j, r in enumerate(rows_of(shard)):
+                for li, c in enumerate(columns):
+                    if r in wanted[li]:
+                        values[li][int(r)] = shard.activations[c][j]
+        taus = [
+            sig.quantile_threshold(np.stack([values[li][r] for r in picked[li]]), q)
+            for li in range(len(columns))
+        ]
+    per_layer: list[list[np.ndarray]] = [[np.zeros(0, np.int64)] * len(ids) for _ in columns]
+    for shard in shards():
+        rows = rows_of(shard)
+        for li, c in enumerate(columns):
+            m = moments[li].result(widths[li]) if rule == "zscore" else None
+            tags = sig.layer_tags(shard.activations[c], rule, tau=taus[li], k=k, z0=z0, moments=m)
+            for r, t in zip(rows, tags, strict=True):
+                per_layer[li][r] = t
+    base = cond if isinstance(cond, TokenStats) else cond.load((), order=ids)
+    return base, per_layer, widths, finite.all(axis=0)
 
 
 def _quartiles(x: np.ndarray) -> list[float]:

@@ -16,16 +16,57 @@ WEIGHTS = ("none", "idf")
 def tag_thresholds(pooled: np.ndarray, q: float, sample: int, seed: int) -> float:
     """tau_l: the q-quantile of all pooled values of one layer, over a seeded random subset of at
     most `sample` finite rows (numpy's linear interpolation)."""
-    if not 0.0 < q < 1.0:
-        raise ValueError(f"quantile q={q}: expected a number in (0, 1), e.g. 0.99")
-    rows = np.flatnonzero(np.all(np.isfinite(pooled), axis=1))
+    rows = threshold_rows(np.all(np.isfinite(pooled), axis=1), sample, seed)
+    return quantile_threshold(pooled[rows], q)
+
+
+def threshold_rows(finite: np.ndarray, sample: int, seed: int) -> np.ndarray:
+    """The rows tau_l is estimated on: at most `sample` of the finite rows, drawn with
+    `default_rng(seed)`, ascending. Needs only which rows are finite, so a streamed pass picks
+    them before reading any activation."""
+    rows = np.flatnonzero(finite)
     if len(rows) == 0:
         raise ValueError(
             "no row of this layer has finite activations: nothing to set a threshold on"
         )
     if len(rows) > sample:
         rows = np.sort(np.random.default_rng(seed).choice(rows, size=sample, replace=False))
-    return float(np.quantile(pooled[rows].astype(np.float64), q))
+    return rows
+
+
+def quantile_threshold(values: np.ndarray, q: float) -> float:
+    """The q-quantile of every value of the threshold rows [rows, width] (linear)."""
+    if not 0.0 < q < 1.0:
+        raise ValueError(f"quantile q={q}: expected a number in (0, 1), e.g. 0.99")
+    return float(np.quantile(np.asarray(values, dtype=np.float64), q))
+
+
+class NeuronMoments:
+    """Per-neuron mean and population standard deviation over rows added in batches (Chan et
+    al.'s pairwise update, float64), for the z-score rule over a pool read shard by shard."""
+
+    def __init__(self) -> None:
+        self.n, self.mean, self.m2 = 0, None, None
+
+    def add(self, x: np.ndarray) -> None:
+        x = np.asarray(x, dtype=np.float64)
+        if not len(x):
+            return
+        mean = x.mean(axis=0)
+        m2 = ((x - mean) ** 2).sum(axis=0)
+        if self.n == 0:
+            self.n, self.mean, self.m2 = len(x), mean, m2
+            return
+        n = self.n + len(x)
+        delta = mean - self.mean
+        self.mean = self.mean + delta * len(x) / n
+        self.m2 = self.m2 + m2 + delta**2 * self.n * len(x) / n
+        self.n = n
+
+    def result(self, width: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.n == 0:
+            return np.zeros(width), np.zeros(width)
+        return self.mean, np.sqrt(self.m2 / self.n)
 
 
 def layer_tags(
@@ -35,11 +76,13 @@ def layer_tags(
     tau: float | None = None,
     k: int | None = None,
     z0: float | None = None,
+    moments: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> list[np.ndarray]:
     """Neuron indices tagged per row of one layer [n, width]. A row with NaN gets no tag.
 
     quantile / absolute: p >= tau; topk: the k largest (ties by lower index), exactly k;
-    zscore: per-neuron z over the rows >= z0 (a neuron with zero spread is never tagged).
+    zscore: per-neuron z over the rows >= z0 (a neuron with zero spread is never tagged), with
+    the per-neuron (mean, std) of the whole pool in `moments` when `pooled` is one shard of it.
     """
     check_choice("tag_rule", rule, TAG_RULES)
     x = np.asarray(pooled, dtype=np.float64)
@@ -57,8 +100,11 @@ def layer_tags(
     else:
         if z0 is None:
             raise ValueError("tag_rule='zscore' needs z0, e.g. 3.0")
-        mu = x[ok].mean(axis=0) if ok.any() else np.zeros(x.shape[1])
-        sd = x[ok].std(axis=0) if ok.any() else np.zeros(x.shape[1])
+        if moments is not None:
+            mu, sd = moments
+        else:
+            mu = x[ok].mean(axis=0) if ok.any() else np.zeros(x.shape[1])
+            sd = x[ok].std(axis=0) if ok.any() else np.zeros(x.shape[1])
         with np.errstate(divide="ignore", invalid="ignore"):
             z = np.where(sd > 0, (x - mu) / np.where(sd > 0, sd, 1.0), -np.inf)
         hit = z >= z0
