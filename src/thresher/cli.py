@@ -555,7 +555,7 @@ def _dispatch(a: argparse.Namespace) -> int:
         cmd_demo(a)
         return 0
     if a.command == "eval":
-        from thresher.evaluate import evaluate, format_results
+        from thresher.evaluation import evaluate, format_results
 
         results = evaluate(
             a.target,
