@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import signal
@@ -46,7 +47,8 @@ EXAMPLES = {
   thresher eval smollm2-135m --tasks nll:gsm8k_test.jsonl mc:mmlu_stem_test.jsonl --limit 200
   thresher eval runs/ifd --tasks nll:alpaca_eval.json        # the model trained into runs/ifd, else its scorer
   thresher eval ./my-model --tasks gsm8k:gsm8k_test.jsonl --limit 50 --template chat   # greedy, slow
-  thresher eval ./my-model --tasks lm_eval:hellaswag --limit 100   # needs requirements/eval.txt""",
+  thresher eval smollm2-135m --tasks lm_eval:my_task --lm-eval-include my_tasks/   # offline, your task YAMLs
+  thresher eval smollm2-135m runs/ifd runs/random --tasks lm_eval:arc_easy --limit 200   # one table per task: differences from the first model""",
     "report": """examples:
   thresher report runs/ifd                       # writes runs/ifd/report.html
   thresher report runs/ifd runs/ppl runs/random --out compare.html""",
@@ -152,7 +154,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def _add_eval_flags(sp: argparse.ArgumentParser) -> None:
     sp.add_argument(
-        "target", metavar="MODEL_OR_RUN", help="alias, model folder, hub id, or a run folder"
+        "targets",
+        nargs="+",
+        metavar="MODEL_OR_RUN",
+        help="alias, model folder, .gguf file, hub id, or run folder; with several, each task's "
+        "table gives the differences from the first",
     )
     sp.add_argument(
         "--tasks",
@@ -188,11 +194,24 @@ def _add_eval_flags(sp: argparse.ArgumentParser) -> None:
         "--batch-tokens", type=int, default=2048, help="rows x padded length per forward batch"
     )
     sp.add_argument("--threads", type=int, help="torch threads (default: torch's)")
-    sp.add_argument("--out", help="results JSON (default: RUN/eval.json for a run folder)")
+    sp.add_argument(
+        "--dtype", help="model dtype (default: a run folder's, else float32), for every task"
+    )
+    sp.add_argument("--device", help="model device (default: a run folder's, else cpu)")
+    sp.add_argument(
+        "--out", help="results JSON (also written to RUN/eval.json for every run folder)"
+    )
     sp.add_argument(
         "--lm-eval-include",
         metavar="DIR",
         help="lm_eval tasks: a folder of your own task YAMLs (lm-eval's --include_path)",
+    )
+    sp.add_argument(
+        "--lm-eval-metric",
+        action="append",
+        metavar="NAME",
+        help="lm_eval tasks: keep only these metrics, the first one present as the headline "
+        "(default: every metric in the task's higher_is_better, headline its first metric_list one)",
     )
     sp.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -533,13 +552,44 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, ImportError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e, (ValueError, ImportError, FileNotFoundError)) else 1
-    except OSError as e:  # a full disk, a folder we may not write to, a read-only file system
-        where = f": {e.filename}" if e.filename else ""
+    except ConnectionError as e:  # the hub (or another server) cannot be reached
         print(
-            f"error: {e.strerror or e}{where}. Finished shards are kept: free space or fix the permissions (or pick another --out), then rerun the same command to resume.",
+            f"error: {e}. Given {_given(args)}: what is not stored locally was looked for on the "
+            "hub, which cannot be reached. Give local files instead: a model folder, a .gguf file "
+            "or an alias (thresher ls models), and for lm_eval tasks a --lm-eval-include folder of "
+            "task YAMLs whose data are local files.",
             file=sys.stderr,
         )
         return 1
+    except OSError as e:
+        where = f": {e.filename}" if e.filename else ""
+        if e.errno in DISK_ERRNOS:
+            print(
+                f"error: {e.strerror or e}{where}. Finished shards are kept: free space or fix the permissions (or pick another --out), then rerun the same command to resume.",
+                file=sys.stderr,
+            )
+        else:  # e.g. transformers' "couldn't connect to the hub and couldn't find the files"
+            print(f"error: {e}{where} (given {_given(args)})", file=sys.stderr)
+        return 1
+
+
+# a full disk, a folder we may not write to, a read-only file system
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def _given(a: argparse.Namespace) -> str:
+    """The models, data and tasks a command was given, for error messages."""
+    parts = []
+    for key, label in (
+        ("targets", "model"),
+        ("model", "model"),
+        ("data", "data"),
+        ("tasks", "tasks"),
+    ):
+        value = getattr(a, key, None)
+        if value:
+            parts.append(f"{label} {', '.join(value) if isinstance(value, list) else value}")
+    return "; ".join(parts) or "no model or data"
 
 
 def _dispatch(a: argparse.Namespace) -> int:
@@ -555,10 +605,10 @@ def _dispatch(a: argparse.Namespace) -> int:
         cmd_demo(a)
         return 0
     if a.command == "eval":
-        from thresher.evaluation import evaluate, format_results
+        from thresher.evaluation import evaluate_models, format_evaluation
 
-        results = evaluate(
-            a.target,
+        evaluation = evaluate_models(
+            a.targets,
             a.tasks,
             template=a.template,
             limit=a.limit,
@@ -570,9 +620,12 @@ def _dispatch(a: argparse.Namespace) -> int:
             threads=a.threads,
             progress=not a.no_progress,
             out=a.out,
+            dtype=a.dtype,
+            device=a.device,
             lm_eval_include=a.lm_eval_include,
+            lm_eval_metrics=a.lm_eval_metric,
         )
-        print(format_results(results))
+        print(format_evaluation(evaluation))
         return 0
     if a.command == "report":
         from thresher.report import write_report

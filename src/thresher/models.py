@@ -265,6 +265,41 @@ def tokenizer_hash(
     return _tokenizer_hash(tok)
 
 
+# ours: what `from_pretrained` reads from a hub repository (config, safetensors weights and
+# index, tokenizer and chat-template files); never code (`trust_remote_code` stays off) nor
+# other weight formats
+HUB_FILES = ("*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken")
+
+
+def local_folder(ref: ModelRef) -> Path:
+    """The local transformers folder that `load_model(ref)` reads, for programs that load the
+    model themselves (lm-evaluation-harness): a GGUF's converted safetensors folder (converting
+    it first if needed), a local folder as it is, or a hub id's snapshot in the hub cache
+    (fetched first when the hub is reachable). Nothing is asked of the hub but for hub ids."""
+    folder, _ = _source(ref)
+    if folder is not None:
+        return folder
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:  # falls back to the cached snapshot when the hub cannot be reached
+        folder = Path(
+            snapshot_download(ref.path_or_id, revision=ref.revision, allow_patterns=list(HUB_FILES))
+        )
+    except (LocalEntryNotFoundError, ConnectionError) as e:
+        raise FileNotFoundError(
+            f"model {ref.name!r} is not in the local hub cache and the hub cannot be reached "
+            f"({type(e).__name__}). Give a local model folder, a .gguf file or an alias "
+            f"({', '.join(ALIASES)}), or run once where the hub is reachable"
+        ) from e
+    if not any(folder.glob("*.safetensors")):
+        raise FileNotFoundError(
+            f"hub model {ref.name!r} has no *.safetensors weights in {folder}: load it once with "
+            "transformers, save_pretrained it to a folder, and give that folder"
+        )
+    return folder
+
+
 def _converted(ref: ModelRef) -> Path:
     """The safetensors folder for a GGUF model, converting it first if needed."""
     gguf = Path(ref.path_or_id) / ref.gguf_file

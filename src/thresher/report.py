@@ -3,7 +3,8 @@
 Plots are SVG written here in Python: per-signal histograms of the pool and the subset with the
 selection threshold marked, subset vs pool length distributions, a 2-D PCA map of pool vs
 subset, and a Jaccard overlap matrix of the selected ids when several runs are given. Tables:
-rejected-row reasons with examples, and the manifest. Everything is read from the run folder
+`thresher eval`'s results or model comparison (`eval.json`), rejected-row reasons with examples,
+and the manifest. Everything is read from the run folder
 (`scores.parquet`, `rejected.jsonl`, `manifest.json`, and `passes/*/` shards for activations).
 """
 
@@ -22,6 +23,7 @@ import pyarrow.parquet as pq
 from thresher import rundir
 from thresher.atomic import write_atomic
 from thresher.cache import ACTIVATION_PREFIXES, fixed_rows
+from thresher.evaluation.compare import evaluation_html
 from thresher.rundir import RunFolder
 
 NOT_SIGNALS = {"id", "line", "status", "selected", "rank"}
@@ -51,6 +53,7 @@ class RunView:
     signals: dict[str, np.ndarray]
     lengths: dict[str, np.ndarray]  # token-count columns
     rejected: list[dict[str, Any]]
+    evaluation: dict[str, Any] | None = None  # eval.json, written by `thresher eval RUN_DIR`
 
     @property
     def name(self) -> str:
@@ -93,6 +96,7 @@ def read_run(run_dir: str | Path) -> RunView:
         signals,
         lengths,
         rejected,
+        json.loads((d / "eval.json").read_text()) if (d / "eval.json").is_file() else None,
     )
 
 
@@ -354,6 +358,8 @@ def _run_section(k: int, run: RunView) -> str:
         if len(rows) > 1
         else "<p>too few rows with finite features for a map</p>"
     )
+    if run.evaluation is not None:
+        out.append("<h3>Evaluation (thresher eval)</h3>" + evaluation_html(run.evaluation))
     out.append("<h3>Rejected rows</h3>" + _rejected_table(run.rejected))
     out.append(
         f"<h3>Manifest</h3><details><summary>manifest.json</summary><pre>{html.escape(json.dumps(m, indent=1))}</pre></details>"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 
 import torch
@@ -35,5 +36,6 @@ def test_gsm8k_exact_cuts_at_the_next_turn_and_compares_the_last_number():
     right = LM(Echo("She makes 18 dollars.\n\n### Instruction:\n5"), tok, Info())
     metrics, n, skipped = gsm8k.gsm8k_exact(right, samples)
     assert metrics["exact_match"] == 1.0 and n == 1 and skipped == Counter({"no_gold_number": 1})
+    assert math.isnan(metrics["exact_match_stderr"])  # one item: no standard error
     wrong = LM(Echo("She makes 19 dollars."), tok, Info())
     assert gsm8k.gsm8k_exact(wrong, samples)[0]["exact_match"] == 0.0

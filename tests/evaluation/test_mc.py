@@ -41,6 +41,7 @@ def test_multiple_choice_on_a_uniform_model(uniform):
     metrics, n, skipped = mc.multiple_choice(uniform, items)
     assert n == 3 and not skipped
     assert metrics["acc"] == pytest.approx(2 / 3)
+    assert metrics["acc_stderr"] == pytest.approx(math.sqrt(2 / 3 * 1 / 3 / 2))  # p(1-p)/(n-1)
     # per byte: -n_tokens * ln V / bytes; the larger (less negative) wins
     per_byte = [
         -n_long * v / len((" " + long_).encode()),

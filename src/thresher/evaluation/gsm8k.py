@@ -10,6 +10,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from thresher.data import Sample
+from thresher.evaluation.tasks import mean_stderr
 from thresher.passes import PassSpec
 
 # ours: GSM8K worked answers are ~100-200 tokens; 256 new tokens leaves room without running on
@@ -56,7 +57,8 @@ def gsm8k_exact(
     lead = [] if renderer.template.name == "chat" else renderer.bos
     tok = lm.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    hits, n, skipped = 0, 0, Counter()
+    hits: list[float] = []
+    skipped: Counter = Counter()
     for s in tqdm(samples, desc="gsm8k", unit="item", disable=not progress):
         gold = gold_number(s.response)
         if gold is None:
@@ -74,6 +76,12 @@ def gsm8k_exact(
         text = tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
         for stop in STOPS:
             text = text.split(stop)[0]
-        hits += last_number(text) == gold
-        n += 1
-    return {"exact_match": hits / n if n else math.nan}, n, skipped
+        hits.append(float(last_number(text) == gold))
+    return (
+        {
+            "exact_match": sum(hits) / len(hits) if hits else math.nan,
+            "exact_match_stderr": mean_stderr(hits),
+        },
+        len(hits),
+        skipped,
+    )

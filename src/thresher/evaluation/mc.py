@@ -14,7 +14,7 @@ import numpy as np
 
 from thresher.data import Message, Sample
 from thresher.evaluation.nll import cond_scorer, score_samples
-from thresher.evaluation.tasks import EVAL_MAX_LENGTH
+from thresher.evaluation.tasks import EVAL_MAX_LENGTH, mean_stderr
 
 MC_LETTERS = "ABCDEFGHIJ"
 
@@ -105,7 +105,8 @@ def multiple_choice(
     progress: bool = False,
 ) -> tuple[dict[str, float], int, Counter]:
     """Accuracy by continuation log-likelihood. Headline: `acc` (the summed log-likelihood);
-    `acc_norm` divides by the continuation's UTF-8 bytes, as lm-evaluation-harness does."""
+    `acc_norm` divides by the continuation's UTF-8 bytes, as lm-evaluation-harness does. Each
+    comes with its standard error over items (`*_stderr`)."""
     samples = []
     for item in items:
         context, conts = mc_prompt(item, style)
@@ -123,7 +124,8 @@ def multiple_choice(
         cond_scorer(lm, "{instruction}", max_length, batch_tokens), samples, "mc", progress
     )
     skipped: Counter = Counter()
-    hits = hits_norm = n = 0
+    hits: list[float] = []
+    hits_norm: list[float] = []
     a = 0
     for item in items:
         b = a + len(item.choices)
@@ -138,17 +140,18 @@ def multiple_choice(
                 [len(samples[i].response.encode()) for i in range(a, b)], dtype=np.float64
             )
             pick, pick_norm = choose(ll, nb)
-            hits += pick == item.answer
-            hits_norm += pick_norm == item.answer
-            n += 1
+            hits.append(float(pick == item.answer))
+            hits_norm.append(float(pick_norm == item.answer))
         a = b
     nan = math.nan
     return (
         {
-            "acc": hits / n if n else nan,
-            "acc_norm": hits_norm / n if n else nan,
+            "acc": float(np.mean(hits)) if hits else nan,
+            "acc_stderr": mean_stderr(hits),
+            "acc_norm": float(np.mean(hits_norm)) if hits else nan,
+            "acc_norm_stderr": mean_stderr(hits_norm),
             "chance": float(np.mean([1 / len(i.choices) for i in items])) if items else nan,
         },
-        n,
+        len(hits),
         skipped,
     )

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from thresher.data import Sample
-from thresher.evaluation.tasks import EVAL_MAX_LENGTH
+from thresher.evaluation.tasks import EVAL_MAX_LENGTH, mean_stderr, ratio_stderr
 from thresher.passes import PassSpec
 
 CHUNK_ROWS = 64  # ours: rows per Scorer call, for a progress bar and bounded memory
@@ -61,7 +61,8 @@ def response_nll(
 
     Returns metrics `nll_token` (sum of NLL over every response token / number of tokens: the
     headline, the quantity a trainer's loss averages) and `nll_sample` (mean over items of each
-    item's mean token NLL), the items evaluated, skip reasons, and how many were truncated.
+    item's mean token NLL), each with its standard error over items (`*_stderr`), the items
+    evaluated, skip reasons, and how many were truncated.
     """
     status, logprob, truncated = score_samples(
         cond_scorer(lm, template, max_length, batch_tokens), samples, "nll", progress
@@ -70,12 +71,15 @@ def response_nll(
     skipped = Counter(s for s in status if s != "ok")
     if not ok:
         return {"nll_token": math.nan, "nll_sample": math.nan, "tokens": 0.0}, 0, skipped, 0
-    total = sum(float(-logprob[i].astype(np.float64).sum()) for i in ok)
-    tokens = sum(len(logprob[i]) for i in ok)
-    per_item = [float(-logprob[i].astype(np.float64).mean()) for i in ok]
+    item_nll = [float(-logprob[i].astype(np.float64).sum()) for i in ok]
+    item_tokens = [len(logprob[i]) for i in ok]
+    per_item = [x / t for x, t in zip(item_nll, item_tokens, strict=True)]
+    tokens = sum(item_tokens)
     metrics = {
-        "nll_token": total / tokens,
+        "nll_token": sum(item_nll) / tokens,
+        "nll_token_stderr": ratio_stderr(item_nll, item_tokens),
         "nll_sample": float(np.mean(per_item)),
+        "nll_sample_stderr": mean_stderr(per_item),
         "tokens": float(tokens),
     }
     return metrics, len(ok), skipped, sum(1 for i in ok if truncated[i])

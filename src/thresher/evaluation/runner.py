@@ -1,20 +1,31 @@
-"""`thresher eval`: resolve the target, load its model once, run every task, write the results."""
+"""`thresher eval`: resolve each target, load its model once, run every task, compare the
+models, write the results."""
 
 from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from thresher import data as data_mod
 from thresher.atomic import write_atomic
+from thresher.evaluation.compare import compare, format_comparisons
 from thresher.evaluation.gsm8k import GSM8K_MAX_NEW_TOKENS, gsm8k_exact
 from thresher.evaluation.harness import lm_eval_tasks
 from thresher.evaluation.heldout import content_hash, pool_hashes
 from thresher.evaluation.mc import multiple_choice, read_mc
 from thresher.evaluation.nll import response_nll
-from thresher.evaluation.tasks import EVAL_MAX_LENGTH, TaskResult, TaskSpec, parse_task
+from thresher.evaluation.tasks import (
+    EVAL_MAX_LENGTH,
+    ModelEval,
+    TaskResult,
+    TaskSpec,
+    format_results,
+    parse_task,
+    split_stderr,
+)
 
 
 def resolve_target(target: str) -> tuple[str, Path | None]:
@@ -65,7 +76,7 @@ def run_task(
     label = f"{spec.kind}:{Path(spec.target).name}"
     if spec.kind == "mc":
         items, skipped = read_mc(spec.target, limit)
-        metrics, n, more = multiple_choice(
+        figures, n, more = multiple_choice(
             lm,
             items,
             style=mc_style,
@@ -73,6 +84,7 @@ def run_task(
             batch_tokens=batch_tokens,
             progress=progress,
         )
+        metrics, stderr = split_stderr(figures)
         return TaskResult(
             label,
             "mc",
@@ -84,6 +96,8 @@ def run_task(
             [
                 f"style={mc_style}; acc_norm divides by continuation bytes; ties go to the lowest choice index"
             ],
+            stderr,
+            {"acc": True, "acc_norm": True},
         )
     read = read_pairs(spec.target, columns, limit)
     skipped = Counter(r.reason for r in read.rejected)
@@ -93,7 +107,7 @@ def run_task(
         skipped["in_training_pool"] += len(samples) - len(kept)
         samples = kept
     if spec.kind == "nll":
-        metrics, n, more, n_trunc = response_nll(
+        figures, n, more, n_trunc = response_nll(
             lm,
             samples,
             template=template,
@@ -106,13 +120,24 @@ def run_task(
         ]
         if n_trunc:
             notes.append(f"{n_trunc} items truncated to max_length={max_length}")
+        metrics, stderr = split_stderr(figures)
         return TaskResult(
-            label, "nll", spec.target, metrics, "nll_token", n, dict(skipped + more), notes
+            label,
+            "nll",
+            spec.target,
+            metrics,
+            "nll_token",
+            n,
+            dict(skipped + more),
+            notes,
+            stderr,
+            {"nll_token": False, "nll_sample": False},
         )
     if spec.kind == "gsm8k":
-        metrics, n, more = gsm8k_exact(
+        figures, n, more = gsm8k_exact(
             lm, samples, template=template, max_new_tokens=max_new_tokens, progress=progress
         )
+        metrics, stderr = split_stderr(figures)
         return TaskResult(
             label,
             "gsm8k",
@@ -124,14 +149,112 @@ def run_task(
             [
                 f"greedy, max_new_tokens={max_new_tokens}, template={template}; last number of the generation vs the number after ####"
             ],
+            stderr,
+            {"exact_match": True},
         )
     raise ValueError(
         f"run_task does not handle kind {spec.kind!r}; lm_eval tasks go through lm_eval_tasks"
     )
 
 
-def evaluate(
-    target: str,
+@dataclass(frozen=True)
+class Target:
+    """What one `thresher eval` argument resolves to, before anything loads."""
+
+    given: str
+    model: str  # for load_model: an alias, a model folder, a .gguf file or a hub id
+    run_dir: Path | None
+    revision: str | None
+    dtype: str
+    device: str
+
+
+def resolve_settings(target: str, dtype: str | None = None, device: str | None = None) -> Target:
+    """The model of `target` and how to load it: `dtype`/`device` when given, else the run's own
+    (its manifest's model config), else `ModelConfig`'s defaults (float32 on cpu)."""
+    from thresher.config import ModelConfig
+    from thresher.models import DTYPES
+
+    model, run_dir = resolve_target(target)
+    run_model = (
+        json.loads((run_dir / "manifest.json").read_text())["config"]["model"]
+        if run_dir is not None
+        else {}
+    )
+    default = ModelConfig()
+    dtype = dtype or run_model.get("dtype") or default.dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} for {target!r}: expected one of {list(DTYPES)}")
+    return Target(
+        target,
+        model,
+        run_dir,
+        # the run's revision applies to the model that scored it, not to one trained from it
+        run_model.get("revision") if model == run_model.get("name") else None,
+        dtype,
+        device or run_model.get("device") or default.device,
+    )
+
+
+def evaluate_model(
+    target: Target,
+    specs: list[TaskSpec],
+    *,
+    exclude: set[str] | None = None,
+    lm_eval_include: str | None = None,
+    lm_eval_metrics: list[str] | None = None,
+    limit: int | None = None,
+    **task_kwargs: Any,
+) -> ModelEval:
+    """Every task on one model: thresher's own tasks on the model loaded once, lm_eval tasks on the
+    local folder that load reads, with the dtype and device it used. `task_kwargs` go to
+    `run_task`."""
+    from thresher.models import load_model, local_folder, resolve_model
+
+    ref = resolve_model(target.model, revision=target.revision)
+    lm = None
+    if any(s.kind != "lm_eval" for s in specs):
+        lm = load_model(ref, dtype=target.dtype, device=target.device)
+    folder = str(local_folder(ref)) if any(s.kind == "lm_eval" for s in specs) else None
+    # what the load resolved, when it ran; the strings given otherwise
+    dtype = lm.info.dtype if lm is not None else target.dtype
+    device = str(lm.model.device) if lm is not None else target.device
+    results: list[TaskResult] = []
+    for spec in specs:
+        if spec.kind == "lm_eval":
+            results += lm_eval_tasks(
+                folder,
+                spec.target.split(","),
+                limit=limit,
+                dtype=dtype,
+                device=device,
+                include=lm_eval_include,
+                metrics=lm_eval_metrics,
+            )
+        else:
+            results.append(run_task(lm, spec, limit=limit, exclude=exclude, **task_kwargs))
+    return ModelEval(target.given, target.model, dtype, device, folder, results)
+
+
+@dataclass
+class Evaluation:
+    """`thresher eval` on one or more models; with several, one comparison table per task
+    against the first model."""
+
+    models: list[ModelEval]
+    comparisons: list[dict[str, Any]]
+    notes: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "models": [m.to_dict() for m in self.models],
+            "comparisons": self.comparisons,
+            "notes": self.notes,
+        }
+
+
+def evaluate_models(
+    targets: list[str],
     tasks: list[str],
     *,
     template: str = "alpaca",
@@ -144,47 +267,76 @@ def evaluate(
     threads: int | None = None,
     progress: bool = True,
     out: str | Path | None = None,
+    dtype: str | None = None,
+    device: str | None = None,
     lm_eval_include: str | None = None,
-) -> list[TaskResult]:
-    """`thresher eval`: load the target's model once, run every task, write the results as JSON
-    (to `out`, or `eval.json` in a run folder). Rows of a run's own pool are skipped."""
-    from thresher.models import load_model, set_threads
+    lm_eval_metrics: list[str] | None = None,
+) -> Evaluation:
+    """`thresher eval`: each target's model is loaded once and runs every task; the results (and,
+    for several models, the comparison tables) are written as JSON to `out` and to `eval.json` in
+    every run folder evaluated, whose report.html, when there is one, is written again with them.
 
+    Rows of a run's input pool are skipped for every model (`in_training_pool`), so that all the
+    models are scored on the same rows."""
+    from thresher.models import set_threads
+
+    if not targets:
+        raise ValueError("no model given: pass one or more aliases, model folders or run folders")
     specs = [parse_task(t) for t in tasks]
-    model_name, run_dir = resolve_target(target)
-    exclude = (
-        pool_hashes(run_dir)
-        if run_dir is not None and any(s.kind in ("nll", "gsm8k") for s in specs)
-        else None
-    )
+    resolved = [resolve_settings(t, dtype, device) for t in targets]
+    runs = [t.run_dir for t in resolved if t.run_dir is not None]
+    notes: list[str] = []
+    exclude = None
+    if runs and any(s.kind in ("nll", "gsm8k") for s in specs):
+        exclude = set().union(*(pool_hashes(r) for r in runs))
+        notes.append(
+            "rows of the input pool of "
+            + ", ".join(str(r) for r in runs)
+            + " are skipped for every model (in_training_pool)"
+        )
     set_threads(threads)
-    local = [s for s in specs if s.kind != "lm_eval"]
-    lm = load_model(model_name) if local else None
-    results: list[TaskResult] = []
-    for spec in specs:
-        if spec.kind == "lm_eval":
-            path = lm.info.path if lm is not None else model_name
-            results += lm_eval_tasks(
-                path, spec.target.split(","), limit=limit, include=lm_eval_include
-            )
-        else:
-            results.append(
-                run_task(
-                    lm,
-                    spec,
-                    template=template,
-                    limit=limit,
-                    columns=columns,
-                    exclude=exclude,
-                    mc_style=mc_style,
-                    max_length=max_length,
-                    max_new_tokens=max_new_tokens,
-                    batch_tokens=batch_tokens,
-                    progress=progress,
-                )
-            )
-    dest = Path(out) if out else (run_dir / "eval.json" if run_dir is not None else None)
-    if dest is not None:
-        record = {"target": target, "model": model_name, "tasks": [r.to_dict() for r in results]}
-        write_atomic(dest, json.dumps(record, indent=1, allow_nan=True).encode())
-    return results
+    models = [
+        evaluate_model(
+            t,
+            specs,
+            exclude=exclude,
+            lm_eval_include=lm_eval_include,
+            lm_eval_metrics=lm_eval_metrics,
+            limit=limit,
+            template=template,
+            columns=columns,
+            mc_style=mc_style,
+            max_length=max_length,
+            max_new_tokens=max_new_tokens,
+            batch_tokens=batch_tokens,
+            progress=progress,
+        )
+        for t in resolved
+    ]
+    result = Evaluation(models, compare(models) if len(models) > 1 else [], notes)
+    payload = json.dumps(result.to_dict(), indent=1, allow_nan=True).encode()
+    for dest in ([Path(out)] if out else []) + [r / "eval.json" for r in runs]:
+        write_atomic(dest, payload)
+    for run in runs:
+        if (run / "report.html").is_file():
+            from thresher.report import write_report
+
+            write_report([run])
+    return result
+
+
+def evaluate(target: str, tasks: list[str], **kwargs: Any) -> list[TaskResult]:
+    """`evaluate_models` on one model: its task results."""
+    return evaluate_models([target], tasks, **kwargs).models[0].results
+
+
+def format_evaluation(evaluation: Evaluation) -> str:
+    """Each model's results, then the comparison tables."""
+    parts = []
+    for m in evaluation.models:
+        head = f"{m.target}" + (f" -> {m.model}" if m.model != m.target else "")
+        parts.append(f"== {head} ({m.dtype}, {m.device})\n" + format_results(m.results))
+    if evaluation.comparisons:
+        parts.append(format_comparisons(evaluation.comparisons))
+    parts += evaluation.notes
+    return "\n\n".join(parts)
