@@ -96,7 +96,7 @@ def read_run(run_dir: str | Path) -> RunView:
         signals,
         lengths,
         rejected,
-        json.loads((d / "eval.json").read_text()) if (d / "eval.json").is_file() else None,
+        json.loads(run.evaluation.read_text()) if run.evaluation.is_file() else None,
     )
 
 

@@ -7,6 +7,7 @@
     rejected.jsonl     every row that could not be read or scored, with its reason and line
     manifest.json      resolved config, model and tokenizer hashes, template, versions, counts
     report.html        the report (`thresher report`)
+    eval.json          `thresher eval`'s results on this run's model(s), and the model comparison
     passes/<label>/    each forward pass's shards and key (thresher.cache)
     embeddings/        sentence embeddings a method computed while fitting (MIWV, k-center)
     calibrators/       models a method trained while fitting (InstructDiff's warm-up)
@@ -34,6 +35,7 @@ TRL = "trl.jsonl"
 LLAMAFACTORY = "llamafactory"
 REJECTED = "rejected.jsonl"
 REPORT = "report.html"
+EVAL = "eval.json"
 PASSES = "passes"
 OUTPUTS = (SCORES, SELECTED, TRL, LLAMAFACTORY + "/", REJECTED, MANIFEST)
 
@@ -55,6 +57,7 @@ class RunFolder:
     llamafactory = property(lambda self: self.path / LLAMAFACTORY)
     rejected = property(lambda self: self.path / REJECTED)
     report = property(lambda self: self.path / REPORT)
+    evaluation = property(lambda self: self.path / EVAL)
     passes = property(lambda self: self.path / PASSES)
     embeddings = property(lambda self: self.path / "embeddings")
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from thresher import data as data_mod
 from thresher.data import Sample
+from thresher.rundir import RunFolder
 
 
 def content_hash(sample: Sample) -> str:
@@ -78,7 +79,7 @@ def write_split(
 
 def pool_hashes(run_dir: Path) -> set[str]:
     """Content hashes of a run's whole input pool (what a model trained from it may have seen)."""
-    cfg = json.loads((run_dir / "manifest.json").read_text())["config"]["data"]
+    cfg = RunFolder(run_dir).read_manifest()["config"]["data"]
     read = data_mod.read(
         cfg["path"],
         format=cfg["format"],

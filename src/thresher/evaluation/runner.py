@@ -26,13 +26,14 @@ from thresher.evaluation.tasks import (
     parse_task,
     split_stderr,
 )
+from thresher.rundir import RunFolder
 
 
 def resolve_target(target: str) -> tuple[str, Path | None]:
     """(model to load, run folder or None). A run folder means the model a `thresher train` wrote
     into it (the one sub-folder with config.json), else the model that scored the run."""
     path = Path(target)
-    if not (path / "manifest.json").is_file():
+    if not RunFolder(path).is_run():
         return target, None
     found = sorted(p.parent for p in path.glob("*/config.json")) + sorted(
         p.parent for p in path.glob("*/*/config.json")
@@ -44,7 +45,7 @@ def resolve_target(target: str) -> tuple[str, Path | None]:
         )
     if found:
         return str(found[0]), path
-    return json.loads((path / "manifest.json").read_text())["config"]["model"]["name"], path
+    return RunFolder(path).read_manifest()["config"]["model"]["name"], path
 
 
 def read_pairs(path: str, columns: dict[str, str] | None, limit: int | None) -> data_mod.ReadResult:
@@ -176,11 +177,7 @@ def resolve_settings(target: str, dtype: str | None = None, device: str | None =
     from thresher.models import DTYPES
 
     model, run_dir = resolve_target(target)
-    run_model = (
-        json.loads((run_dir / "manifest.json").read_text())["config"]["model"]
-        if run_dir is not None
-        else {}
-    )
+    run_model = RunFolder(run_dir).read_manifest()["config"]["model"] if run_dir is not None else {}
     default = ModelConfig()
     dtype = dtype or run_model.get("dtype") or default.dtype
     if dtype not in DTYPES:
@@ -315,10 +312,10 @@ def evaluate_models(
     ]
     result = Evaluation(models, compare(models) if len(models) > 1 else [], notes)
     payload = json.dumps(result.to_dict(), indent=1, allow_nan=True).encode()
-    for dest in ([Path(out)] if out else []) + [r / "eval.json" for r in runs]:
+    for dest in ([Path(out)] if out else []) + [RunFolder(r).evaluation for r in runs]:
         write_atomic(dest, payload)
     for run in runs:
-        if (run / "report.html").is_file():
+        if RunFolder(run).report.is_file():
             from thresher.report import write_report
 
             write_report([run])
