@@ -8,6 +8,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from lmstub import uniform_lm
 
 from thresher.evaluation import mc
 
@@ -23,7 +24,8 @@ def test_choose_sum_and_per_byte_with_the_tie_rule():
     )  # full tie -> the first choice
 
 
-def test_multiple_choice_on_a_uniform_model(uniform):
+def test_multiple_choice_on_a_uniform_model():
+    uniform = uniform_lm()
     tok = uniform.tokenizer
     v = math.log(len(tok))
     long_, short = "the quick brown fox jumps", "no"

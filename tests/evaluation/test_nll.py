@@ -7,12 +7,13 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from lmstub import sample
+from lmstub import sample, uniform_lm
 
 from thresher.evaluation import nll, tasks
 
 
-def test_nll_of_a_uniform_model_is_ln_v_and_empty_responses_are_skipped(uniform):
+def test_nll_of_a_uniform_model_is_ln_v_and_empty_responses_are_skipped():
+    uniform = uniform_lm()
     v = len(uniform.tokenizer)
     samples = [
         sample(0, "Add 1 and 2.", "1 + 2 = 3."),
@@ -27,7 +28,8 @@ def test_nll_of_a_uniform_model_is_ln_v_and_empty_responses_are_skipped(uniform)
     assert metrics["nll_token_stderr"] == pytest.approx(0.0, abs=1e-5)
 
 
-def test_nll_token_weighted_and_per_sample_means_by_hand(monkeypatch, uniform):
+def test_nll_token_weighted_and_per_sample_means_by_hand(monkeypatch):
+    uniform = uniform_lm()
     # item A: two tokens of NLL 1 (mean 1); item B: one token of NLL 4 (mean 4); C failed
     lps = [np.array([-1.0, -1.0]), np.array([-4.0]), np.zeros(0)]
     monkeypatch.setattr(nll, "cond_scorer", lambda *a, **k: None)
