@@ -36,7 +36,9 @@ CAPABILITIES = (*FIELDS, *SOURCES)
 # drift: span mean minus the sequence's first-token state (NAIT, METHODS §5.3);
 # frac_above: fraction of span tokens whose activation exceeds `threshold` (MADS §6.2)
 POOLS = ("mean", "max", "first", "last", "drift", "frac_above")
-POOL_SPANS = ("prompt", "response", "all")
+# "prompt": the whole prompt, template words included; "user": only the user content's tokens
+# (the instruction and input texts, or the user messages' contents; templates.Renderer)
+POOL_SPANS = ("prompt", "response", "all", "user")
 # where the `mlp` source reads a block's MLP: "act" = the activation function's output (SiLU(gate_proj x)
 # in Llama-style MLPs); "down_proj_input" = what the down projection reads (SiLU(gate) * up when gated)
 MLP_TAPS = ("act", "down_proj_input")
@@ -186,6 +188,11 @@ class PassSpec:
             raise ValueError(
                 f"noisy copies are scored for the cond and uncond views with fields=('logprob',) and "
                 f"no pooling, not view={self.view!r} fields={list(self.fields)} pooling={self.pooling}"
+            )
+        if self.pooling is not None and self.pooling.span == "user" and self.boundary != "exact":
+            raise ValueError(
+                f"pooling span 'user' is located by thresher's own rendering (boundary='exact'), "
+                f"not boundary={self.boundary!r}: pool span 'prompt' in a reproduce pass"
             )
         if self.boundary != "exact" and self.view not in ("cond", "uncond"):
             raise ValueError(

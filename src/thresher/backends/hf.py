@@ -108,9 +108,8 @@ class HFBackend:
         """Width of each pooled activation column, read off one two-token forward pass."""
         if spec.pooling is None:
             return {}
-        probe = Rendered(
-            (self.pad_id, self.pad_id), (1, 2), {"prompt": (0, 1), "response": (1, 2)}, 1, 1
-        )
+        spans = {"prompt": (0, 1), "response": (1, 2), "user": ((0, 1),)}
+        probe = Rendered((self.pad_id, self.pad_id), (1, 2), spans, 1, 1)
         return {k: v.shape[1] for k, v in self.run([probe], spec).activations.items()}
 
     @torch.inference_mode()
@@ -271,16 +270,19 @@ def embedding_noise(
 def _pool_index(
     rows: list[Rendered], span: str, width: int
 ) -> tuple[torch.Tensor, torch.Tensor, list[int], list[int]]:
+    """Per row: mean weights over the span's tokens (a span may be several ranges: `user`),
+    whether it has any, and its first and last positions."""
     weights = torch.zeros((len(rows), width))
     valid = torch.zeros(len(rows), dtype=torch.bool)
     first, last = [], []
     for i, r in enumerate(rows):
-        a, b = (0, len(r.ids)) if span == "all" else r.spans[span]
-        if b > a:
-            weights[i, a:b] = 1.0 / (b - a)
-            valid[i] = True
-        first.append(a)
-        last.append(max(b - 1, a))
+        ranges = [(a, b) for a, b in r.ranges(span) if b > a]
+        n = sum(b - a for a, b in ranges)
+        for a, b in ranges:
+            weights[i, a:b] = 1.0 / n
+        valid[i] = n > 0
+        first.append(ranges[0][0] if ranges else 0)
+        last.append(ranges[-1][1] - 1 if ranges else 0)
     return weights, valid, first, last
 
 
