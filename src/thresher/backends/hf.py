@@ -3,7 +3,8 @@
 Logits are computed only at the positions a signal reads (the scored targets shifted by
 one), never as [batch, seq, vocab] for the whole sequence, and log-softmax and entropy are
 taken in chunks of rows so peak memory is `chunk x vocab`. Activations are pooled per sample
-inside forward hooks (mean / max / first / last over a span), so nothing per-token is kept.
+inside forward hooks (mean / max / first / last / drift over a span), so nothing per-token is
+kept.
 """
 
 from __future__ import annotations
@@ -56,6 +57,20 @@ def mlp_input_module(layer: Any) -> torch.nn.Module:
     """The MLP's output projection, whose input is the neuron vector it mixes: SiLU(gate x) * up x
     in gated MLPs (`down_proj`), GELU(c_fc x) in GPT-2 (`c_proj`)."""
     return _mlp_part(layer, ("down_proj", "c_proj"), "output projection")
+
+
+def final_norm_module(model: Any) -> torch.nn.Module:
+    """The norm applied after the last decoder layer (Llama/Gemma/Qwen/Mistral `norm`, GPT-2
+    `ln_f`): what turns the last layer's residual output into `last_hidden_state`."""
+    base = model.base_model
+    for name in ("norm", "ln_f"):
+        mod = getattr(base, name, None)
+        if isinstance(mod, torch.nn.Module):
+            return mod
+    raise ValueError(
+        f"cannot find the final norm of {type(base).__name__} (norm or ln_f): pool with "
+        "final_norm=False (the last layer's residual output before it)"
+    )
 
 
 def _mlp_part(layer: Any, names: tuple[str, ...], what: str) -> torch.nn.Module:
@@ -229,19 +244,25 @@ class HFBackend:
                 pooling.threshold,
             )
 
-        def after(name: str):  # a module's output
-            return lambda _module, _inputs, output: pool(
-                name, output[0] if isinstance(output, tuple) else output
-            )
+        def after(name: str, then: Any = None):  # a module's output, optionally normed
+            def hook(_module: Any, _inputs: Any, output: Any) -> None:
+                x = output[0] if isinstance(output, tuple) else output
+                pool(name, then(x) if then is not None else x)
+
+            return hook
 
         def before(name: str):  # a module's input
             return lambda _module, inputs: pool(name, inputs[0])
 
+        # the last layer's residual output after the model's final norm (HF's last entry of
+        # `output_hidden_states`), when asked; the norm module itself is left unhooked
+        norm = final_norm_module(self.model) if pooling.final_norm else None
         handles = []
         for layer in pooling.layers:
             block = layers[layer]
             if "hidden" in kinds:
-                handles.append(block.register_forward_hook(after(f"hidden.{layer}")))
+                then = norm if layer % len(layers) == len(layers) - 1 else None
+                handles.append(block.register_forward_hook(after(f"hidden.{layer}", then)))
             if "mlp" in kinds and pooling.mlp_tap == "act":
                 handles.append(
                     mlp_activation_module(block).register_forward_hook(after(f"mlp.{layer}"))
@@ -300,6 +321,9 @@ def _pool(
         pooled = torch.einsum("bt,btd->bd", weights, x)
     elif how == "drift":  # rows are right-padded, so position 0 is each sequence's first token
         pooled = torch.einsum("bt,btd->bd", weights, x) - x[:, 0]
+    elif how == "last_drift":
+        rows = torch.arange(x.shape[0], device=x.device)
+        pooled = x[rows, torch.tensor(last, device=x.device)] - x[:, 0]
     elif how == "frac_above":
         pooled = torch.einsum("bt,btd->bd", weights, (x > threshold).to(x.dtype))
     elif how == "max":
