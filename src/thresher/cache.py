@@ -110,7 +110,11 @@ def satisfies(stored: dict[str, Any], wanted: dict[str, Any]) -> bool:
     if s.pooling is None:
         return False
     sp, wp = s.pooling, w.pooling
-    same_way = dataclasses.replace(sp, sources=wp.sources, layers=wp.layers) == wp
+    same_way = all(
+        getattr(sp, f.name) == getattr(wp, f.name)
+        for f in dataclasses.fields(wp)
+        if f.name not in ("sources", "layers")
+    )
     return same_way and set(wp.sources) <= set(sp.sources) and set(wp.layers) <= set(sp.layers)
 
 

@@ -33,10 +33,13 @@ FIELDS = ("logprob", "entropy")  # per scored token
 SOURCES = ("hidden", "mlp")  # pooled activations: the residual stream, or a block's MLP
 # what the hf backend computes; checked in `validate`, before any model (or torch) loads
 CAPABILITIES = (*FIELDS, *SOURCES)
-# drift: span mean minus the sequence's first-token state (NAIT, METHODS §5.3);
+# drift: span mean minus the sequence's first-token state (NAIT, METHODS §5.3 reading (a));
+# last_drift: the span's last token minus the sequence's first token (§5.3 reading (b));
 # frac_above: fraction of span tokens whose activation exceeds `threshold` (MADS §6.2)
-POOLS = ("mean", "max", "first", "last", "drift", "frac_above")
-POOL_SPANS = ("prompt", "response", "all")
+POOLS = ("mean", "max", "first", "last", "drift", "last_drift", "frac_above")
+# "prompt": the whole prompt, template words included; "user": only the user content's tokens
+# (the instruction and input texts, or the user messages' contents; templates.Renderer)
+POOL_SPANS = ("prompt", "response", "all", "user")
 # where the `mlp` source reads a block's MLP: "act" = the activation function's output (SiLU(gate_proj x)
 # in Llama-style MLPs); "down_proj_input" = what the down projection reads (SiLU(gate) * up when gated)
 MLP_TAPS = ("act", "down_proj_input")
@@ -56,7 +59,10 @@ class Pooling:
     `layers` are 0-based decoder layers, or "all"; with `depth` set they are positions in a
     model of `depth` layers (a paper's layer numbers), rescaled to the loaded model's depth as
     round(l * (n - 1) / (depth - 1)). Both are resolved once the model loads (`resolve`).
-    `how` pools the `span` tokens; `threshold` only for how="frac_above"."""
+    `how` pools the `span` tokens; `threshold` only for how="frac_above". `final_norm` takes
+    the last decoder layer's residual output after the model's final norm (what HF's
+    `output_hidden_states` gives as its last entry) instead of before it; other layers have no
+    final norm, so it changes the last layer only, and needs the `hidden` source."""
 
     sources: tuple[str, ...] = ("hidden",)
     layers: tuple[int, ...] | str = "all"
@@ -65,6 +71,7 @@ class Pooling:
     span: str = "response"
     threshold: float | None = None
     mlp_tap: str = "act"
+    final_norm: bool = False
 
     def __post_init__(self) -> None:
         if not self.sources:
@@ -88,6 +95,11 @@ class Pooling:
         if self.mlp_tap != "act" and "mlp" not in self.sources:
             raise ValueError(
                 f"pooling.mlp_tap={self.mlp_tap!r} says where to read the MLP, but sources={list(self.sources)} has no 'mlp'"
+            )
+        if self.final_norm and "hidden" not in self.sources:
+            raise ValueError(
+                f"pooling.final_norm=True applies the final norm to the residual stream, but "
+                f"sources={list(self.sources)} has no 'hidden'"
             )
         if (self.how == "frac_above") != (self.threshold is not None):
             raise ValueError(
@@ -126,6 +138,8 @@ class Pooling:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
+        if not self.final_norm:  # absent unless used: passes stored before it keep their keys
+            del d["final_norm"]
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
@@ -195,6 +209,11 @@ class PassSpec:
             raise ValueError(
                 f"noise.stream='reference' replays T-SHIRT's draws over its own token lengths: it "
                 f"needs boundary='tshirt' (reproduce mode), not boundary={self.boundary!r}"
+            )
+        if self.pooling is not None and self.pooling.span == "user" and self.boundary != "exact":
+            raise ValueError(
+                f"pooling span 'user' is located by thresher's own rendering (boundary='exact'), "
+                f"not boundary={self.boundary!r}: pool span 'prompt' in a reproduce pass"
             )
         if self.boundary != "exact" and self.view not in ("cond", "uncond"):
             raise ValueError(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import re
 import string
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +47,11 @@ ONESHOT_SEPARATOR = "\n\n"
 
 BUILTIN_TEMPLATES = ("alpaca", "plain", "chat")
 CUSTOM_FIELDS = ("instruction", "input", "system")
+# the fields whose text is the user's content (the `user` pooling span, MADS METHODS §6.2.2)
+USER_FIELDS = ("instruction", "input")
+# stands in for each message's content when locating contents in a chat template's output:
+# private-use code points, which no template writes and `trim` keeps
+CONTENT_MARK = "\ue000{}\ue001"
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,29 @@ class Template:
         return self.text.format(
             instruction=sample.instruction, input=sample.input, system=sample.system
         )
+
+    def prompt_with_user(
+        self, sample: Sample, tokenizer: Any = None
+    ) -> tuple[str, tuple[tuple[int, int], ...]]:
+        """The prompt and the character ranges [a, b) of its user content: the instruction and
+        input texts for `alpaca`, `plain` and custom format strings (never their fixed words nor
+        `{system}`), the user messages' contents for `chat` (never the role markup, the system
+        prompt or earlier assistant turns). Empty contents give no range."""
+        if self.name == "chat":
+            msgs = [{"role": m.role, "content": m.content} for m in sample.messages]
+            prompt = self.prompt(sample, tokenizer)
+            return prompt, _chat_user_chars(msgs[:-1], tokenizer, prompt)
+        if self.name in ("alpaca", "plain"):
+            fmt = {
+                ("alpaca", True): ALPACA_PROMPT_INPUT,
+                ("alpaca", False): ALPACA_PROMPT_NO_INPUT,
+                ("plain", True): PLAIN_PROMPT_INPUT,
+                ("plain", False): PLAIN_PROMPT_NO_INPUT,
+            }[self.name, bool(sample.input)]
+        else:
+            fmt = self.text
+        values = {"instruction": sample.instruction, "input": sample.input, "system": sample.system}
+        return _format_tracked(fmt, values, USER_FIELDS)
 
     def response(self, sample: Sample, tokenizer: Any = None) -> str:
         """The response text as the template renders it (chat: content plus end-of-turn markup)."""
@@ -123,6 +152,65 @@ def _chat_prompt_and_response(sample: Sample, tokenizer: Any) -> tuple[str, str]
     return prompt, full[len(prompt) :]
 
 
+def _format_tracked(
+    fmt: str, values: dict[str, str], tracked: tuple[str, ...]
+) -> tuple[str, tuple[tuple[int, int], ...]]:
+    """`fmt.format(**values)` and the character ranges where the `tracked` fields' values landed
+    (empty values give no range)."""
+    f = string.Formatter()
+    out, ranges, pos = [], [], 0
+    for literal, name, spec, conversion in f.parse(fmt):
+        out.append(literal)
+        pos += len(literal)
+        if name is None:
+            continue
+        value = f.format_field(f.convert_field(values[name], conversion), spec or "")
+        if name in tracked and value:
+            ranges.append((pos, pos + len(value)))
+        out.append(value)
+        pos += len(value)
+    return "".join(out), tuple(ranges)
+
+
+def _chat_user_chars(msgs: list[dict], tokenizer: Any, prompt: str) -> tuple[tuple[int, int], ...]:
+    """Where the user messages' contents are in `prompt`, the chat template's rendering of `msgs`.
+
+    The template is rendered once more with each content replaced by a mark (`CONTENT_MARK`):
+    the text between the marks is the template's own. `prompt` must then be that text with each
+    mark replaced by its content as written, or trimmed (Gemma's templates `trim`); a template
+    that moves, repeats or otherwise rewrites a content is refused for the row
+    (`user_span_unknown`) rather than guessed."""
+    marked = [{**m, "content": CONTENT_MARK.format(i)} for i, m in enumerate(msgs)]
+    probe = tokenizer.apply_chat_template(marked, add_generation_prompt=True, tokenize=False)
+    parts = re.split("\ue000(\\d+)\ue001", probe)  # literal, index, literal, ..., literal
+    order = [int(x) for x in parts[1::2]]
+    literals = parts[0::2]
+    unknown = TemplateError(
+        "user_span_unknown",
+        "the chat template rewrites a message content (other than trimming it), so the user "
+        "content's tokens cannot be located: pool another span (MADS text_scope='prompt')",
+    )
+    if len(set(order)) != len(order):
+        raise unknown
+    ranges, pos = [], 0
+    for k, i in enumerate(order):
+        if not prompt.startswith(literals[k], pos):
+            raise unknown
+        pos += len(literals[k])
+        content = msgs[i]["content"]
+        for c in dict.fromkeys((content, content.strip())):
+            if prompt.startswith(c, pos) and prompt.startswith(literals[k + 1], pos + len(c)):
+                break
+        else:
+            raise unknown
+        if msgs[i]["role"] == "user" and c:
+            ranges.append((pos, pos + len(c)))
+        pos += len(c)
+    if prompt[pos:] != literals[-1]:
+        raise unknown
+    return tuple(ranges)
+
+
 class TemplateError(ValueError):
     """A sample this template cannot render; `reason` becomes the row's status."""
 
@@ -144,19 +232,26 @@ class NoiseKey:
     state: bytes | None = None
 
 
+Span = tuple[int, int]
+# spans made of several ranges: the user content is split when the template writes words
+# between its parts (Alpaca's instruction and input)
+MULTI_SPANS = ("user",)
+
+
 @dataclass(frozen=True)
 class Rendered:
     """Token ids of one view of one sample.
 
     `scored` is the half-open range of target positions t whose log p(ids[t] | ids[:t]) the
     pass computes (t >= 1). `spans` gives the prompt / response / demo token ranges used for
-    pooling. Counts are after truncation; `truncated` is "" or a `+`-joined list of the parts
-    that lost tokens. `status` is "ok" or the reason the row cannot be scored.
+    pooling, one (start, end) each; in passes that pool it, `user` is a tuple of such ranges
+    (see `Renderer`). Counts are after truncation; `truncated` is "" or a `+`-joined list of the
+    parts that lost tokens. `status` is "ok" or the reason the row cannot be scored.
     """
 
     ids: tuple[int, ...]
-    scored: tuple[int, int]
-    spans: dict[str, tuple[int, int]]
+    scored: Span
+    spans: dict[str, Span | tuple[Span, ...]]
     n_prompt_tokens: int
     n_response_tokens: int
     truncated: str = ""
@@ -166,6 +261,19 @@ class Rendered:
     @property
     def n_scored(self) -> int:
         return self.scored[1] - self.scored[0]
+
+    def ranges(self, span: str) -> tuple[Span, ...]:
+        """The token ranges of a pooling span: `all` is the whole sequence, `user` its ranges
+        (none when the user content was truncated away), any other span its one range."""
+        if span == "all":
+            return ((0, len(self.ids)),)
+        if span not in self.spans:
+            raise ValueError(
+                f"this row has no {span!r} span (it has {sorted(self.spans)}): a pass pooling "
+                f"{span!r} must render its rows with that pooling in its PassSpec"
+            )
+        value = self.spans[span]
+        return tuple(value) if span in MULTI_SPANS else (value,)
 
     def to_json(self) -> str:
         """The row as JSON, noise key included (what a distributed engine ships to its workers)."""
@@ -180,7 +288,10 @@ class Rendered:
         return cls(
             ids=tuple(d["ids"]),
             scored=tuple(d["scored"]),
-            spans={k: tuple(v) for k, v in d["spans"].items()},
+            spans={
+                k: tuple(tuple(x) for x in v) if k in MULTI_SPANS else tuple(v)
+                for k, v in d["spans"].items()
+            },
             n_prompt_tokens=d["n_prompt_tokens"],
             n_response_tokens=d["n_response_tokens"],
             truncated=d["truncated"],
@@ -194,6 +305,22 @@ def _noise_key(d: dict[str, Any] | None) -> NoiseKey | None:
         return None
     state = base64.b64decode(d["state"]) if d.get("state") is not None else None
     return NoiseKey(d["sample"], d["length"], d["response_start"], state)
+
+
+def _check_offsets(tok: Any) -> None:
+    """Raise unless `tok` maps tokens to character offsets (what the `user` span is built from)."""
+    try:
+        ok = "offset_mapping" in tok("a b", add_special_tokens=False, return_offsets_mapping=True)
+    except (NotImplementedError, ValueError, TypeError):
+        ok = False
+    if not ok:
+        name = getattr(tok, "name_or_path", "") or "?"
+        raise ValueError(
+            f"pooling span 'user' maps the user content's characters to tokens with the "
+            f"tokenizer's offset mapping, which {type(tok).__name__} ({name}) does not give: load "
+            "a fast tokenizer (one backed by `tokenizers`, i.e. with a tokenizer.json), or pool "
+            "another span (MADS: text_scope='prompt')"
+        )
 
 
 def _rejected(reason: str) -> Rendered:
@@ -238,6 +365,10 @@ class Renderer:
             if spec.append_eos and tokenizer.eos_token_id is not None
             else []
         )
+        # the `user` pooling span is computed only for the passes that pool it
+        self.pools_user = spec.pooling is not None and spec.pooling.span == "user"
+        if self.pools_user:
+            _check_offsets(tokenizer)
         if spec.boundary == "instructdiff" and (spec.view != "cond" or spec.template == "chat"):
             raise ValueError(
                 f"boundary='instructdiff' with view={spec.view!r} and template={spec.template!r}: "
@@ -249,26 +380,57 @@ class Renderer:
     def enc(self, text: str) -> list[int]:
         return list(self.tok(text, add_special_tokens=False).input_ids)
 
+    def enc_user(self, text: str, chars: tuple[Span, ...]) -> tuple[list[int], list[bool]]:
+        """`enc(text)` and, per token, whether it holds user content (`chars`, character ranges),
+        read off the tokenizer's offset mapping. A token straddling a boundary (template and user
+        characters merged, e.g. "\nGive" in a metaspace vocabulary) counts as user content if
+        any of its characters is: no user character is ever left out. Tokens with no characters
+        (special tokens) never count."""
+        enc = self.tok(text, add_special_tokens=False, return_offsets_mapping=True)
+        mask = [e > s and any(s < b and a < e for a, b in chars) for s, e in enc.offset_mapping]
+        return list(enc.input_ids), mask
+
+    def _user(self, mask: list[bool] | None, shift: int = 0) -> dict[str, tuple[Span, ...]]:
+        """The `user` span entry (runs of user tokens, positions + `shift`), when pooled."""
+        if not self.pools_user:
+            return {}
+        runs: list[Span] = []
+        for k, is_user in enumerate(mask or ()):
+            if is_user and runs and runs[-1][1] == k + shift:
+                runs[-1] = (runs[-1][0], k + shift + 1)
+            elif is_user:
+                runs.append((k + shift, k + shift + 1))
+        return {"user": tuple(runs)}
+
     def render(self, sample: Sample, demo: Sample | None = None) -> Rendered:
         if self.spec.boundary == "instructdiff":
             return self._render_instructdiff(sample)
         if self.spec.boundary != "exact":
             return self._render_reference(sample)
         try:
-            prompt = self.template.prompt(sample, self.tok)
+            if self.pools_user:
+                prompt, user_chars = self.template.prompt_with_user(sample, self.tok)
+            else:
+                prompt, user_chars = self.template.prompt(sample, self.tok), ()
             response = self.template.response(sample, self.tok)
         except TemplateError as e:
             return _rejected(e.reason)
         # a chat template writes its own BOS into the text (Gemma, Llama 3): it is then the
         # prompt's first id, which truncation keeps and a one-shot demonstration does not repeat
-        p_ids = (self.bos if self.template.name != "chat" else []) + self.enc(prompt)
+        lead = self.bos if self.template.name != "chat" else []
+        user: list[bool] | None = None  # per prompt token: user content (pools_user only)
+        if self.pools_user:
+            body, body_user = self.enc_user(prompt, user_chars)
+            p_ids, user = lead + body, [False] * len(lead) + body_user
+        else:
+            p_ids = lead + self.enc(prompt)
         n_lead = self._leading_bos(p_ids)
         r_ids = self.enc(response) + self.eos
         if not r_ids:
             return _rejected("empty_response")
         view = self.spec.view
         if view == "instruction":
-            return self._instruction(p_ids, n_lead)
+            return self._instruction(p_ids, n_lead, user)
         keep = self._fit(len(p_ids), len(r_ids), n_lead)
         if isinstance(keep, str):
             return _rejected(keep)
@@ -280,6 +442,8 @@ class Renderer:
             x for x, c in (("prompt", cut > 0), ("response", r_keep < len(r_ids))) if c
         )
         p_ids = p_ids[:n_lead] + p_ids[n_lead + cut :]
+        if user is not None:  # the user span keeps what survives truncation
+            user = user[:n_lead] + user[n_lead + cut :]
         r_ids = r_ids[:r_keep]
         if view == "cond":
             ids = p_ids + r_ids
@@ -287,7 +451,7 @@ class Renderer:
             return Rendered(
                 tuple(ids),
                 resp,
-                {"prompt": (n_lead, len(p_ids)), "response": resp},
+                {"prompt": (n_lead, len(p_ids)), "response": resp, **self._user(user)},
                 len(p_ids),
                 len(r_ids),
                 truncated,
@@ -295,10 +459,9 @@ class Renderer:
         if view == "uncond":
             ids = self.doc_start + r_ids
             resp = (1, len(ids))
-            return Rendered(
-                tuple(ids), resp, {"prompt": (1, 1), "response": resp}, 0, len(r_ids), truncated
-            )
-        return self._oneshot(sample, demo, p_ids, r_ids, n_lead, truncated)
+            spans = {"prompt": (1, 1), "response": resp, **self._user(None)}
+            return Rendered(tuple(ids), resp, spans, 0, len(r_ids), truncated)
+        return self._oneshot(sample, demo, p_ids, r_ids, n_lead, truncated, user)
 
     def _leading_bos(self, ids: list[int]) -> int:
         """1 when `ids` start with the BOS of a tokenizer that adds one (added by us, or written by a
@@ -323,13 +486,15 @@ class Renderer:
         p = max(p, n_lead + 1) if n_p > n_lead else p
         return p, m - p
 
-    def _instruction(self, p_ids: list[int], n_lead: int) -> Rendered:
+    def _instruction(self, p_ids: list[int], n_lead: int, user: list[bool] | None) -> Rendered:
         m = self.spec.max_length
         truncated = ""
         if len(p_ids) > m:
             if self.spec.truncation == "reject":
                 return _rejected("over_max_length")
-            p_ids = p_ids[:n_lead] + p_ids[len(p_ids) - (m - n_lead) :]
+            cut = len(p_ids) - m
+            p_ids = p_ids[:n_lead] + p_ids[n_lead + cut :]
+            user = user[:n_lead] + user[n_lead + cut :] if user is not None else None
             truncated = "prompt"
         start = max(n_lead, 1)  # without BOS the first token has no prediction
         if len(p_ids) - start <= 0:
@@ -338,7 +503,7 @@ class Renderer:
         return Rendered(
             tuple(p_ids),
             (start, len(p_ids)),
-            {"prompt": span, "response": (len(p_ids), len(p_ids))},
+            {"prompt": span, "response": (len(p_ids), len(p_ids)), **self._user(user)},
             len(p_ids),
             0,
             truncated,
@@ -352,6 +517,7 @@ class Renderer:
         r_ids: list[int],
         n_lead: int,
         truncated: str,
+        user: list[bool] | None,
     ) -> Rendered:
         """`oneshot`: BOS, demonstration, prompt, response. `oneshot_uncond`: the same without the
         prompt (the denominator L(y | C) of MIWV's ICL-IFD); its demonstration is cut exactly as
@@ -385,7 +551,12 @@ class Renderer:
             return Rendered(
                 tuple(ids),
                 resp,
-                {"demo": (n_lead, resp[0]), "prompt": (resp[0], resp[0]), "response": resp},
+                {
+                    "demo": (n_lead, resp[0]),
+                    "prompt": (resp[0], resp[0]),
+                    "response": resp,
+                    **self._user(None),
+                },
                 0,
                 len(r_ids),
                 truncated,
@@ -397,7 +568,12 @@ class Renderer:
         return Rendered(
             tuple(ids),
             resp,
-            {"demo": demo_span, "prompt": p_span, "response": resp},
+            {
+                "demo": demo_span,
+                "prompt": p_span,
+                "response": resp,
+                **self._user(user[n_lead:] if user is not None else None, p_span[0]),
+            },
             len(p_ids),
             len(r_ids),
             truncated,

@@ -3,7 +3,8 @@
 Logits are computed only at the positions a signal reads (the scored targets shifted by
 one), never as [batch, seq, vocab] for the whole sequence, and log-softmax and entropy are
 taken in chunks of rows so peak memory is `chunk x vocab`. Activations are pooled per sample
-inside forward hooks (mean / max / first / last over a span), so nothing per-token is kept.
+inside forward hooks (mean / max / first / last / drift over a span), so nothing per-token is
+kept.
 """
 
 from __future__ import annotations
@@ -58,6 +59,20 @@ def mlp_input_module(layer: Any) -> torch.nn.Module:
     return _mlp_part(layer, ("down_proj", "c_proj"), "output projection")
 
 
+def final_norm_module(model: Any) -> torch.nn.Module:
+    """The norm applied after the last decoder layer (Llama/Gemma/Qwen/Mistral `norm`, GPT-2
+    `ln_f`): what turns the last layer's residual output into `last_hidden_state`."""
+    base = model.base_model
+    for name in ("norm", "ln_f"):
+        mod = getattr(base, name, None)
+        if isinstance(mod, torch.nn.Module):
+            return mod
+    raise ValueError(
+        f"cannot find the final norm of {type(base).__name__} (norm or ln_f): pool with "
+        "final_norm=False (the last layer's residual output before it)"
+    )
+
+
 def _mlp_part(layer: Any, names: tuple[str, ...], what: str) -> torch.nn.Module:
     mlp = layer.mlp
     for name in names:
@@ -109,9 +124,8 @@ class HFBackend:
         """Width of each pooled activation column, read off one two-token forward pass."""
         if spec.pooling is None:
             return {}
-        probe = Rendered(
-            (self.pad_id, self.pad_id), (1, 2), {"prompt": (0, 1), "response": (1, 2)}, 1, 1
-        )
+        spans = {"prompt": (0, 1), "response": (1, 2), "user": ((0, 1),)}
+        probe = Rendered((self.pad_id, self.pad_id), (1, 2), spans, 1, 1)
         return {k: v.shape[1] for k, v in self.run([probe], spec).activations.items()}
 
     @torch.inference_mode()
@@ -240,19 +254,25 @@ class HFBackend:
                 pooling.threshold,
             )
 
-        def after(name: str):  # a module's output
-            return lambda _module, _inputs, output: pool(
-                name, output[0] if isinstance(output, tuple) else output
-            )
+        def after(name: str, then: Any = None):  # a module's output, optionally normed
+            def hook(_module: Any, _inputs: Any, output: Any) -> None:
+                x = output[0] if isinstance(output, tuple) else output
+                pool(name, then(x) if then is not None else x)
+
+            return hook
 
         def before(name: str):  # a module's input
             return lambda _module, inputs: pool(name, inputs[0])
 
+        # the last layer's residual output after the model's final norm (HF's last entry of
+        # `output_hidden_states`), when asked; the norm module itself is left unhooked
+        norm = final_norm_module(self.model) if pooling.final_norm else None
         handles = []
         for layer in pooling.layers:
             block = layers[layer]
             if "hidden" in kinds:
-                handles.append(block.register_forward_hook(after(f"hidden.{layer}")))
+                then = norm if layer % len(layers) == len(layers) - 1 else None
+                handles.append(block.register_forward_hook(after(f"hidden.{layer}", then)))
             if "mlp" in kinds and pooling.mlp_tap == "act":
                 handles.append(
                     mlp_activation_module(block).register_forward_hook(after(f"mlp.{layer}"))
@@ -295,16 +315,19 @@ def embedding_noise(
 def _pool_index(
     rows: list[Rendered], span: str, width: int
 ) -> tuple[torch.Tensor, torch.Tensor, list[int], list[int]]:
+    """Per row: mean weights over the span's tokens (a span may be several ranges: `user`),
+    whether it has any, and its first and last positions."""
     weights = torch.zeros((len(rows), width))
     valid = torch.zeros(len(rows), dtype=torch.bool)
     first, last = [], []
     for i, r in enumerate(rows):
-        a, b = (0, len(r.ids)) if span == "all" else r.spans[span]
-        if b > a:
-            weights[i, a:b] = 1.0 / (b - a)
-            valid[i] = True
-        first.append(a)
-        last.append(max(b - 1, a))
+        ranges = [(a, b) for a, b in r.ranges(span) if b > a]
+        n = sum(b - a for a, b in ranges)
+        for a, b in ranges:
+            weights[i, a:b] = 1.0 / n
+        valid[i] = n > 0
+        first.append(ranges[0][0] if ranges else 0)
+        last.append(ranges[-1][1] - 1 if ranges else 0)
     return weights, valid, first, last
 
 
@@ -322,6 +345,9 @@ def _pool(
         pooled = torch.einsum("bt,btd->bd", weights, x)
     elif how == "drift":  # rows are right-padded, so position 0 is each sequence's first token
         pooled = torch.einsum("bt,btd->bd", weights, x) - x[:, 0]
+    elif how == "last_drift":
+        rows = torch.arange(x.shape[0], device=x.device)
+        pooled = x[rows, torch.tensor(last, device=x.device)] - x[:, 0]
     elif how == "frac_above":
         pooled = torch.einsum("bt,btd->bd", weights, (x > threshold).to(x.dtype))
     elif how == "max":

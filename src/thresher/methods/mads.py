@@ -37,7 +37,10 @@ from thresher.signals import mads as sig
 # MADS Fig. 3/10: layers 1, 8, 15 (main) and 20, 27 (appendix) of a 28-layer model (Llama-3.2-3B)
 PAPER_LAYERS = (1, 8, 15, 20, 27)
 PAPER_DEPTH = 28
-SCOPES = {"instruction": "prompt", "full": "all", "response": "response"}
+# text_scope -> pooled span. "instruction": the user content's tokens only, never the template's
+# words (METHODS §6.2.2 "pool over the user-content tokens only"); "prompt": the whole prompt,
+# template words included (what "instruction" pooled before, kept as an option)
+SCOPES = {"instruction": "user", "prompt": "prompt", "full": "all", "response": "response"}
 # neuron -> (pooled source, MLP tap): the activation function's output, the down projection's
 # input (SiLU(gate) * up in gated MLPs), or the residual stream
 NEURONS = {
@@ -108,7 +111,7 @@ def mads(
         int
     ] = "paper",  # MADS captions: layers 1, 8, 15, 20, 27 analysed [stated]; using all five is inferred
     layer_strategy: str = "union",  # inferred: the paper compares two strategies without naming the winner; "single" = one layer
-    text_scope: str = "instruction",  # inferred (§6.2.2): pool over the instruction; "full" or "response" as options
+    text_scope: str = "instruction",  # inferred (§6.2.2): "pool over the user-content tokens only"; "prompt", "full", "response" as options
     neuron: str = "act",  # inferred (§6.2.3): the MLP activation SiLU(gate_proj); "down_proj_input" = SiLU(gate) * up; "hidden" = residual stream
     pool: str = "mean",  # inferred (§6.2.5): mean over the scope's tokens; "max" and "frac_above" as options
     pool_threshold: float

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from thresher import data as data_mod
+from thresher.choices import check_choice
 from thresher.data import ReadResult
 from thresher.methods.base import (
     FitContext,
@@ -38,6 +39,19 @@ from thresher.signals.nait import (
 
 # question/answer files such as GSM8K's test split: question -> instruction, answer -> output
 QA_COLUMNS = {"instruction": "question", "output": "answer"}
+# pooling -> Pooling.how. The drift of a sequence relative to its first token, "A(t_K) - A(t_1)
+# averaged over K tokens" (camera-ready per METHODS §5.3), read two ways: "mean" = the token-mean
+# state minus the first token's (reading (a), the submission's Eq. 3-4); "last" = the last token's
+# state minus the first token's (reading (b), A(t_K) - A(t_1) as written)
+POOLINGS = {"mean": "drift", "last": "last_drift"}
+# neuron -> (pooled source, MLP tap): the residual stream each decoder layer outputs (METHODS §5.4),
+# or the MLP's neurons: the activation function's output, or what the down projection reads
+# (SiLU(gate) * up in gated MLPs; the same vector in GPT-2)
+NEURONS = {
+    "hidden": ("hidden", "act"),
+    "act": ("mlp", "act"),
+    "down_proj_input": ("mlp", "down_proj_input"),
+}
 
 
 def read_target(path: str, limit: int | None = None) -> ReadResult:
@@ -66,23 +80,39 @@ def pool_pass(
     model: str,
     *,
     layers: str | list[int] = "all",
+    pooling: str = "mean",
+    neuron: str = "hidden",
+    final_norm: bool | None = None,
     pool_span: str = "all",
     template: str = "alpaca",
     max_length: int = 512,
     truncation: str = "prompt_first",
 ) -> PassSpec:
-    """The pool's `cond` pass with NAIT's pooled activations (defaults as in `nait`): drift = the
-    token-mean state minus the first token's (NAIT Eq. 3-4, METHODS §5.3 reading (a)). Layers
-    "all" are resolved by the pass runner once the model's depth is known."""
+    """The pool's `cond` pass with NAIT's pooled activations (defaults as in `nait`): by default
+    the drift = the token-mean state minus the first token's (NAIT Eq. 3-4, METHODS §5.3 reading
+    (a)) of each decoder layer's residual output. Layers "all" are resolved by the pass runner
+    once the model's depth is known."""
+    check_choice("nait pooling", pooling, tuple(POOLINGS))
+    check_choice("nait neuron", neuron, tuple(NEURONS))
     if (isinstance(layers, str) and layers != "all") or not layers:
         raise ValueError(
             f"layers={layers!r}: expected 'all' or a list of 0-based decoder layers, e.g. [4, 8, 12]"
         )
-    pooling = Pooling(
-        sources=("hidden",),
+    if final_norm and neuron != "hidden":
+        raise ValueError(
+            f"final_norm=True takes the last layer's residual stream after the final norm, which "
+            f"neuron={neuron!r} does not read: use neuron='hidden' or leave final_norm unset"
+        )
+    if final_norm is None:  # METHODS §5.4: the residual stream as output_hidden_states gives it
+        final_norm = neuron == "hidden"
+    source, tap = NEURONS[neuron]
+    spec = Pooling(
+        sources=(source,),
         layers=layers if isinstance(layers, str) else tuple(int(x) for x in layers),
-        how="drift",
+        how=POOLINGS[pooling],
         span=pool_span,
+        mlp_tap=tap,
+        final_norm=final_norm,
     )
     return PassSpec(
         model=model,
@@ -91,7 +121,7 @@ def pool_pass(
         fields=("logprob", "entropy"),
         max_length=max_length,
         truncation=truncation,
-        pooling=pooling,
+        pooling=spec,
     )
 
 
@@ -115,6 +145,10 @@ def nait(
     | list[
         int
     ] = "all",  # NAIT camera-ready: "summed over layers" (all decoder layers, METHODS §5.4)
+    pooling: str = "mean",  # METHODS §5.3 reading (a): mean_k A(t_k) - A(t_1), the submission's Eq. 3-4 ("compute the mean activation across all K tokens"); "last" = reading (b), A(t_K) - A(t_1) as the camera-ready summary writes it
+    neuron: str = "hidden",  # METHODS §5.4: "a dimension of the residual-stream hidden state output by each decoder layer"; "act" / "down_proj_input" = "Option: MLP intermediate activations"
+    final_norm: bool
+    | None = None,  # METHODS §5.4: the layers of HF `output_hidden_states` (indices 1..L), whose last entry is after the final norm (RepreGuard's code reads it): None = that for neuron="hidden"; False = the last decoder layer's raw output
     n_components: int = 1,  # NAIT camera-ready: "first principal component"; d > 1 is the submission's PCA(., d)
     form: str = "pc1",  # camera-ready projection; "centroid" = submission Eq. 5 (dot with the in-domain centroid)
     layer_scale: str = "none",  # camera-ready: raw sum; "zscore" standardises each layer (ours, METHODS §5.4)
@@ -139,6 +173,9 @@ def nait(
     cond = pool_pass(
         model,
         layers=layers,
+        pooling=pooling,
+        neuron=neuron,
+        final_norm=final_norm,
         pool_span=pool_span,
         template=template,
         max_length=max_length,
@@ -176,6 +213,9 @@ def nait(
         target=paths,
         target_limit=target_limit,
         layers=layers,
+        pooling=pooling,
+        neuron=neuron,
+        final_norm=final_norm,
         n_components=n_components,
         form=form,
         layer_scale=layer_scale,
