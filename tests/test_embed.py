@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from thresher.embed import Embedder, mean_pool, nearest_other, resolve_embedder
-from tiny import FAMILIES
 
 
 def test_mean_pool_golden():
@@ -57,24 +56,10 @@ def test_ties_break_by_key_so_permuting_rows_permutes_the_answer():
     assert nearest_other(emb[:1])[0].tolist() == [-1]  # no other sample: -1, never self
 
 
-@pytest.fixture(scope="module")
-def tiny_embedder_dir(tmp_path_factory):
-    from transformers import BertConfig, BertModel
-
-    tok = FAMILIES["chatml"][0]()
-    d = tmp_path_factory.mktemp("tiny-bert")
-    cfg = BertConfig(
-        vocab_size=len(tok),
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=128,
-        pad_token_id=tok.pad_token_id,
-    )
-    BertModel(cfg).save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
+@pytest.fixture
+def tiny_embedder_dir(embed_dirs):
+    """A tiny BERT sentence encoder saved as a folder (conftest's `embed_dirs`)."""
+    return embed_dirs["emb0"]
 
 
 def test_embedder_from_a_local_folder_is_unit_norm_and_batch_independent(tiny_embedder_dir):

