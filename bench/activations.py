@@ -105,7 +105,7 @@ def child_peak(a: argparse.Namespace, variant: str) -> float:
     torch.set_num_threads(a.threads)
     lm = load_model("smollm2-135m")
     read = data_mod.read(a.data, limit=a.rows)
-    spec = variants(lm.info.n_layers)[variant]
+    spec = variants(lm.info.n_layers)["mads" if variant == "mads_loaded" else variant]
     scorer = Scorer(spec, lm.model, lm.tokenizer, batch_tokens=a.batch_tokens)
     # the weights are memory-mapped: the first forward pages them in (135M float32 parameters), which
     # belongs to the loaded model, not to the pass, so one row is scored before the baseline
