@@ -105,9 +105,13 @@ def validate(cfg: RunConfig, *, need_budget: bool = True) -> Method:
     for spec in method.passes.values():
         if spec.template != "chat":
             get_template(spec.template)
-    if need_budget or cfg.select.fraction is not None or cfg.select.count is not None:
+    if need_budget or has_budget(cfg):
         budget_count(cfg.select.budget(), 0)  # the budget's type and range, whatever the pool size
     return method
+
+
+def has_budget(cfg: RunConfig) -> bool:
+    return cfg.select.fraction is not None or cfg.select.count is not None
 
 
 def read_data(cfg: RunConfig) -> ReadResult:
@@ -172,7 +176,7 @@ def score(cfg: RunConfig, *, loaded: Any = None, method: Method | None = None) -
         ctx = FitContext(
             samples,
             run.path,
-            cfg.select.budget() if cfg.select.fraction or cfg.select.count else 1.0,
+            cfg.select.budget() if has_budget(cfg) else None,
             cfg.select.seed,
             read.content_hash,
             runner.model,

@@ -104,7 +104,7 @@ class FitContext:
 
     samples: list[Sample]
     work_dir: Path
-    budget: float | int
+    budget: float | int | None  # None when the run scores without selecting (`thresher score`)
     seed: int
     data_hash: str
     load_model: Callable[[str], Any]

@@ -195,6 +195,11 @@ def instructdiff(
         """Warm up the calibrated copy (round k > 0 retrains from the base on round k-1's
         selection, paper Alg. 1); the calibrated pass then runs on it. (`validate` has checked
         that the calibrator shares the base model's tokenizer.)"""
+        if iterations > 1 and ctx.budget is None:
+            raise ValueError(
+                f"iterations={iterations} selects a subset between rounds: give the budget too "
+                "(--fraction or --count), or score with iterations=1"
+            )
         lm = ctx.load_model(calibrator or model)
         by_id = {s.id: s for s in ctx.samples}
         subset = [ctx.samples[i] for i in warmup_indices(len(ctx.samples), alpha, warmup_seed)]
