@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# the tests mirror the source layout (tests/methods for src/thresher/methods, ...); test modules
+# import shared rows and builders from each other by module name (`from test_miwv import ROWS`),
+# so every test folder is importable, as pytest's rootdir mode makes the one holding each file
+sys.path[:0] = [
+    str(d)
+    for d in sorted(Path(__file__).parent.iterdir())
+    if d.is_dir() and d.name not in ("data", "__pycache__")
+]
 
 
 def pytest_configure(config: pytest.Config) -> None:
