@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,13 +33,19 @@ MAX_POINTS = 3000  # ours: keeps the PCA map's SVG small; every selected row is 
 POOL, SUBSET, MARK = "#8d99a6", "#d9480f", "#1c7ed6"
 W, H, PAD = 420, 220, 34
 EXAMPLES_PER_REASON = 3
+# Code points U+D800-U+DFFF (lone surrogates) cannot be written as UTF-8. Rows bring them in from
+# JSON escapes such as "\ud800" and from bad UTF-8 bytes inside a JSON array (read with
+# surrogateescape); they are replaced by U+FFFD before anything is written, and counted.
+SURROGATES = re.compile("[\ud800-\udfff]")
+REPLACEMENT = "\ufffd"
 CSS = """body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1150px;color:#222}
 h1{font-size:22px}h2{font-size:18px;border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:32px}
 h3{font-size:15px;margin:18px 0 6px}.grid{display:flex;flex-wrap:wrap;gap:14px}
 figure{margin:0;border:1px solid #e3e3e3;padding:6px}figcaption{font-size:12px;color:#555;max-width:420px}
 table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ddd;padding:3px 8px;text-align:left}
 pre{background:#f6f8fa;padding:10px;overflow:auto;max-height:480px;font-size:12px}
-.key span{display:inline-block;width:12px;height:12px;margin:0 4px 0 12px;vertical-align:middle}"""
+.key span{display:inline-block;width:12px;height:12px;margin:0 4px 0 12px;vertical-align:middle}
+.note{background:#fff4e6;border-left:3px solid #f08c00;padding:4px 8px}"""
 
 
 @dataclass
@@ -54,6 +61,7 @@ class RunView:
     lengths: dict[str, np.ndarray]  # token-count columns
     rejected: list[dict[str, Any]]
     evaluation: dict[str, Any] | None = None  # eval.json, written by `thresher eval RUN_DIR`
+    replaced: int = 0  # lone surrogates replaced by U+FFFD in what was read
 
     @property
     def name(self) -> str:
@@ -87,17 +95,28 @@ def read_run(run_dir: str | Path) -> RunView:
         t.column("selected").to_pylist() if "selected" in t.column_names else [False] * t.num_rows,
         dtype=bool,
     )
-    return RunView(
-        d,
-        manifest,
-        t.column("id").to_pylist(),
-        t.column("status").to_pylist(),
-        selected,
-        signals,
-        lengths,
-        rejected,
-        json.loads(run.evaluation.read_text()) if run.evaluation.is_file() else None,
+    evaluation = json.loads(run.evaluation.read_text()) if run.evaluation.is_file() else None
+    text, replaced = make_safe(
+        [manifest, t.column("id").to_pylist(), t.column("status").to_pylist(), rejected, evaluation]
     )
+    manifest, ids, status, rejected, evaluation = text
+    return RunView(
+        d, manifest, ids, status, selected, signals, lengths, rejected, evaluation, replaced
+    )
+
+
+def make_safe(value: Any) -> tuple[Any, int]:
+    """`value` (a string, or lists and dicts of them as JSON holds) with every lone surrogate
+    replaced by U+FFFD, and how many were replaced. Other values are returned as they are."""
+    if isinstance(value, str):
+        return SURROGATES.subn(REPLACEMENT, value)
+    if isinstance(value, list):
+        items = [make_safe(v) for v in value]
+        return [v for v, _ in items], sum(n for _, n in items)
+    if isinstance(value, dict):
+        pairs = [(make_safe(k), make_safe(v)) for k, v in value.items()]
+        return {k: v for (k, _), (v, _) in pairs}, sum(a + b for (_, a), (_, b) in pairs)
+    return value, 0
 
 
 def activations(run: RunView) -> tuple[str, np.ndarray] | None:
@@ -329,6 +348,7 @@ def _run_section(k: int, run: RunView) -> str:
         f"{counts.get('rejected', '?')} rejected; {int(run.selected.sum())} selected"
         + (f" ({html.escape(sel['note'])})" if sel.get("note") else "")
         + ".</p>",
+        _replaced_note(run.replaced, "this run's rows, ids and manifest"),
         f'<p class="key"><span style="background:{POOL}"></span>pool (scored rows, filtered ones included: {int((scored & ~eligible).sum())})'
         f'<span style="background:{SUBSET}"></span>subset<span style="background:{MARK}"></span>threshold (among eligible rows)</p>',
     ]
@@ -387,6 +407,16 @@ def _rejected_table(rejected: list[dict[str, Any]]) -> str:
     )
 
 
+def _replaced_note(count: int, where: str) -> str:
+    if not count:
+        return ""
+    return (
+        f'<p class="note">{count} character{"s" if count > 1 else ""} in {where} could not be '
+        f"written as UTF-8 (lone surrogates: bad UTF-8 bytes, or escapes such as \\ud800) and "
+        f"{'are' if count > 1 else 'is'} shown as {REPLACEMENT} (U+FFFD).</p>"
+    )
+
+
 def render(runs: list[RunView]) -> str:
     body = [f"<h1>thresher report: {len(runs)} run{'s' if len(runs) > 1 else ''}</h1>"]
     if len(runs) > 1:
@@ -401,7 +431,11 @@ def render(runs: list[RunView]) -> str:
             )
         )
     body += [_run_section(k + 1, r) for k, r in enumerate(runs)]
-    return f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>thresher report</title><style>{CSS}</style></head><body>{''.join(body)}</body></html>"
+    # what read_run did not see (a folder name, a view built by hand) is made safe here
+    page, count = SURROGATES.subn(REPLACEMENT, "".join(body))
+    if count:
+        page = _replaced_note(count, "this page (outside the rows read)") + page
+    return f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>thresher report</title><style>{CSS}</style></head><body>{page}</body></html>"
 
 
 def write_report(run_dirs: list[str | Path], out: str | Path | None = None) -> Path:
