@@ -83,6 +83,20 @@ def test_histogram_marks_the_threshold_and_says_when_there_is_none():
     )
 
 
+def test_the_map_draws_at_most_max_points_and_keeps_a_small_subset_whole():
+    n = 10_000
+    rng = np.random.default_rng(0)
+    for chosen, drawn in ((5_000, report.MAX_POINTS // 2), (40, 40)):
+        selected = np.zeros(n, bool)
+        selected[rng.choice(n, chosen, replace=False)] = True
+        view = report.RunView(
+            report.Path("x"), {}, [str(k) for k in range(n)], ["ok"] * n, selected,
+            {"a": rng.normal(size=n), "b": rng.normal(size=n)}, {}, [],
+        )  # fmt: skip
+        _, xy, rows = report.map_features(view)
+        assert len(rows) == len(xy) == report.MAX_POINTS and selected[rows].sum() == drawn
+
+
 def test_activations_come_from_committed_shards_only(tmp_path):
     d = tmp_path / "passes" / "cond.alpaca"
     d.mkdir(parents=True)
@@ -112,21 +126,39 @@ def test_activations_come_from_committed_shards_only(tmp_path):
 
 def test_a_run_writes_its_report_with_every_section(runs):
     page = (runs["ifd"] / "report.html").read_text()
-    assert "<script" not in page and "http://" not in page.replace(
-        'xmlns="http://www.w3.org/2000/svg"', ""
+    # offline: one inline script (the sample browser's), nothing loaded, a policy that forbids both
+    assert page.count("<script") == 1 and "<script>" in page and "src=" not in page
+    assert (
+        "http:" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
+        and "https:" not in page
     )
+    assert "default-src 'none'" in page
     for section in (
         "Signals",
         "Lengths, subset vs pool",
         "Map of pool vs subset",
+        "Samples",
         "Rejected rows",
         "Manifest",
     ):
-        assert f"<h3>{section}" in page
+        assert re.search(f"<h3[^>]*>{section}", page), section
     assert "empty_response" in page and "threshold" in page
     assert 'class="plot"' in page and "PCA of features: ifd" in page
     svgs = re.findall(r'<svg class="plot".*?</svg>', page)
     assert len(svgs) >= 5 and all(s.count("<rect") + s.count("<circle") > 2 for s in svgs)
+
+
+def test_the_sample_browser_of_a_real_run(runs):
+    text = parse_page(runs["ifd"] / "report.html")
+    table = pq.read_table(runs["ifd"] / "scores.parquet").to_pydict()
+    top = table["id"][table["rank"].index(0)]
+    row = ROWS[table["line"][table["id"].index(top)] - 1]
+    assert "Ranked by ifd, highest first" in text
+    assert row["instruction"] in text and row["output"] in text  # read back from the data
+    assert "below the threshold" in text and "rejected at line 25: empty_response" in text
+    selected = sum(table["selected"])
+    assert f"rank 1 of {table['status'].count('ok')} eligible, threshold" in text
+    assert f"{selected} selected" in text
 
 
 def test_report_cli_compares_runs_with_jaccard(runs, tmp_path, capsys):

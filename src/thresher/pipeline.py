@@ -283,6 +283,7 @@ def write_outputs(
             "name": cfg.method.name,
             "reproduce": cfg.method.reproduce,
             "params": method.params,
+            "score": result.table.score,  # the column the selector ranks by (None: no ranking)
         },
         "data": {
             "source": result.read.source,
