@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from htmlcheck import parse_page
 from thresher.config import RunConfig
 from thresher.pipeline import run
 
@@ -97,6 +98,10 @@ def test_every_bad_row_is_rejected_with_its_reason_and_line(tiny_model_dir, tmp_
     }
     assert parts["response-partly-cut"] == "response" and parts["ok-1"] == ""
     assert len(sel.ids) <= len(SCORED)
+    # the report is written although line 14 holds a lone surrogate: replaced, and said so
+    text = parse_page(out / "report.html")
+    assert all(reason in text for reason in REJECTED.values())
+    assert "1 character in this run's rows" in text and "U+FFFD" in text
 
 
 def test_mixed_formats_and_a_chat_template_without_generation_markers(tiny_model_dir, tmp_path):

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from thresher.config import RunConfig, override
+from thresher.rundir import ReportNotWritten
 
 EXAMPLES = {
     "main": """examples:
@@ -549,6 +550,12 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+    except ReportNotWritten as e:  # every other output is saved: show the run, then the error
+        from thresher.pipeline import summary
+
+        print(summary(e.result, e.selection, e.manifest))
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except (ValueError, ImportError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e, (ValueError, ImportError, FileNotFoundError)) else 1

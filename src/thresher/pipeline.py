@@ -29,7 +29,7 @@ from thresher.formats import make_schema
 from thresher.methods import FitContext, Fitted, Method, SelectContext, SignalInputs, SignalTable
 from thresher.methods.base import first_failure
 from thresher.methods.table import make_table
-from thresher.rundir import RunFolder
+from thresher.rundir import ReportNotWritten, RunFolder
 from thresher.runner import PassRunner
 from thresher.selectors.base import Selection, budget_count
 from thresher.templates import get_template
@@ -256,7 +256,8 @@ def write_outputs(
     *,
     timings: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    """Write every output file of a run; returns the manifest."""
+    """Write every output file of a run; returns the manifest. The report is written last: when it
+    fails, `ReportNotWritten` is raised once everything else is saved."""
     run, method = RunFolder(result.run_dir), result.method
     rank = {i: k for k, i in enumerate(sel.ids)} if sel else {}
     t = result.table
@@ -291,6 +292,7 @@ def write_outputs(
             "name": cfg.method.name,
             "reproduce": cfg.method.reproduce,
             "params": method.params,
+            "score": result.table.score,  # the column the selector ranks by (None: no ranking)
         },
         "data": {
             "source": result.read.source,
@@ -327,18 +329,23 @@ def write_outputs(
         "versions": _versions(),
     }
     run.write_manifest(manifest, default=_json_default)
-    if cfg.output.report:
-        from thresher.report import write_report
+    if not cfg.output.report:
+        run.report.unlink(missing_ok=True)  # an earlier run's page would describe other outputs
+        return manifest
+    from thresher.report import write_report
 
-        try:  # every output above is written: a report that fails must not fail the run
-            write_report([run.path])
-        except Exception as e:
-            log.warning(
-                "report.html was not written (%s: %s); rerun `thresher report %s`",
-                type(e).__name__,
-                e,
-                run.path,
-            )
+    try:  # written last: every output above is saved whatever happens here
+        write_report([run.path])
+    except Exception as e:  # any failure of the page: reported, never swallowed
+        run.report.unlink(missing_ok=True)
+        raise ReportNotWritten(
+            f"{run.report} was not written ({type(e).__name__}: {e}). Every other output of the "
+            f"run is saved in {run.path}; fix the cause, then write the page with "
+            f"`thresher report {run.path}`",
+            result,
+            sel,
+            manifest,
+        ) from e
     return manifest
 
 

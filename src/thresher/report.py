@@ -1,18 +1,23 @@
-"""`report.html`: a self-contained page (no script, no CDN, works offline) about one or more runs.
+"""`report.html`: one self-contained page about one or more runs that works offline.
 
 Plots are SVG written here in Python: per-signal histograms of the pool and the subset with the
 selection threshold marked, subset vs pool length distributions, a 2-D PCA map of pool vs
-subset, and a Jaccard overlap matrix of the selected ids when several runs are given. Tables:
-`thresher eval`'s results or model comparison (`eval.json`), rejected-row reasons with examples,
-and the manifest. Everything is read from the run folder
-(`scores.parquet`, `rejected.jsonl`, `manifest.json`, and `passes/*/` shards for activations).
+subset, and a Jaccard overlap matrix of the selected ids when several runs are given. A sample
+browser per run (`report_samples`) shows rows to read with their text, signals, rank, status and
+why. Tables: `thresher eval`'s results or model comparison (`eval.json`), rejected-row reasons
+with examples, and the manifest. Everything is read from the run folder (`scores.parquet`,
+`rejected.jsonl`, `manifest.json`, `passes/*/` shards for activations) and, for the browser's
+texts, from the run's data. The page loads nothing; its one inline script (sorting and search)
+is the only code its Content-Security-Policy lets run.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import html
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +29,19 @@ from thresher import rundir
 from thresher.atomic import write_atomic
 from thresher.cache import ACTIVATION_PREFIXES, fixed_rows
 from thresher.evaluation.compare import evaluation_html
+from thresher.report_samples import (
+    REPLACEMENT,
+    SCRIPT,
+    SURROGATES,
+    browser_html,
+    make_safe,
+    threshold,
+)
+from thresher.report_svg import MARK, POOL, SUBSET, heatmap_svg, histogram_svg, scatter_svg
 from thresher.rundir import RunFolder
 
 NOT_SIGNALS = {"id", "line", "status", "selected", "rank"}
-BINS = 30  # ours: enough to show shape for pools of a few hundred rows and up
-MAX_POINTS = 3000  # ours: keeps the PCA map's SVG small; every selected row is always drawn
-POOL, SUBSET, MARK = "#8d99a6", "#d9480f", "#1c7ed6"
-W, H, PAD = 420, 220, 34
+MAX_POINTS = 3000  # ours: bounds the PCA map's SVG (about 80 bytes a point) whatever the pool
 EXAMPLES_PER_REASON = 3
 CSS = """body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1150px;color:#222}
 h1{font-size:22px}h2{font-size:18px;border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:32px}
@@ -38,7 +49,13 @@ h3{font-size:15px;margin:18px 0 6px}.grid{display:flex;flex-wrap:wrap;gap:14px}
 figure{margin:0;border:1px solid #e3e3e3;padding:6px}figcaption{font-size:12px;color:#555;max-width:420px}
 table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ddd;padding:3px 8px;text-align:left}
 pre{background:#f6f8fa;padding:10px;overflow:auto;max-height:480px;font-size:12px}
-.key span{display:inline-block;width:12px;height:12px;margin:0 4px 0 12px;vertical-align:middle}"""
+.key span{display:inline-block;width:12px;height:12px;margin:0 4px 0 12px;vertical-align:middle}
+.note{background:#fff4e6;border-left:3px solid #f08c00;padding:4px 8px}
+table.samples{font-size:12px;width:100%}table.samples th{cursor:pointer;background:#f6f8fa;position:sticky;top:0}
+table.samples td{vertical-align:top}table.samples td.txt{min-width:320px;overflow-wrap:anywhere}
+table.samples td.why{min-width:200px;color:#444}
+table.samples pre{white-space:pre-wrap;max-height:320px;margin:2px 0 6px}summary{cursor:pointer}
+input.find{width:360px;margin:4px 0 8px;padding:3px 6px}"""
 
 
 @dataclass
@@ -54,6 +71,9 @@ class RunView:
     lengths: dict[str, np.ndarray]  # token-count columns
     rejected: list[dict[str, Any]]
     evaluation: dict[str, Any] | None = None  # eval.json, written by `thresher eval RUN_DIR`
+    replaced: int = 0  # lone surrogates replaced by U+FFFD in what was read
+    lines: list[int | None] = field(default_factory=list)  # source line per row
+    rank: list[int | None] = field(default_factory=list)  # position in the selector's output
 
     @property
     def name(self) -> str:
@@ -87,17 +107,16 @@ def read_run(run_dir: str | Path) -> RunView:
         t.column("selected").to_pylist() if "selected" in t.column_names else [False] * t.num_rows,
         dtype=bool,
     )
-    return RunView(
-        d,
-        manifest,
-        t.column("id").to_pylist(),
-        t.column("status").to_pylist(),
-        selected,
-        signals,
-        lengths,
-        rejected,
-        json.loads(run.evaluation.read_text()) if run.evaluation.is_file() else None,
+    evaluation = json.loads(run.evaluation.read_text()) if run.evaluation.is_file() else None
+    text, replaced = make_safe(
+        [manifest, t.column("id").to_pylist(), t.column("status").to_pylist(), rejected, evaluation]
     )
+    manifest, ids, status, rejected, evaluation = text
+    column = {n: t.column(n).to_pylist() if n in t.column_names else [] for n in ("line", "rank")}
+    return RunView(
+        d, manifest, ids, status, selected, signals, lengths, rejected, evaluation, replaced,
+        column["line"], column["rank"],
+    )  # fmt: skip
 
 
 def activations(run: RunView) -> tuple[str, np.ndarray] | None:
@@ -152,29 +171,20 @@ def map_features(run: RunView) -> tuple[str, np.ndarray, np.ndarray]:
         what = "features: " + ", ".join(list(run.signals) + [f"log1p({k})" for k in run.lengths])
         x = np.stack(cols, axis=1) if cols else np.zeros((len(run.ids), 0))
     rows = np.flatnonzero(np.all(np.isfinite(x), axis=1)) if x.shape[1] else np.zeros(0, dtype=int)
-    if len(rows) > MAX_POINTS:
+    if len(rows) > MAX_POINTS:  # a seeded sample; the subset keeps up to half the points
         rng = np.random.default_rng(0)
-        pool_rows = rows[~run.selected[rows]]
-        keep = rng.choice(
-            pool_rows, size=max(MAX_POINTS - int(run.selected[rows].sum()), 0), replace=False
+        subset, pool = rows[run.selected[rows]], rows[~run.selected[rows]]
+        n_subset = min(len(subset), max(MAX_POINTS // 2, MAX_POINTS - len(pool)))
+        rows = np.sort(
+            np.concatenate(
+                [
+                    rng.choice(subset, size=n_subset, replace=False),
+                    rng.choice(pool, size=min(len(pool), MAX_POINTS - n_subset), replace=False),
+                ]
+            )
         )
-        rows = np.sort(np.concatenate([rows[run.selected[rows]], keep]))
     xy, var = pca_2d(x[rows]) if len(rows) > 1 else (np.zeros((len(rows), 2)), np.zeros(2))
     return f"{what} (PC1 {var[0]:.0%}, PC2 {var[1]:.0%} of variance)", xy, rows
-
-
-def threshold(values: np.ndarray, selected: np.ndarray) -> float | None:
-    """The selection boundary on this signal, when the subset and the rest are separated by it
-    (a top-k or bottom-k on this column); None when they overlap (another column or random)."""
-    ok = np.isfinite(values)
-    a, b = values[ok & selected], values[ok & ~selected]
-    if len(a) == 0 or len(b) == 0:
-        return None
-    if a.min() >= b.max():
-        return float(a.min())
-    if a.max() <= b.min():
-        return float(a.max())
-    return None
 
 
 def jaccard(sets: list[set[str]]) -> np.ndarray:
@@ -185,125 +195,6 @@ def jaccard(sets: list[set[str]]) -> np.ndarray:
             union = sets[i] | sets[j]
             m[i, j] = len(sets[i] & sets[j]) / len(union) if union else 1.0
     return m
-
-
-# ------------------------------------------------------------------ SVG
-
-
-def _num(v: float) -> str:
-    return f"{v:.3g}"
-
-
-def histogram_svg(
-    pool: np.ndarray, subset: np.ndarray, mark: float | None, label: str, ranked: bool = True
-) -> tuple[str, str]:
-    """Pool and subset as shares of their own rows per bin (so a small subset stays visible)."""
-    pool, subset = pool[np.isfinite(pool)], subset[np.isfinite(subset)]
-    if len(pool) == 0:
-        return "", f"{label}: no finite values"
-    lo, hi = np.percentile(pool, [0.5, 99.5]) if len(pool) >= 200 else (pool.min(), pool.max())
-    if hi <= lo:
-        lo, hi = lo - 0.5, hi + 0.5
-    edges = np.linspace(lo, hi, BINS + 1)
-    outside = int(((pool < lo) | (pool > hi)).sum())
-    hp = np.histogram(np.clip(pool, lo, hi), edges)[0] / len(pool)
-    hs = np.histogram(np.clip(subset, lo, hi), edges)[0] / max(len(subset), 1)
-    top = max(hp.max(), hs.max() if len(subset) else 0, 1e-12)
-    pw, ph = W - 2 * PAD, H - 2 * PAD
-    bw = pw / BINS
-    parts = [f'<rect x="{PAD}" y="{PAD}" width="{pw}" height="{ph}" fill="none" stroke="#ccc"/>']
-    for heights, color, opacity in ((hp, POOL, 0.75), (hs, SUBSET, 0.55)):
-        for k, h in enumerate(heights):
-            if h > 0:
-                y = PAD + ph * (1 - h / top)
-                parts.append(
-                    f'<rect x="{PAD + k * bw:.1f}" y="{y:.1f}" width="{bw:.1f}" height="{PAD + ph - y:.1f}" fill="{color}" fill-opacity="{opacity}"/>'
-                )
-    if mark is not None and lo <= mark <= hi:
-        x = PAD + pw * (mark - lo) / (hi - lo)
-        parts.append(
-            f'<line x1="{x:.1f}" y1="{PAD - 6}" x2="{x:.1f}" y2="{PAD + ph}" stroke="{MARK}" stroke-width="2" stroke-dasharray="5,3"/>'
-        )
-        parts.append(
-            f'<text x="{x + 3:.1f}" y="{PAD - 8}" font-size="11" fill="{MARK}">threshold {_num(mark)}</text>'
-        )
-    parts += _axes(lo, hi, top, label, "share of rows")
-    caption = f"{label}: pool {len(pool)} rows, subset {len(subset)} rows" + (
-        f"; {outside} pool values outside the 0.5-99.5 percentile range are drawn in the edge bins"
-        if outside
-        else ""
-    )
-    if ranked and mark is None and len(subset):
-        caption += "; no single threshold separates the subset on this column"
-    return _svg(parts), caption
-
-
-def _axes(lo: float, hi: float, top: float, xlabel: str, ylabel: str) -> list[str]:
-    pw, ph = W - 2 * PAD, H - 2 * PAD
-    out = []
-    for k in range(5):
-        v = lo + (hi - lo) * k / 4
-        out.append(
-            f'<text x="{PAD + pw * k / 4:.1f}" y="{H - PAD + 14}" font-size="10" text-anchor="middle">{_num(v)}</text>'
-        )
-    out.append(
-        f'<text x="{W / 2}" y="{H - 4}" font-size="11" text-anchor="middle">{html.escape(xlabel)}</text>'
-    )
-    out.append(
-        f'<text x="{PAD - 4}" y="{PAD + 4}" font-size="10" text-anchor="end">{_num(top)}</text>'
-    )
-    out.append(
-        f'<text x="10" y="{PAD + ph / 2}" font-size="10" transform="rotate(-90 10 {PAD + ph / 2})" text-anchor="middle">{ylabel}</text>'
-    )
-    return out
-
-
-def scatter_svg(xy: np.ndarray, selected: np.ndarray) -> str:
-    pw, ph = W - 2 * PAD, H - 2 * PAD
-    lo, hi = xy.min(axis=0), xy.max(axis=0)
-    span = np.where(hi > lo, hi - lo, 1.0)
-    p = 0.03 + 0.94 * (xy - lo) / span  # a margin keeps edge points off the frame
-    parts = [f'<rect x="{PAD}" y="{PAD}" width="{pw}" height="{ph}" fill="none" stroke="#ccc"/>']
-    for flag, color, r in ((False, POOL, 2.2), (True, SUBSET, 3.0)):  # subset drawn on top
-        for x, y in p[selected == flag]:
-            parts.append(
-                f'<circle cx="{PAD + x * pw:.1f}" cy="{PAD + (1 - y) * ph:.1f}" r="{r}" fill="{color}" fill-opacity="0.7"/>'
-            )
-    parts.append(f'<text x="{W / 2}" y="{H - 8}" font-size="11" text-anchor="middle">PC1</text>')
-    parts.append(
-        f'<text x="12" y="{H / 2}" font-size="11" transform="rotate(-90 12 {H / 2})" text-anchor="middle">PC2</text>'
-    )
-    return _svg(parts)
-
-
-def heatmap_svg(m: np.ndarray, labels: list[str]) -> str:
-    n = len(labels)
-    cell, left, topm = 56, 170, 24
-    parts = []
-    for i in range(n):
-        parts.append(
-            f'<text x="{left - 6}" y="{topm + i * cell + cell / 2 + 4}" font-size="11" text-anchor="end">{html.escape(labels[i][:26])}</text>'
-        )
-        parts.append(
-            f'<text x="{left + i * cell + cell / 2}" y="{topm - 6}" font-size="11" text-anchor="middle">{i + 1}</text>'
-        )
-        for j in range(n):
-            shade = int(245 - 190 * m[i, j])
-            parts.append(
-                f'<rect x="{left + j * cell}" y="{topm + i * cell}" width="{cell - 2}" height="{cell - 2}" fill="rgb({shade},{shade + 5 if shade < 250 else 250},255)"/>'
-            )
-            parts.append(
-                f'<text x="{left + j * cell + cell / 2 - 1}" y="{topm + i * cell + cell / 2 + 4}" font-size="12" text-anchor="middle" fill="{"#fff" if m[i, j] > 0.6 else "#222"}">{m[i, j]:.2f}</text>'
-            )
-    return _svg(parts, left + n * cell + 10, topm + n * cell + 10)
-
-
-def _svg(parts: list[str], width: int = W, height: int = H) -> str:
-    return (
-        f'<svg class="plot" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}">'
-        + "".join(parts)
-        + "</svg>"
-    )
 
 
 # ------------------------------------------------------------------ page
@@ -329,6 +220,7 @@ def _run_section(k: int, run: RunView) -> str:
         f"{counts.get('rejected', '?')} rejected; {int(run.selected.sum())} selected"
         + (f" ({html.escape(sel['note'])})" if sel.get("note") else "")
         + ".</p>",
+        _replaced_note(run.replaced, "this run's rows, ids and manifest"),
         f'<p class="key"><span style="background:{POOL}"></span>pool (scored rows, filtered ones included: {int((scored & ~eligible).sum())})'
         f'<span style="background:{SUBSET}"></span>subset<span style="background:{MARK}"></span>threshold (among eligible rows)</p>',
     ]
@@ -357,6 +249,10 @@ def _run_section(k: int, run: RunView) -> str:
         _figure(scatter_svg(xy, run.selected[rows]), f"PCA of {what}; {len(rows)} rows drawn")
         if len(rows) > 1
         else "<p>too few rows with finite features for a map</p>"
+    )
+    samples, replaced = browser_html(k, run)
+    out.append(
+        f"<h3 id='run-{k}-samples'>Samples</h3>" + _replaced_note(replaced, "these texts") + samples
     )
     if run.evaluation is not None:
         out.append("<h3>Evaluation (thresher eval)</h3>" + evaluation_html(run.evaluation))
@@ -387,6 +283,16 @@ def _rejected_table(rejected: list[dict[str, Any]]) -> str:
     )
 
 
+def _replaced_note(count: int, where: str) -> str:
+    if not count:
+        return ""
+    return (
+        f'<p class="note">{count} character{"s" if count > 1 else ""} in {where} could not be '
+        f"written as UTF-8 (lone surrogates: bad UTF-8 bytes, or escapes such as \\ud800) and "
+        f"{'are' if count > 1 else 'is'} shown as {REPLACEMENT} (U+FFFD).</p>"
+    )
+
+
 def render(runs: list[RunView]) -> str:
     body = [f"<h1>thresher report: {len(runs)} run{'s' if len(runs) > 1 else ''}</h1>"]
     if len(runs) > 1:
@@ -401,7 +307,19 @@ def render(runs: list[RunView]) -> str:
             )
         )
     body += [_run_section(k + 1, r) for k, r in enumerate(runs)]
-    return f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>thresher report</title><style>{CSS}</style></head><body>{''.join(body)}</body></html>"
+    # what read_run did not see (a folder name, a view built by hand) is made safe here
+    page, count = SURROGATES.subn(REPLACEMENT, "".join(body))
+    if count:
+        page = _replaced_note(count, "this page (outside the rows read)") + page
+    # offline by construction: nothing may load, and only SCRIPT (by its hash) may run
+    digest = base64.b64encode(hashlib.sha256(SCRIPT.encode()).digest()).decode()
+    csp = f"default-src 'none'; style-src 'unsafe-inline'; script-src 'sha256-{digest}'"
+    return (
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        f'<meta http-equiv="Content-Security-Policy" content="{csp}">'
+        f"<title>thresher report</title><style>{CSS}</style></head><body>{page}"
+        f"<script>{SCRIPT}</script></body></html>"
+    )
 
 
 def write_report(run_dirs: list[str | Path], out: str | Path | None = None) -> Path:

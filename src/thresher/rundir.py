@@ -88,3 +88,15 @@ class RunFolder:
             shutil.rmtree(folder, ignore_errors=True)
             if folder.parent.is_dir() and not any(folder.parent.iterdir()):
                 folder.parent.rmdir()
+
+
+class ReportNotWritten(RuntimeError):
+    """`report.html` could not be written, after every other output of the run was saved.
+
+    `result`, `selection` and `manifest` are what the run produced (what `pipeline.run` would have
+    returned), so a caller loses nothing but the page; `thresher report RUN_DIR` writes it again.
+    """
+
+    def __init__(self, message: str, result: Any, selection: Any, manifest: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.result, self.selection, self.manifest = result, selection, manifest
