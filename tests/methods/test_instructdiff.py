@@ -199,8 +199,9 @@ def test_weak_to_strong_calibrator_must_share_the_tokenizer(tiny_model_dir, tmp_
     gtok.save_pretrained(other)
     cfg = _cfg(tiny_model_dir, tmp_path, calibrator=str(other))
     cfg.output.dir = str(tmp_path / "run2")
-    with pytest.raises(ValueError, match="must share the tokenizer"):
-        run(cfg)
+    with pytest.raises(ValueError, match=r"other'.*another tokenizer than the run's model"):
+        run(cfg)  # refused in validate, before anything trains
+    assert not (tmp_path / "run2" / "calibrators").exists()
 
 
 @pytest.mark.integration
