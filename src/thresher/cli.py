@@ -6,6 +6,7 @@ import argparse
 import errno
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -542,7 +543,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
-        return _dispatch(args)
+        code = _dispatch(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+        return code
+    except BrokenPipeError:  # `thresher ls methods | head`: the reader has what it wanted
+        # stdout goes to /dev/null so the flush at exit cannot raise again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print(
             "interrupted: finished shards are kept; rerun the same command to resume",
@@ -562,19 +569,34 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     except OSError as e:
-        where = f": {e.filename}" if e.filename else ""
-        if e.errno in DISK_ERRNOS:
-            print(
-                f"error: {e.strerror or e}{where}. Finished shards are kept: free space or fix the permissions (or pick another --out), then rerun the same command to resume.",
-                file=sys.stderr,
-            )
-        else:  # e.g. transformers' "couldn't connect to the hub and couldn't find the files"
-            print(f"error: {e}{where} (given {_given(args)})", file=sys.stderr)
+        print(f"error: {os_error_message(e, args)}", file=sys.stderr)
         return 1
 
 
-# a full disk, a folder we may not write to, a read-only file system
-DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
+FULL_DISK = {errno.ENOSPC, errno.EDQUOT}
+NOT_ALLOWED = {errno.EACCES, errno.EPERM, errno.EROFS}  # permissions, a read-only file system
+
+
+def os_error_message(e: OSError, a: argparse.Namespace) -> str:
+    """What an OSError means for the command that met it: a full disk or a refused write in the
+    output folder keeps the finished shards (rerun to resume); any other path names what was
+    given."""
+    where = f": {e.filename}" if e.filename else ""
+    out = getattr(a, "out", None)
+    in_out = bool(e.filename and out) and Path(str(e.filename)).resolve().is_relative_to(
+        Path(out).resolve()
+    )
+    resume = "Finished shards are kept: rerun the same command to resume once fixed."
+    if e.errno in FULL_DISK:
+        return f"{e.strerror or e}{where}: the disk is full. Free space or pick another --out. {resume}"
+    if e.errno in NOT_ALLOWED and in_out:
+        return (
+            f"{e.strerror or e}{where}: thresher may not write to the output folder {out}. "
+            f"Fix its permissions or pick another --out. {resume}"
+        )
+    if e.errno in NOT_ALLOWED:
+        return f"{e.strerror or e}{where}: fix the permissions of that path (given {_given(a)})"
+    return f"{e}{where} (given {_given(a)})"
 
 
 def _given(a: argparse.Namespace) -> str:
