@@ -616,6 +616,7 @@ def _given(a: argparse.Namespace) -> str:
 
 def _dispatch(a: argparse.Namespace) -> int:
     from thresher import pipeline
+    from thresher.rundir import RunFolder
 
     if a.command == "ls":
         cmd_ls(a.what)
@@ -624,7 +625,8 @@ def _dispatch(a: argparse.Namespace) -> int:
         print(cmd_train(a))
         return 0
     if a.command == "demo":
-        cmd_demo(a)
+        with RunFolder(a.out).lock("demo"):
+            cmd_demo(a)
         return 0
     if a.command == "eval":
         from thresher.evaluation import evaluate_models, format_evaluation
@@ -663,9 +665,10 @@ def _dispatch(a: argparse.Namespace) -> int:
             ]
         if a.seed is not None:
             overrides.append(f"select.seed={a.seed}")
-        cfg, result = pipeline.load_run(a.run_dir, overrides)
-        sel = pipeline.select(result, cfg)
-        manifest = pipeline.write_outputs(result, sel, cfg)
+        with RunFolder(a.run_dir).lock("select"):
+            cfg, result = pipeline.load_run(a.run_dir, overrides)
+            sel = pipeline.select(result, cfg)
+            manifest = pipeline.write_outputs(result, sel, cfg)
         print(pipeline.summary(result, sel, manifest))
         return 0
     cfg = config_from_args(a)
@@ -676,10 +679,11 @@ def _dispatch(a: argparse.Namespace) -> int:
         return 0
     if a.command == "score":
         t0 = time.perf_counter()
-        result = pipeline.score(cfg)
-        manifest = pipeline.write_outputs(
-            result, None, cfg, timings={"score": time.perf_counter() - t0}
-        )
+        with RunFolder(cfg.output.dir).lock("score"):  # held from the passes to the manifest
+            result = pipeline.score(cfg)
+            manifest = pipeline.write_outputs(
+                result, None, cfg, timings={"score": time.perf_counter() - t0}
+            )
         print(pipeline.summary(result, None, manifest))
         return 0
     result, sel, manifest = pipeline.run(cfg)
