@@ -54,13 +54,15 @@ def test_validate_suggests_near_matches_before_loading_a_model(data, capsys):
     assert "variant" in capsys.readouterr().err
 
 
-def test_validate_ok_prints_the_plan(data, capsys):
-    assert main(["validate", "--data", str(data), "--method", "ifd", "--max-length", "256"]) == 0
+def test_validate_ok_prints_the_plan(data, tiny_model_dir, capsys):
+    argv = ["validate", "--data", str(data), "--method", "ifd", "--max-length", "256"]
+    assert main([*argv, "--model", str(tiny_model_dir)]) == 0
     out = capsys.readouterr().out
     assert (
-        out.startswith("ok: method ifd")
+        out.startswith("method    ifd with")
         and '"max_length": 256' in out
         and "cond=cond/alpaca" in out
+        and "rows      1 read = 1 readable + 0 rejected reading" in out
     )
 
 

@@ -28,6 +28,8 @@ EXAMPLES = {
   thresher ls models""",
     "validate": """examples:
   thresher validate configs/ifd.yaml data.path=alpaca.json
+  thresher validate --data alpaca.json --method ifd --out runs/ifd   # which passes runs/ifd holds
+  thresher validate --data alpaca.json --method ifd --probe 32   # time 32 rows on the real model
   thresher validate --data alpaca.json --method superfilterng   # suggests 'superfiltering'""",
     "score": """examples:
   thresher score --data alpaca.json --method ifd --out runs/ifd
@@ -90,12 +92,24 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     for name, help_ in (
-        ("validate", "check a config fully, loading no model"),
+        (
+            "validate",
+            "dry run: read the data, tokenize, show cached passes and the cost (no model)",
+        ),
         ("score", "score a dataset (no selection)"),
         ("run", "score, select and export"),
     ):
         sp = sub.add_parser(name, help=help_, epilog=EXAMPLES[name], formatter_class=fmt)
         _add_run_flags(sp, with_budget=name != "score")
+        if name == "validate":
+            sp.add_argument(
+                "--probe",
+                type=int,
+                default=0,
+                metavar="N",
+                help="load the model and time N rows of each pass for the estimate (e.g. 32); "
+                "default: from a timed matmul of the model's shape",
+            )
 
     sel = sub.add_parser(
         "select",
@@ -614,6 +628,16 @@ def _given(a: argparse.Namespace) -> str:
     return "; ".join(parts) or "no model or data"
 
 
+def _print_estimate(cfg: RunConfig, need_budget: bool) -> None:
+    """The cost estimate a run prints as it starts (rows spread over the file, no weights)."""
+    from thresher import dryrun, pipeline
+
+    method = pipeline.validate(cfg, need_budget=need_budget)
+    if method.passes:
+        plan = dryrun.plan(cfg, method=method, rows=dryrun.RUN_START_ROWS)
+        print(dryrun.format_estimate(plan), flush=True)
+
+
 def _dispatch(a: argparse.Namespace) -> int:
     from thresher import pipeline
     from thresher.rundir import RunFolder
@@ -673,10 +697,14 @@ def _dispatch(a: argparse.Namespace) -> int:
         return 0
     cfg = config_from_args(a)
     if a.command == "validate":
-        method = pipeline.validate(cfg, need_budget=False)
-        passes = ", ".join(f"{k}={v.name()}" for k, v in method.passes.items()) or "none"
-        print(f"ok: method {method.name} with {json.dumps(method.params)}; passes: {passes}")
-        return 0
+        from thresher import dryrun
+
+        if a.probe < 0:
+            raise ValueError(f"--probe {a.probe}: expected a row count >= 0 (0: no probe)")
+        plan = dryrun.plan(cfg, method=pipeline.validate(cfg, need_budget=False), probe=a.probe)
+        print(dryrun.format_plan(plan))
+        return 2 if dryrun.would_stop(plan) else 0
+    _print_estimate(cfg, need_budget=a.command == "run")
     if a.command == "score":
         t0 = time.perf_counter()
         with RunFolder(cfg.output.dir).lock("score"):  # held from the passes to the manifest

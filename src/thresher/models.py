@@ -302,6 +302,63 @@ def tokenizer_hash(
     return _tokenizer_hash(tok)
 
 
+@dataclass(frozen=True)
+class TokenizerOnly:
+    """A model's tokenizer and config, read without its weights (`thresher validate`)."""
+
+    ref: ModelRef
+    tokenizer: Any
+    config: Any  # the transformers config of the model (text part for multimodal ones)
+    info: dict[str, Any]  # ModelInfo's fields that need no weights; weights_sha256 only if memoised
+
+
+def load_tokenizer(
+    name: str, *, revision: str | None = None, trust_remote_code: bool = False, dtype: str = ""
+) -> TokenizerOnly:
+    """The tokenizer and config of `name`, loading no weights. `info` holds what a pass's cache
+    key takes from `ModelInfo`: hf_id, revision (a hub snapshot's commit), `dtype` as given,
+    the tokenizer and chat-template hashes, and the weights hash when a load has memoised it
+    (None otherwise: hashing the weights would read them). A GGUF not converted yet is converted
+    first, as any load would."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    ref = resolve_model(name, revision=revision)
+    folder, source = _source(ref)
+    kwargs = {"revision": ref.revision, "trust_remote_code": trust_remote_code}
+    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    config = AutoConfig.from_pretrained(source, **kwargs)
+    revision_loaded = ref.revision
+    if folder is None:
+        from transformers.utils import cached_file
+
+        folder = Path(cached_file(ref.path_or_id, "config.json", revision=ref.revision)).parent
+        revision_loaded = folder.name
+    memo = folder / MARKER if ref.gguf_file is not None else _memo(folder)
+    chat = tokenizer.chat_template
+    if chat is not None and not isinstance(chat, str):
+        chat = json.dumps(chat, sort_keys=True)
+    info = {
+        "name": ref.name,
+        "hf_id": ref.hf_id,
+        "revision": revision_loaded,
+        "dtype": dtype,
+        "weights_sha256": _memoised_sha256(folder, memo),
+        "tokenizer_hash": _tokenizer_hash(tokenizer),
+        "chat_template_hash": _sha256_text(chat) if chat else None,
+    }
+    return TokenizerOnly(ref, tokenizer, config.get_text_config(), info)
+
+
+def _memoised_sha256(folder: Path, memo: Path) -> str | None:
+    """The weights hash `_files_sha256` memoised for these files, if still fresh; None otherwise."""
+    files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
+    if not files or not memo.is_file():
+        return None
+    stamp = {f.name: [f.stat().st_size, f.stat().st_mtime_ns] for f in files}
+    weights = json.loads(memo.read_text()).get("weights", {})
+    return weights.get("sha256") if weights.get("files") == stamp else None
+
+
 # ours: what `from_pretrained` reads from a hub repository (config, safetensors weights and
 # index, tokenizer and chat-template files); never code (`trust_remote_code` stays off) nor
 # other weight formats
