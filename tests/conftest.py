@@ -43,6 +43,15 @@ def _integration_threads(request):
     torch.set_num_threads(before)
 
 
+@pytest.fixture(autouse=True)
+def _short_matmul_probe(monkeypatch):
+    """The cost estimate times a matmul for half a second; tests check its arithmetic, not the
+    rate, so a few milliseconds do."""
+    from thresher import dryrun
+
+    monkeypatch.setattr(dryrun, "MATMUL_SECONDS", 0.005)
+
+
 @pytest.fixture
 def shared_data() -> Path:
     """The real data folder beside the project; tests that need it skip cleanly without it."""

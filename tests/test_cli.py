@@ -54,13 +54,15 @@ def test_validate_suggests_near_matches_before_loading_a_model(data, capsys):
     assert "variant" in capsys.readouterr().err
 
 
-def test_validate_ok_prints_the_plan(data, capsys):
-    assert main(["validate", "--data", str(data), "--method", "ifd", "--max-length", "256"]) == 0
+def test_validate_ok_prints_the_plan(data, tiny_model_dir, capsys):
+    argv = ["validate", "--data", str(data), "--method", "ifd", "--max-length", "256"]
+    assert main([*argv, "--model", str(tiny_model_dir)]) == 0
     out = capsys.readouterr().out
     assert (
-        out.startswith("ok: method ifd")
+        out.startswith("method    ifd with")
         and '"max_length": 256' in out
         and "cond=cond/alpaca" in out
+        and "rows      1 read = 1 readable + 0 rejected reading" in out
     )
 
 
@@ -167,3 +169,47 @@ def test_listing_and_help_import_no_torch(argv):
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_a_closed_pipe_ends_quietly():
+    """`thresher ls methods | head`: the reader is gone before thresher writes; exit 0, no message."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "thresher.cli", "ls"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    proc.stdout.close()  # the only read end: every write of the child now meets EPIPE
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 0 and err == ""
+
+
+def test_path_typos_are_missing_files_with_near_matches(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mydata.jsonl").write_text(json.dumps({"instruction": "a", "output": "b"}) + "\n")
+    (tmp_path / "models" / "ifd-lora").mkdir(parents=True)
+    assert main(["validate", "--data", "mydata", "--method", "random"]) == 2
+    err = capsys.readouterr().err
+    assert "data 'mydata': no such file or folder" in err and "'mydata.jsonl'" in err
+    assert main(["validate", "--data", "mydata.jsonl", "--model", "models/ifd"]) == 2
+    err = capsys.readouterr().err
+    assert "model 'models/ifd': no such file or folder" in err and "'models/ifd-lora'" in err
+
+
+def test_os_errors_name_the_path_and_only_blame_the_disk_when_it_is_full(tmp_path):
+    import errno
+
+    from thresher.cli import os_error_message
+
+    a = _parser().parse_args(["run", "--data", "d.jsonl", "--out", str(tmp_path / "out")])
+    model_file = str(tmp_path / "model" / "model.safetensors")
+    denied = os_error_message(OSError(errno.EACCES, "Permission denied", model_file), a)
+    assert model_file in denied and "fix the permissions of that path" in denied
+    assert "free space" not in denied and "shards" not in denied
+    shard = str(tmp_path / "out" / "passes" / "x.parquet")
+    in_out = os_error_message(OSError(errno.EACCES, "Permission denied", shard), a)
+    assert "output folder" in in_out and "rerun the same command to resume" in in_out
+    full = os_error_message(OSError(errno.ENOSPC, "No space left on device", shard), a)
+    assert "disk is full" in full and "Free space" in full
+    other = os_error_message(OSError(errno.EIO, "Input/output error", model_file), a)
+    assert "free space" not in other.lower() and "given data d.jsonl" in other

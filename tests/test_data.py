@@ -657,14 +657,34 @@ def test_missing_paths_raise_file_not_found(
     source: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(FileNotFoundError, match=re.escape(f"{source}: no such file or folder")):
+    with pytest.raises(FileNotFoundError, match=re.escape(f"{source!r}: no such file or folder")):
         read(source)
+
+
+def test_a_missing_path_names_its_near_matches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bare name is a local file, never a hub id (those are owner/name); so is owner/name when
+    `owner` is a folder here. Either way the error lists the near matches in that folder."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mydata.jsonl").write_text("")
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "alpaca_clean.json").write_text("")
+    for source, near in (
+        ("mydata", "mydata.jsonl"),
+        ("runs/alpaca.json", "runs/alpaca_clean.json"),
+    ):
+        with pytest.raises(FileNotFoundError) as err:
+            read(source)
+        assert f"data {source!r}: no such file or folder" in str(err.value)
+        assert repr(near) in str(err.value), str(err.value)
 
 
 def test_hub_ids_go_to_load_dataset(
     hf_datasets: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     calls = []
 
     def fake_load(source: str, split: str) -> Any:
@@ -683,10 +703,11 @@ def test_hub_ids_go_to_load_dataset(
     with pytest.raises(
         ValueError,
         match=re.escape(
-            "owner/missing: not a local path, and loading it as a hub dataset (split='train') failed: FileNotFoundError"
+            "owner/missing: not a local path (no folder 'owner' here), and loading it as a hub dataset (split='train') failed: FileNotFoundError"
         ),
-    ):
+    ) as err:
         read("owner/missing")
+    assert "the hub is offline (hf_hub_offline=1)" in str(err.value).lower()  # tests run offline
 
 
 def test_unreadable_sources_give_clear_errors(

@@ -163,8 +163,12 @@ def test_local_paths_that_do_not_fit_say_why(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match=r"folder without config\.json"):
         resolve_model(str(tmp_path / "empty"))
-    with pytest.raises(ValueError, match="no such GGUF file"):
-        resolve_model(str(tmp_path / "absent.gguf"))
+    (tmp_path / "weights.gguf").write_bytes(b"GGUF")
+    with pytest.raises(FileNotFoundError, match="no such file or folder") as err:
+        resolve_model(str(tmp_path / "wieghts.gguf"))
+    assert repr(str(tmp_path / "weights.gguf")) in str(err.value)  # the near match
+    with pytest.raises(ValueError, match="is a file, not a model"):
+        resolve_model(str(_file(tmp_path / "notes.txt")))
 
 
 def test_hub_id_keeps_its_revision() -> None:
@@ -176,8 +180,13 @@ def test_hub_id_keeps_its_revision() -> None:
         resolve_model("smollm2-135m", revision="main")
 
 
+def _file(path: Path) -> Path:
+    path.write_text("x")
+    return path
+
+
 @pytest.mark.parametrize(("name", "hint"), [("smollm2", "smollm2-135m"), ("gemma-3-270m", "gemma3-270m"),
-                                            ("./nowhere/model", None), ("gpt2", None)])  # fmt: skip
+                                            ("gpt2", None)])  # fmt: skip
 def test_unknown_name_lists_aliases_and_near_matches(name: str, hint: str | None) -> None:
     with pytest.raises(ValueError) as err:
         resolve_model(name)
@@ -353,3 +362,33 @@ def test_gemma3_converts_and_loads() -> None:
     assert ids[0, 0].item() == loaded.tokenizer.bos_token_id
     with torch.inference_mode():
         assert loaded.model(ids, labels=ids).loss < 4.0
+
+
+def test_path_like_model_names_that_do_not_exist_are_missing_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--model models/ifd` with a `models/` folder here is a typo in a local path, not a hub id:
+    reported as a missing file with the near matches in `models/`."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models" / "ifd-lora").mkdir(parents=True)
+    for name in ("models/ifd", "./nowhere/model", "~/nowhere-model-x", "weights.safetensors"):
+        with pytest.raises(FileNotFoundError, match=f"model {name!r}: no such file or folder"):
+            resolve_model(name)
+    with pytest.raises(FileNotFoundError) as err:
+        resolve_model("models/ifd")
+    assert "'models/ifd-lora'" in str(err.value) and "owner/name" in str(err.value)
+    assert resolve_model("someone/ifd").kind == "hub"  # no folder `someone` here
+
+
+def test_a_hub_id_not_cached_while_offline_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from thresher.models import tokenizer_hash
+
+    with pytest.raises(FileNotFoundError) as err:
+        tokenizer_hash("someone/no-such-model")
+    msg = str(err.value)
+    assert "'someone/no-such-model'" in msg and "HF_HUB_OFFLINE=1" in msg
+    assert "not in the local hub cache" in msg and "alias" in msg

@@ -6,6 +6,7 @@ import argparse
 import errno
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -28,6 +29,8 @@ EXAMPLES = {
   thresher ls models""",
     "validate": """examples:
   thresher validate configs/ifd.yaml data.path=alpaca.json
+  thresher validate --data alpaca.json --method ifd --out runs/ifd   # which passes runs/ifd holds
+  thresher validate --data alpaca.json --method ifd --probe 32   # time 32 rows on the real model
   thresher validate --data alpaca.json --method superfilterng   # suggests 'superfiltering'""",
     "score": """examples:
   thresher score --data alpaca.json --method ifd --out runs/ifd
@@ -90,12 +93,24 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     for name, help_ in (
-        ("validate", "check a config fully, loading no model"),
+        (
+            "validate",
+            "dry run: read the data, tokenize, show cached passes and the cost (no model)",
+        ),
         ("score", "score a dataset (no selection)"),
         ("run", "score, select and export"),
     ):
         sp = sub.add_parser(name, help=help_, epilog=EXAMPLES[name], formatter_class=fmt)
         _add_run_flags(sp, with_budget=name != "score")
+        if name == "validate":
+            sp.add_argument(
+                "--probe",
+                type=int,
+                default=0,
+                metavar="N",
+                help="load the model and time N rows of each pass for the estimate (e.g. 32); "
+                "default: from a timed matmul of the model's shape",
+            )
 
     sel = sub.add_parser(
         "select",
@@ -543,7 +558,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
-        return _dispatch(args)
+        code = _dispatch(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+        return code
+    except BrokenPipeError:  # `thresher ls methods | head`: the reader has what it wanted
+        # stdout goes to /dev/null so the flush at exit cannot raise again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print(
             "interrupted: finished shards are kept; rerun the same command to resume",
@@ -569,19 +590,34 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     except OSError as e:
-        where = f": {e.filename}" if e.filename else ""
-        if e.errno in DISK_ERRNOS:
-            print(
-                f"error: {e.strerror or e}{where}. Finished shards are kept: free space or fix the permissions (or pick another --out), then rerun the same command to resume.",
-                file=sys.stderr,
-            )
-        else:  # e.g. transformers' "couldn't connect to the hub and couldn't find the files"
-            print(f"error: {e}{where} (given {_given(args)})", file=sys.stderr)
+        print(f"error: {os_error_message(e, args)}", file=sys.stderr)
         return 1
 
 
-# a full disk, a folder we may not write to, a read-only file system
-DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
+FULL_DISK = {errno.ENOSPC, errno.EDQUOT}
+NOT_ALLOWED = {errno.EACCES, errno.EPERM, errno.EROFS}  # permissions, a read-only file system
+
+
+def os_error_message(e: OSError, a: argparse.Namespace) -> str:
+    """What an OSError means for the command that met it: a full disk or a refused write in the
+    output folder keeps the finished shards (rerun to resume); any other path names what was
+    given."""
+    where = f": {e.filename}" if e.filename else ""
+    out = getattr(a, "out", None)
+    in_out = bool(e.filename and out) and Path(str(e.filename)).resolve().is_relative_to(
+        Path(out).resolve()
+    )
+    resume = "Finished shards are kept: rerun the same command to resume once fixed."
+    if e.errno in FULL_DISK:
+        return f"{e.strerror or e}{where}: the disk is full. Free space or pick another --out. {resume}"
+    if e.errno in NOT_ALLOWED and in_out:
+        return (
+            f"{e.strerror or e}{where}: thresher may not write to the output folder {out}. "
+            f"Fix its permissions or pick another --out. {resume}"
+        )
+    if e.errno in NOT_ALLOWED:
+        return f"{e.strerror or e}{where}: fix the permissions of that path (given {_given(a)})"
+    return f"{e}{where} (given {_given(a)})"
 
 
 def _given(a: argparse.Namespace) -> str:
@@ -599,8 +635,19 @@ def _given(a: argparse.Namespace) -> str:
     return "; ".join(parts) or "no model or data"
 
 
+def _print_estimate(cfg: RunConfig, need_budget: bool) -> None:
+    """The cost estimate a run prints as it starts (rows spread over the file, no weights)."""
+    from thresher import dryrun, pipeline
+
+    method = pipeline.validate(cfg, need_budget=need_budget)
+    if method.passes:
+        plan = dryrun.plan(cfg, method=method, rows=dryrun.RUN_START_ROWS)
+        print(dryrun.format_estimate(plan), flush=True)
+
+
 def _dispatch(a: argparse.Namespace) -> int:
     from thresher import pipeline
+    from thresher.rundir import RunFolder
 
     if a.command == "ls":
         cmd_ls(a.what)
@@ -609,7 +656,8 @@ def _dispatch(a: argparse.Namespace) -> int:
         print(cmd_train(a))
         return 0
     if a.command == "demo":
-        cmd_demo(a)
+        with RunFolder(a.out).lock("demo"):
+            cmd_demo(a)
         return 0
     if a.command == "eval":
         from thresher.evaluation import evaluate_models, format_evaluation
@@ -648,23 +696,29 @@ def _dispatch(a: argparse.Namespace) -> int:
             ]
         if a.seed is not None:
             overrides.append(f"select.seed={a.seed}")
-        cfg, result = pipeline.load_run(a.run_dir, overrides)
-        sel = pipeline.select(result, cfg)
-        manifest = pipeline.write_outputs(result, sel, cfg)
+        with RunFolder(a.run_dir).lock("select"):
+            cfg, result = pipeline.load_run(a.run_dir, overrides)
+            sel = pipeline.select(result, cfg)
+            manifest = pipeline.write_outputs(result, sel, cfg)
         print(pipeline.summary(result, sel, manifest))
         return 0
     cfg = config_from_args(a)
     if a.command == "validate":
-        method = pipeline.validate(cfg, need_budget=False)
-        passes = ", ".join(f"{k}={v.name()}" for k, v in method.passes.items()) or "none"
-        print(f"ok: method {method.name} with {json.dumps(method.params)}; passes: {passes}")
-        return 0
+        from thresher import dryrun
+
+        if a.probe < 0:
+            raise ValueError(f"--probe {a.probe}: expected a row count >= 0 (0: no probe)")
+        plan = dryrun.plan(cfg, method=pipeline.validate(cfg, need_budget=False), probe=a.probe)
+        print(dryrun.format_plan(plan))
+        return 2 if dryrun.would_stop(plan) else 0
+    _print_estimate(cfg, need_budget=a.command == "run")
     if a.command == "score":
         t0 = time.perf_counter()
-        result = pipeline.score(cfg)
-        manifest = pipeline.write_outputs(
-            result, None, cfg, timings={"score": time.perf_counter() - t0}
-        )
+        with RunFolder(cfg.output.dir).lock("score"):  # held from the passes to the manifest
+            result = pipeline.score(cfg)
+            manifest = pipeline.write_outputs(
+                result, None, cfg, timings={"score": time.perf_counter() - t0}
+            )
         print(pipeline.summary(result, None, manifest))
         return 0
     result, sel, manifest = pipeline.run(cfg)

@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
@@ -38,6 +37,7 @@ from thresher.formats import (
     map_columns,
     row_format,
 )
+from thresher.paths import is_hub_id, missing_path, offline_reason
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,6 @@ DETECT_ROWS = 100  # ours: enough rows to see a file's shape, few enough to stay
 RAW_TEXT_CHARS = 2000  # ours: keeps rejected.jsonl readable when a whole file is one bad line
 READABLE_SUFFIXES = (".json", ".jsonl", ".parquet")
 FILE_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".tsv", ".arrow", ".txt", ".gz", ".zst")
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 @dataclass
@@ -280,23 +279,30 @@ def _detect(objects: list[Row], schema: Schema, source: str, items: list[Any]) -
     )
 
 
-def check_source(source: str) -> str:
+def check_source(source: str, what: str = "data") -> str:
     """What `source` is ("dir", "file" or "hub"), reading nothing: a local path that does not exist
-    or a file type no reader takes is an error here, before any model loads."""
-    path = Path(source)
+    or a file type no reader takes is an error here, before any model loads. Only the
+    `owner/name` form is a hub id (`thresher.paths.is_hub_id`); any other missing path is
+    reported with the near matches in its folder."""
+    path = Path(source).expanduser()
     if path.is_dir():
         return "dir"
     if path.is_file():
         if path.suffix.lower() not in READABLE_SUFFIXES:
             raise ValueError(
-                f"{source}: unsupported file type {path.suffix.lower()!r}; expected .json, .jsonl or .parquet, a save_to_disk folder, or a hub dataset id"
+                f"{what} {source!r}: unsupported file type {path.suffix.lower()!r}; expected .json, .jsonl or .parquet, a save_to_disk folder, or a hub dataset id"
             )
         return "file"
-    if path.suffix.lower() in FILE_SUFFIXES or (
-        ("/" in source or os.sep in source) and not HUB_ID.match(source)
-    ):
-        raise FileNotFoundError(f"{source}: no such file or folder")
-    return "hub"
+    if is_hub_id(source, FILE_SUFFIXES):
+        return "hub"
+    raise FileNotFoundError(
+        missing_path(
+            what,
+            source,
+            "Expected a .json/.jsonl/.parquet file, a save_to_disk folder, or a hub dataset id "
+            "of the form owner/name.",
+        )
+    )
 
 
 def _rows(source: str, split: str, limit: int | None) -> Iterator[Row | Rejected]:
@@ -404,8 +410,17 @@ def _hub(source: str, split: str) -> Iterable[dict[str, Any]]:
     try:
         return datasets.load_dataset(source, split=split)
     except Exception as e:  # the hub raises many types (network, auth, missing repo, bad split)
+        owner = source.split("/", 1)[0]
+        offline = offline_reason()
+        fix = (
+            f" {offline[0].upper()}{offline[1:]}: give a local .json/.jsonl/.parquet file or "
+            "save_to_disk folder, or run where the hub is reachable."
+            if offline
+            else ""
+        )
         raise ValueError(
-            f"{source}: not a local path, and loading it as a hub dataset (split={split!r}) failed: {type(e).__name__}: {e}"
+            f"{source}: not a local path (no folder {owner!r} here), and loading it as a hub "
+            f"dataset (split={split!r}) failed: {type(e).__name__}: {e}.{fix}"
         ) from e
 
 

@@ -20,7 +20,6 @@ import importlib.util
 import json
 import logging
 import os
-import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -28,12 +27,14 @@ from pathlib import Path
 from typing import Any, Literal
 from unittest import mock
 
+from thresher.paths import is_hub_id, missing_path, near_matches, offline_reason
+
 log = logging.getLogger(__name__)
 
 MARKER = "thresher-model.json"
 DTYPES = ("float32", "bfloat16", "float16")
-# a hub id is owner/name; a leading "." or "/" means a local path that does not exist
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# file names that mean a local path, never a hub id (`thresher.paths.is_hub_id`)
+MODEL_SUFFIXES = (".gguf", ".safetensors", ".bin", ".json", ".pt", ".pth")
 
 
 @dataclass(frozen=True)
@@ -144,18 +145,26 @@ def resolve_model(name: str, *, revision: str | None = None) -> ModelRef:
                     "folder (config.json, *.safetensors, tokenizer files); for a GGUF, pass the .gguf file"
                 )
             ref = ModelRef(name, "local", str(path.resolve()))
-        elif path.suffix == ".gguf":
-            if not path.is_file():
-                raise ValueError(f"model {name!r}: no such GGUF file; check the path")
+        elif path.is_file() and path.suffix == ".gguf":
             ref = ModelRef(name, "gguf", str(path.resolve().parent), path.name)
-        elif _HUB_ID.match(name):
+        elif path.is_file():
+            raise ValueError(
+                f"model {name!r} is a file, not a model: expected a transformers model folder "
+                "(config.json, *.safetensors, tokenizer files), a .gguf file, an alias "
+                f"({', '.join(ALIASES)}) or a hub id owner/name; give the folder holding it"
+            )
+        elif is_hub_id(name, MODEL_SUFFIXES):
             return ModelRef(name, "hub", name, hf_id=name, revision=revision)
-        else:
+        elif path.suffix in MODEL_SUFFIXES or os.sep in name or "/" in name or name[:1] in ".~":
+            raise FileNotFoundError(missing_path("model", name, _EXPECTED))
+        else:  # a bare name: an alias misspelt, or a folder that is not here
             close = difflib.get_close_matches(name.lower(), ALIASES, n=3, cutoff=0.6)
             hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            _, local = near_matches(name)
+            here = f" Near matches here: {', '.join(map(repr, local))}." if local else ""
             raise ValueError(
-                f"unknown model {name!r}: expected an alias ({', '.join(ALIASES)}), a local folder "
-                f"with config.json, a .gguf file, or a hub id of the form owner/name.{hint}"
+                f"unknown model {name!r}: not an alias and no file or folder of that name here. "
+                f"{_EXPECTED}{hint}{here}"
             )
     if revision is not None:
         raise ValueError(
@@ -163,6 +172,12 @@ def resolve_model(name: str, *, revision: str | None = None) -> ModelRef:
             "revisions apply to hub ids only; drop it"
         )
     return ref
+
+
+_EXPECTED = (
+    f"Expected an alias ({', '.join(ALIASES)}), a local folder with config.json, a .gguf file, "
+    "or a hub id of the form owner/name."
+)
 
 
 def _alias_ref(name: str) -> ModelRef:
@@ -246,9 +261,31 @@ def _source(ref: ModelRef) -> tuple[Path | None, str]:
     """The local folder of a model (None for a hub id: the hub cache holds it) and what
     `from_pretrained` reads; a GGUF is converted to safetensors once."""
     folder = None if ref.kind == "hub" else Path(ref.path_or_id)
+    if ref.kind == "hub":
+        _check_hub(ref)
     if ref.gguf_file is not None:
         folder = _converted(ref)
     return folder, ref.path_or_id if folder is None else str(folder)
+
+
+def _check_hub(ref: ModelRef) -> None:
+    """Refuse a hub id that is not in the local hub cache while the hub cannot be used, saying
+    so, before transformers turns it into a connection error."""
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(
+        try_to_load_from_cache(ref.path_or_id, "config.json", revision=ref.revision), str
+    ):
+        return  # cached: transformers reads it offline
+    offline = offline_reason()
+    if offline is not None:
+        owner = ref.name.split("/", 1)[0]
+        raise FileNotFoundError(
+            f"model {ref.name!r} is not a local path (no folder {owner!r} here), so it was taken "
+            f"as a hub id; it is not in the local hub cache and {offline}. Give a local model "
+            f"folder, a .gguf file or an alias ({', '.join(ALIASES)}), or run once where the hub "
+            "is reachable to fetch it into the cache"
+        )
 
 
 def tokenizer_hash(
@@ -263,6 +300,63 @@ def tokenizer_hash(
         source, revision=ref.revision, trust_remote_code=trust_remote_code
     )
     return _tokenizer_hash(tok)
+
+
+@dataclass(frozen=True)
+class TokenizerOnly:
+    """A model's tokenizer and config, read without its weights (`thresher validate`)."""
+
+    ref: ModelRef
+    tokenizer: Any
+    config: Any  # the transformers config of the model (text part for multimodal ones)
+    info: dict[str, Any]  # ModelInfo's fields that need no weights; weights_sha256 only if memoised
+
+
+def load_tokenizer(
+    name: str, *, revision: str | None = None, trust_remote_code: bool = False, dtype: str = ""
+) -> TokenizerOnly:
+    """The tokenizer and config of `name`, loading no weights. `info` holds what a pass's cache
+    key takes from `ModelInfo`: hf_id, revision (a hub snapshot's commit), `dtype` as given,
+    the tokenizer and chat-template hashes, and the weights hash when a load has memoised it
+    (None otherwise: hashing the weights would read them). A GGUF not converted yet is converted
+    first, as any load would."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    ref = resolve_model(name, revision=revision)
+    folder, source = _source(ref)
+    kwargs = {"revision": ref.revision, "trust_remote_code": trust_remote_code}
+    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    config = AutoConfig.from_pretrained(source, **kwargs)
+    revision_loaded = ref.revision
+    if folder is None:
+        from transformers.utils import cached_file
+
+        folder = Path(cached_file(ref.path_or_id, "config.json", revision=ref.revision)).parent
+        revision_loaded = folder.name
+    memo = folder / MARKER if ref.gguf_file is not None else _memo(folder)
+    chat = tokenizer.chat_template
+    if chat is not None and not isinstance(chat, str):
+        chat = json.dumps(chat, sort_keys=True)
+    info = {
+        "name": ref.name,
+        "hf_id": ref.hf_id,
+        "revision": revision_loaded,
+        "dtype": dtype,
+        "weights_sha256": _memoised_sha256(folder, memo),
+        "tokenizer_hash": _tokenizer_hash(tokenizer),
+        "chat_template_hash": _sha256_text(chat) if chat else None,
+    }
+    return TokenizerOnly(ref, tokenizer, config.get_text_config(), info)
+
+
+def _memoised_sha256(folder: Path, memo: Path) -> str | None:
+    """The weights hash `_files_sha256` memoised for these files, if still fresh; None otherwise."""
+    files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
+    if not files or not memo.is_file():
+        return None
+    stamp = {f.name: [f.stat().st_size, f.stat().st_mtime_ns] for f in files}
+    weights = json.loads(memo.read_text()).get("weights", {})
+    return weights.get("sha256") if weights.get("files") == stamp else None
 
 
 # ours: what `from_pretrained` reads from a hub repository (config, safetensors weights and

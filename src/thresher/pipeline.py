@@ -8,9 +8,12 @@ its files: scores, the subset and its exports, rejected rows, manifest, report).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.metadata
+import inspect
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,6 +71,25 @@ class ScoreResult:
             "filtered": sum(1 for s in st if s.startswith("filtered:")),
             "eligible": sum(1 for s in st if s == "ok"),
         }
+
+
+def holding_lock(command: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Run the decorated `f(..., cfg, ...)` holding the lock of `cfg.output.dir`
+    (`RunFolder.lock`), so a second run on the same folder refuses instead of deleting this one's
+    unfinished shards."""
+
+    def wrap(f: Callable[..., Any]) -> Callable[..., Any]:
+        signature = inspect.signature(f)
+
+        @functools.wraps(f)
+        def locked(*args: Any, **kwargs: Any) -> Any:
+            cfg = signature.bind(*args, **kwargs).arguments["cfg"]
+            with RunFolder(cfg.output.dir).lock(command):
+                return f(*args, **kwargs)
+
+        return locked
+
+    return wrap
 
 
 def validate(cfg: RunConfig, *, need_budget: bool = True) -> Method:
@@ -148,6 +170,7 @@ def _check_tokenizers(cfg: RunConfig, method: Method) -> None:
             )
 
 
+@holding_lock("score")
 def score(cfg: RunConfig, *, loaded: Any = None, method: Method | None = None) -> ScoreResult:
     """Read the data, fit the method, run (or reuse) every pass it needs, compute its signals."""
     from thresher.models import set_threads
@@ -249,6 +272,7 @@ def select(result: ScoreResult, cfg: RunConfig) -> Selection:
     return result.method.select(result.table, cfg.select.budget(), ctx)
 
 
+@holding_lock("select")
 def write_outputs(
     result: ScoreResult,
     sel: Selection | None,
@@ -367,6 +391,7 @@ def _versions() -> dict[str, str | None]:
     return out
 
 
+@holding_lock("run")
 def run(cfg: RunConfig, *, loaded: Any = None) -> tuple[ScoreResult, Selection, dict[str, Any]]:
     """Score, select and write every output: the whole job of `thresher run`."""
     from thresher.models import load_model

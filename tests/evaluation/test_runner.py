@@ -134,7 +134,7 @@ def test_a_hub_id_is_read_from_the_hub_cache_offline(monkeypatch, harness_calls,
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(
         FileNotFoundError,
-        match="'acme/tiny' is not in the local hub cache and the hub cannot be reached",
+        match=r"'acme/tiny' is not a local path .* not in the local hub cache and the hub is offline",
     ):
         ev.evaluate_models(["acme/tiny"], ["lm_eval:tmc"])
     repo = tmp_path / "models--acme--tiny"

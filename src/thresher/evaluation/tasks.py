@@ -107,7 +107,15 @@ def parse_task(text: str) -> TaskSpec:
             "nll:gsm8k_test.jsonl, mc:mmlu_stem_test.jsonl, gsm8k:gsm8k_test.jsonl, lm_eval:hellaswag"
         )
     if kind != "lm_eval" and not Path(target).exists():
-        raise FileNotFoundError(f"task {text!r}: no such file {target!r}")
+        from thresher.paths import missing_path
+
+        raise FileNotFoundError(
+            missing_path(
+                f"task {text!r}: file",
+                target,
+                f"Expected {kind}:FILE with FILE a local .json/.jsonl/.parquet file.",
+            )
+        )
     return TaskSpec(kind, target)
 
 

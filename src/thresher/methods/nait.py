@@ -168,7 +168,7 @@ def nait(
             f"form='pc1' projects on one component but n_components={n_components}; use form='centroid' for d > 1"
         )
     for path in paths:  # a missing target fails here, in `validate`, before any model loads
-        data_mod.check_source(path)
+        data_mod.check_source(path, what="--target")
     names = target_names(paths)
     cond = pool_pass(
         model,
