@@ -74,7 +74,7 @@ class ScoreResult:
 
 def validate(cfg: RunConfig, *, need_budget: bool = True) -> Plan:
     """Check a config fully before any model loads; returns the method's plan."""
-    from thresher.models import resolve_model
+    from thresher.models import check_precision, resolve_model
 
     check_choice("score.engine", cfg.score.engine, ENGINES)
     if cfg.score.engine == "ray":
@@ -94,6 +94,7 @@ def validate(cfg: RunConfig, *, need_budget: bool = True) -> Plan:
     plan = plan_for(cfg)
     if plan.passes:
         resolve_model(cfg.model.name)
+        check_precision(cfg.model.dtype, cfg.model.device, reproduce=cfg.method.reproduce)
     if cfg.score.capture is not None and not capturing_roles(
         plan.passes, capture_pass(cfg.score.capture, cfg.model.name, None)
     ):
@@ -153,6 +154,7 @@ def score(cfg: RunConfig, *, loaded: Any = None) -> ScoreResult:
                 device=m.device,
                 revision=m.revision if name == m.name else None,
                 trust_remote_code=m.trust_remote_code,
+                reproduce=cfg.method.reproduce,
             )
         return models[name]
 
@@ -296,6 +298,7 @@ def write_outputs(
             "format_counts": result.read.format_counts,
         },
         "model": result.model_info,
+        "precision": _precision(result.model_info),
         "template_text": result.template_text,
         "passes": result.passes,
         "counts": result.counts,
@@ -338,6 +341,11 @@ def write_outputs(
                 out,
             )
     return manifest
+
+
+def _precision(info: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Which dtype and device the passes ran in, and why (None when no model ran)."""
+    return info and {k: info.get(k) for k in ("dtype", "device", "precision")}
 
 
 def _plan_params(cfg: RunConfig) -> dict[str, Any]:
@@ -384,6 +392,7 @@ def run(cfg: RunConfig, *, loaded: Any = None) -> tuple[ScoreResult, Selection, 
             device=cfg.model.device,
             revision=cfg.model.revision,
             trust_remote_code=cfg.model.trust_remote_code,
+            reproduce=cfg.method.reproduce,
         )
     t1 = time.perf_counter()
     result = score(cfg, loaded=loaded)
@@ -406,6 +415,10 @@ def summary(result: ScoreResult, sel: Selection | None, manifest: dict[str, Any]
         f"rows      {c['rows_read']} read = {c['scored']} scored + {c['rejected']} rejected "
         f"({c['rejected_reading']} reading, {c['rejected_scoring']} scoring)",
     ]
+    if manifest.get("precision"):
+        lines.append(
+            f"precision {manifest['precision']['precision']} (on {manifest['precision']['device']})"
+        )
     for role, p in result.passes.items():
         lines.append(
             f"pass      {role:<7} {p['label']:<24} {p['scored']} scored, {p['reused']} reused from cache"

@@ -12,12 +12,17 @@ def run_on_engine(cfg: Any, samples: list[Any], scorer: Any, store: Any, **pass_
     """`run_pass` on `cfg.score.engine` (a `RunConfig`); returns its `PassResult`."""
     if cfg.score.engine == "ray":
         from thresher.engine.ray import ModelLoad, RayOptions, run_pass_ray
+        from thresher.models import detect_hardware, resolve_precision
 
         m, sc, name = cfg.model, cfg.score, scorer.spec.model
+        # resolved here, so every worker runs in the precision the cache key was made with
+        p = resolve_precision(
+            m.dtype, m.device, reproduce=cfg.method.reproduce, hardware=detect_hardware()
+        )
         load = ModelLoad(
             name,
-            m.dtype,
-            m.device,
+            p.dtype,
+            p.device,
             m.revision if name == m.name else None,
             m.trust_remote_code,
             m.threads,
