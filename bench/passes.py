@@ -11,7 +11,9 @@ Printed per model and path: samples/s and response tokens/s (response tokens of 
 pass, i.e. of the samples, per second of both passes), useful GFLOP/s, the matmul peak on the
 same shapes and the ratio of the two, the speed-up over the naive path, max |ΔIFD| (Cherry's
 loss ratio, `signals.ifd.ifd_loss_ratio`) and max |Δ log-prob| / |Δ entropy| per token
-against the naive path, and where the fast path's time goes (forward hooks on the base model,
+against the naive path, max |Δ log-prob| and |Δ entropy| of the cond view against float64
+(`f64 dlogp`, `f64 dH`: the same batches, so the same fp32 logits, with log-softmax and entropy
+taken in float64), and where the fast path's time goes (forward hooks on the base model,
 its attention and MLP blocks, and the lm_head, so the timed code is exactly the Scorer's).
 
 Useful FLOPs, counted analytically for each forward row of T real tokens (padding is not
@@ -351,6 +353,7 @@ class PathResult:
     load: float = field(
         default_factory=lambda: os.getloadavg()[0]
     )  # 1-minute load average after the path
+    budget: int = 0  # batch_tokens of a fast path
 
 
 def batch_layout(scorer: Any, rendered: list[Any]) -> list[list[int]]:
@@ -412,6 +415,7 @@ def run_fast(
         batches=batches,
         pad_fraction=1.0 - real / padded,
         phases=dict(timer.seconds),
+        budget=budget,
     )
     for view in scorers:
         after = matmul_rates(shape, *sizes[view], repeats)
@@ -445,6 +449,33 @@ def run_naive(model: Any, rendered: dict[str, list[Any]]) -> PathResult:
         [e for _, e in out["cond"]],
         batches=batches,
     )
+
+
+def float64_logprob_entropy(
+    logits: Any, targets: Any, with_entropy: bool
+) -> tuple[Any, Any | None]:
+    """`thresher.backends.hf.logprob_entropy` taken in float64 from the same fp32 logits."""
+    import torch
+
+    x = logits.double()
+    logp = x - torch.logsumexp(x, dim=-1, keepdim=True)
+    lp = logp.gather(1, targets[:, None]).squeeze(1)
+    return lp, (-(logp.exp() * logp).sum(-1) if with_entropy else None)
+
+
+def float64_reference(
+    model: Any, tok: Any, spec: Any, rendered: list[Any], ids: list[str], budget: int
+) -> tuple[list[Any], list[Any]]:
+    """Per-token log-probs and entropies of one pass, batched exactly as the fast path batches it
+    (so the fp32 logits are the same), with log-softmax and entropy taken in float64: what the
+    fp32 numbers should match to rounding (issue 12: entropy within 1e-5). Untimed."""
+    from unittest import mock
+
+    from thresher.engine.scorer import Scorer
+
+    with mock.patch("thresher.backends.hf.logprob_entropy", float64_logprob_entropy):
+        cols = Scorer(spec, model, tok, batch_tokens=budget).score_rendered(ids, rendered)
+    return cols["logprob"], cols["entropy"]
 
 
 def profile_fast(
@@ -559,11 +590,17 @@ def bench_model(
     naive = run_naive(model, rendered)
     print(f"   ... {naive.label}: {naive.seconds:.1f} s (load {naive.load:.1f})", flush=True)
     ref_ifd = ifd(naive)
+    t = time.perf_counter()
+    f64 = {
+        b: float64_reference(model, tok, specs["cond"], rendered["cond"], ids, b)
+        for b in args.batch_tokens
+    }
+    print(f"   ... float64 references of the cond view (untimed): {time.perf_counter() - t:.1f} s")
 
     print(
         f"\n   {'path':12s} {'batches':>7s} {'pad%':>5s} {'time s':>7s} {'samples/s':>9s} {'resp tok/s':>10s} "
         f"{'GFLOP/s':>7s} {'peak':>6s} {'ratio':>5s} {'x naive':>7s} {'max|dIFD|':>9s} {'max|dlogp|':>10s} "
-        f"{'max|dH|':>8s} {'load':>5s}"
+        f"{'max|dH|':>8s} {'f64 dlogp':>9s} {'f64 dH':>8s} {'load':>5s}"
     )
     for r in [naive, *results]:
         gflops = total_flops / r.seconds / 1e9
@@ -574,9 +611,12 @@ def bench_model(
         if r is naive:
             print(
                 head
-                + f"{'-':>6s} {'-':>5s} {1.0:7.2f} {'(ref)':>9s} {'(ref)':>10s} {'(ref)':>8s} {r.load:5.1f}"
+                + f"{'-':>6s} {'-':>5s} {1.0:7.2f} {'(ref)':>9s} {'(ref)':>10s} {'(ref)':>8s} "
+                + f"{'-':>9s} {'-':>8s} {r.load:5.1f}"
             )
             continue
+        lp64, h64 = f64[r.budget]
+        d64 = f"{max_abs_diff(r.logprob['cond'], lp64):9.1e} {max_abs_diff(r.entropy, h64):8.1e}"
         peak = total_flops / sum(r.peak.values()) / 1e9
         d_ifd = float(np.nanmax(np.abs(ifd(r) - ref_ifd)))
         d_lp = max(max_abs_diff(r.logprob[v], naive.logprob[v]) for v in r.logprob)
@@ -584,7 +624,7 @@ def bench_model(
         print(
             head
             + f"{peak:6.1f} {gflops / peak:5.2f} {naive.seconds / r.seconds:7.2f} {d_ifd:9.1e} {d_lp:10.1e} "
-            f"{d_h:8.1e} {r.load:5.1f}"
+            f"{d_h:8.1e} {d64} {r.load:5.1f}"
         )
     print(
         "\n   where the fast path's time goes, in seconds (forward hooks). 'at peak' is the time its GEMMs take"
@@ -627,6 +667,7 @@ def bench_model(
         "peak": peak,
         "speedup": naive.seconds / best.seconds,
         "d_ifd": float(np.nanmax(np.abs(ifd(best) - ref_ifd))),
+        "d_h64": max_abs_diff(best.entropy, f64[best.budget][1]),
         "naive_gflops": total_flops / naive.seconds / 1e9,
     }
 
@@ -660,7 +701,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"   {s['model']:17s} {s['best']:11s} {s['samples/s']:6.2f} samples/s, {s['gflops']:5.1f} useful GFLOP/s "
             f"= {s['gflops'] / s['peak']:.2f} of the {s['peak']:.0f} GFLOP/s matmul peak (target 0.9: {met}); "
-            f"{s['speedup']:.2f}x the naive path ({s['naive_gflops']:.1f} GFLOP/s); max |dIFD| {s['d_ifd']:.1e}"
+            f"{s['speedup']:.2f}x the naive path ({s['naive_gflops']:.1f} GFLOP/s); max |dIFD| {s['d_ifd']:.1e}; "
+            f"max |dH| vs float64 {s['d_h64']:.1e} (target 1e-5: {'met' if s['d_h64'] <= 1e-5 else 'NOT met'})"
         )
     print(f"   elapsed {time.perf_counter() - t0:.0f} s")
     return 0

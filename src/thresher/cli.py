@@ -320,6 +320,12 @@ def _add_run_flags(sp: argparse.ArgumentParser, with_budget: bool) -> None:
     sp.add_argument(
         "--model", help="alias (smollm2-135m, gemma3-270m), local folder, .gguf file or hub id"
     )
+    sp.add_argument(
+        "--dtype",
+        help="auto (default) | float32 | bfloat16 | bfloat16-mixed | float16; auto is float32 "
+        "unless the hardware has native bf16 and bf16 was measured to keep the selection",
+    )
+    sp.add_argument("--device", help="auto (default: cuda if available, else cpu) | cpu | cuda[:N]")
     sp.add_argument("--method", help="see `thresher ls methods`")
     sp.add_argument(
         "--reproduce",
@@ -380,6 +386,8 @@ def config_from_args(a: argparse.Namespace) -> RunConfig:
         "data.limit": a.limit,
         "model.name": a.model,
         "model.threads": a.threads,
+        "model.dtype": a.dtype,
+        "model.device": a.device,
         "method.name": a.method,
         "output.dir": a.out,
         "score.batch_tokens": a.batch_tokens,

@@ -34,8 +34,11 @@ class ModelConfig:
         "smollm2-135m"  # ours: the packaged offline model, so every command runs out of the box
     )
     revision: str | None = None
-    dtype: str = "float32"  # DESIGN: fp32 on CPU (bf16 is ~4x slower on these CPUs)
-    device: str = "cpu"
+    # DESIGN "precision follows the hardware": auto = CUDA if available; bf16 only where matmul
+    # has native bf16 units and bench/precision.py found it agrees with fp32; fp32 otherwise and
+    # always with method.reproduce (thresher.models.resolve_precision)
+    dtype: str = "auto"  # auto | float32 | bfloat16 | bfloat16-mixed | float16
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int | None = None  # torch threads; None leaves torch's default
     trust_remote_code: bool = False
 

@@ -123,6 +123,7 @@ class Plan:
     read: ReadResult
     rendered: int  # rows rendered (all readable rows, or a sample of them)
     model: Any = None  # models.TokenizerOnly, for methods with passes
+    precision: Any = None  # models.Precision the run would load the model in (`auto` resolved)
     shape: ModelShape | None = None
     passes: list[PassPlan] = field(default_factory=list)
     cost: Cost | None = None
@@ -171,12 +172,18 @@ def plan(
     out = Plan(cfg, method, read, len(samples))
     if not method.passes:
         return out
-    from thresher.models import load_tokenizer, set_threads
+    from thresher.models import detect_hardware, load_tokenizer, resolve_precision, set_threads
 
     m = cfg.model
     set_threads(m.threads)  # the matmul or probe runs on the threads the run will use
+    out.precision = resolve_precision(
+        m.dtype, m.device, reproduce=cfg.method.reproduce, hardware=detect_hardware()
+    )
     out.model = load_tokenizer(
-        m.name, revision=m.revision, trust_remote_code=m.trust_remote_code, dtype=m.dtype
+        m.name,
+        revision=m.revision,
+        trust_remote_code=m.trust_remote_code,
+        dtype=out.precision.dtype,
     )
     out.shape = model_shape(out.model.config)
     for role, spec in _passes(cfg, method).items():
@@ -351,7 +358,7 @@ def _cost(plan: Plan, probe: int) -> Cost:
         lengths = np.concatenate([p.lengths for p in forward])
         typical = int(np.median(lengths)) if len(lengths) else 1
         rows = max(1, plan.cfg.score.batch_tokens // max(typical, 1)) * max(typical, 1)
-        matmul = matmul_rate(shape, plan.cfg.model.dtype, plan.cfg.model.device, rows)
+        matmul = matmul_rate(shape, plan.precision.dtype, plan.precision.device, rows)
         rate = matmul * FORWARD_EFFICIENCY
         how = (
             f"matmul ({rows} x {shape.width}) @ ({shape.width} x {shape.ffn}) at "
@@ -375,7 +382,9 @@ def matmul_rate(
     import torch
 
     seconds = MATMUL_SECONDS if seconds is None else seconds
-    dt = getattr(torch, dtype) if dtype in ("float32", "bfloat16", "float16") else torch.float32
+    # the mixed mode's matmuls are the decoder body's, in bfloat16
+    body = "bfloat16" if dtype == "bfloat16-mixed" else dtype
+    dt = getattr(torch, body) if body in ("float32", "bfloat16", "float16") else torch.float32
     a = torch.randn(rows, shape.width, dtype=dt, device=device)
     b = torch.randn(shape.width, shape.ffn, dtype=dt, device=device)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
@@ -401,8 +410,8 @@ def probe_rate(plan: Plan, n: int) -> tuple[float, str]:
     t0 = time.perf_counter()
     lm = load_model(
         m.name,
-        dtype=m.dtype,
-        device=m.device,
+        dtype=plan.precision.dtype,
+        device=plan.precision.device,
         revision=m.revision,
         trust_remote_code=m.trust_remote_code,
     )

@@ -20,6 +20,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -32,7 +33,21 @@ from thresher.paths import is_hub_id, missing_path, near_matches, offline_reason
 log = logging.getLogger(__name__)
 
 MARKER = "thresher-model.json"
-DTYPES = ("float32", "bfloat16", "float16")
+# ours: "bfloat16-mixed" runs the decoder layers in bfloat16 and the final norm, the lm_head,
+# log-softmax and entropy in float32 (the numbers signals read come out of a float32 GEMM)
+MIXED = "bfloat16-mixed"
+DTYPES = ("float32", "bfloat16", "float16", MIXED)
+DEVICES = ("auto", "cpu", "cuda")  # or cuda:N
+# x86 flags of a bf16 dot-product unit; without one a bf16 GEMM is emulated and slower than fp32
+# (DESIGN: about 4x slower on a Cascade Lake CPU, about 4x faster with amx_bf16)
+NATIVE_BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+NATIVE_BF16_CUDA_CAPABILITY = (8, 0)  # Ampere and later have bf16 tensor cores
+# What `dtype=auto` picks where the hardware has native bf16: the fastest lower precision whose
+# selections agreed with float32 for every method in bench/precision.py (Spearman >= 0.99 and
+# Jaccard >= 0.85 of the top 10% on >= 500 rows), or None when none did; docs/results.md holds
+# the table this comes from.
+AUTO_LOWER_PRECISION: str | None = None
+AUTO_LOWER_PRECISION_NOTE = "not measured yet"
 # file names that mean a local path, never a hub id (`thresher.paths.is_hub_id`)
 MODEL_SUFFIXES = (".gguf", ".safetensors", ".bin", ".json", ".pt", ".pth")
 
@@ -93,7 +108,7 @@ class ModelInfo:
     hf_id: str | None
     path: str  # the local folder the weights came from, or the hub id
     revision: str | None  # for hub ids: the commit actually loaded
-    dtype: str
+    dtype: str  # the resolved precision (never "auto"): part of every cache key
     weights_sha256: str
     tokenizer_hash: str
     chat_template_hash: str | None
@@ -101,6 +116,112 @@ class ModelInfo:
     hidden_size: int
     vocab_size: int
     architecture: str
+    device: str = "cpu"
+    precision: str = (
+        ""  # why this dtype and device, e.g. "float32: cpu has no avx512_bf16/amx_bf16"
+    )
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """What decides `auto` precision: CUDA and its compute capability, the CPU's flags."""
+
+    cuda: bool
+    cuda_capability: tuple[int, int] | None
+    cpu_flags: frozenset[str] | None  # None when the flags cannot be read (no /proc/cpuinfo)
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The dtype and device a model runs in, and why."""
+
+    dtype: str
+    device: str
+    reason: str
+
+
+def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str] | None:
+    """The CPU's feature flags from the first `flags` line of `cpuinfo`; None if it is unreadable."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return frozenset(value.split())
+    return None
+
+
+def detect_hardware() -> Hardware:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    return Hardware(cuda, torch.cuda.get_device_capability(0) if cuda else None, cpu_flags())
+
+
+def check_precision(dtype: str, device: str, *, reproduce: bool = False) -> None:
+    """Fail on a misspelt dtype or device, or a lower precision asked for with `reproduce`,
+    before anything loads."""
+    from thresher.passes import check_choice
+
+    check_choice("model.dtype", dtype, ("auto", *DTYPES))
+    if not re.fullmatch(r"cuda:\d+", device):
+        check_choice("model.device", device, DEVICES)
+    if reproduce and dtype not in ("auto", "float32"):
+        raise ValueError(
+            f"model.dtype={dtype!r} with --reproduce: the reproduce mode runs in float32 like "
+            "the reference code; drop --dtype (auto gives float32 then) or drop --reproduce"
+        )
+
+
+def resolve_precision(dtype: str, device: str, *, reproduce: bool, hardware: Hardware) -> Precision:
+    """The dtype and device to run, with the reason. `auto` device: CUDA when available, else the
+    CPU. `auto` dtype: float32 under `reproduce`; else AUTO_LOWER_PRECISION where matmul has native
+    bf16 units (CUDA compute capability >= 8.0; a CPU with amx_bf16 or avx512_bf16) and a lower
+    precision passed the agreement check; float32 otherwise."""
+    check_precision(dtype, device, reproduce=reproduce)
+    if device == "auto":
+        device = "cuda" if hardware.cuda else "cpu"
+    elif device.startswith("cuda") and not hardware.cuda:
+        raise ValueError(
+            f"model.device={device!r} but torch sees no CUDA device: pass --device cpu (or auto)"
+        )
+    if dtype != "auto":
+        return Precision(dtype, device, f"{dtype}: asked for")
+    if reproduce:
+        return Precision("float32", device, "float32: --reproduce always runs in float32")
+    native, why = _native_bf16(device, hardware)
+    if not native:
+        return Precision("float32", device, f"float32: {why}")
+    if AUTO_LOWER_PRECISION is None:
+        return Precision(
+            "float32",
+            device,
+            f"float32: {why}, but no lower precision kept the selections of every method close "
+            f"to float32's ({AUTO_LOWER_PRECISION_NOTE}); --dtype bfloat16 trades that for speed",
+        )
+    return Precision(
+        AUTO_LOWER_PRECISION, device, f"{AUTO_LOWER_PRECISION}: {why} ({AUTO_LOWER_PRECISION_NOTE})"
+    )
+
+
+def _native_bf16(device: str, hw: Hardware) -> tuple[bool, str]:
+    """Whether matmul on `device` has native bf16 units, and the evidence."""
+    if device.startswith("cuda"):
+        cap = hw.cuda_capability or (0, 0)
+        native = cap >= NATIVE_BF16_CUDA_CAPABILITY
+        rel = ">=" if native else "<"
+        need = ".".join(map(str, NATIVE_BF16_CUDA_CAPABILITY))
+        return native, f"cuda compute capability {cap[0]}.{cap[1]} {rel} {need}"
+    if device != "cpu":
+        return False, f"{device} is neither cuda nor cpu"
+    if hw.cpu_flags is None:
+        return False, "cpu flags unknown (no /proc/cpuinfo)"
+    have = [f for f in NATIVE_BF16_CPU_FLAGS if f in hw.cpu_flags]
+    if have:
+        return True, f"cpu has {'/'.join(have)}"
+    return False, f"cpu has no {'/'.join(reversed(NATIVE_BF16_CPU_FLAGS))}"
 
 
 @dataclass(frozen=True)
@@ -204,8 +325,10 @@ def load_model(
     revision: str | None = None,
     trust_remote_code: bool = False,
     attn_implementation: str = "sdpa",
+    reproduce: bool = False,
 ) -> LoadedModel:
-    """Load a causal LM and its tokenizer; a GGUF is converted to safetensors on first use."""
+    """Load a causal LM and its tokenizer; a GGUF is converted to safetensors on first use.
+    `dtype` and `device` may be "auto" (see `resolve_precision`; `reproduce` forces float32)."""
     if isinstance(name_or_ref, ModelRef):
         if revision is not None and revision != name_or_ref.revision:
             raise ValueError(
@@ -214,10 +337,7 @@ def load_model(
         ref = name_or_ref
     else:
         ref = resolve_model(name_or_ref, revision=revision)
-    if dtype not in DTYPES:
-        raise ValueError(
-            f"dtype={dtype!r}: expected one of {list(DTYPES)} (float32 on CPU, bfloat16 on GPU)"
-        )
+    precision = resolve_precision(dtype, device, reproduce=reproduce, hardware=detect_hardware())
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -225,10 +345,13 @@ def load_model(
     kwargs = {"revision": ref.revision, "trust_remote_code": trust_remote_code}
     # AutoTokenizer, never LlamaTokenizer: the latter mis-tokenises SmolLM2
     tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    torch_dtype = torch.bfloat16 if precision.dtype == MIXED else getattr(torch, precision.dtype)
     model = AutoModelForCausalLM.from_pretrained(
-        source, dtype=getattr(torch, dtype), attn_implementation=attn_implementation, **kwargs
+        source, dtype=torch_dtype, attn_implementation=attn_implementation, **kwargs
     )
-    model = model.to(device).eval()
+    model = model.to(precision.device).eval()
+    if precision.dtype == MIXED:
+        _float32_head(model)
     revision_loaded = ref.revision
     if folder is None:  # the hub snapshot folder is named by the commit it holds
         from transformers.utils import cached_file
@@ -245,7 +368,7 @@ def load_model(
         hf_id=ref.hf_id,
         path=source,
         revision=revision_loaded,
-        dtype=dtype,
+        dtype=precision.dtype,
         weights_sha256=_files_sha256(_weight_files(folder), memo),
         tokenizer_hash=_tokenizer_hash(tokenizer),
         chat_template_hash=_sha256_text(chat) if chat else None,
@@ -253,6 +376,8 @@ def load_model(
         hidden_size=config.hidden_size,
         vocab_size=config.vocab_size,
         architecture=type(model).__name__,
+        device=precision.device,
+        precision=precision.reason,
     )
     return LoadedModel(model, tokenizer, info)
 
@@ -392,6 +517,36 @@ def local_folder(ref: ModelRef) -> Path:
             "transformers, save_pretrained it to a folder, and give that folder"
         )
     return folder
+
+
+def _float32_head(model: Any) -> None:
+    """The `bfloat16-mixed` precision: the final norm and the lm_head in float32, so the
+    bfloat16 residual stream is normalised and projected to logits in float32. An lm_head tied
+    to the input embedding gets a float32 copy of its own (the embedding stays bfloat16)."""
+    import torch
+
+    head = model.get_output_embeddings()
+    head.weight = torch.nn.Parameter(head.weight.detach().float(), requires_grad=False)
+    if getattr(head, "bias", None) is not None:
+        head.bias = torch.nn.Parameter(head.bias.detach().float(), requires_grad=False)
+    norm = final_norm(model)
+    norm.float()
+    norm.register_forward_pre_hook(lambda _m, args: (args[0].float(), *args[1:]))
+
+
+def final_norm(model: Any) -> Any:
+    """The norm after the last decoder layer (`norm` in Llama/Gemma/Qwen, `ln_f` in GPT-2)."""
+    import torch
+
+    base = model.base_model
+    for name in ("norm", "ln_f"):
+        mod = getattr(base, name, None)
+        if isinstance(mod, torch.nn.Module):
+            return mod
+    raise ValueError(
+        f"cannot find the final norm of {type(model).__name__}: expected `norm` or `ln_f` on its "
+        f"base model {type(base).__name__}"
+    )
 
 
 def _converted(ref: ModelRef) -> Path:

@@ -94,7 +94,7 @@ def holding_lock(command: str) -> Callable[[Callable[..., Any]], Callable[..., A
 
 def validate(cfg: RunConfig, *, need_budget: bool = True) -> Method:
     """Check a config fully before any model loads; returns the run's method."""
-    from thresher.models import resolve_model
+    from thresher.models import check_precision, resolve_model
 
     check_choice("score.engine", cfg.score.engine, ENGINES)
     if cfg.score.engine == "ray":
@@ -114,6 +114,7 @@ def validate(cfg: RunConfig, *, need_budget: bool = True) -> Method:
     method = method_for(cfg)
     if method.passes:
         resolve_model(cfg.model.name)
+        check_precision(cfg.model.dtype, cfg.model.device, reproduce=cfg.method.reproduce)
     _check_tokenizers(cfg, method)
     if cfg.score.capture is not None and not capturing_roles(
         method.passes, capture_pass(cfg.score.capture, cfg.model.name)
@@ -326,6 +327,7 @@ def write_outputs(
             "format_counts": result.read.format_counts,
         },
         "model": result.model_info,
+        "precision": _precision(result.model_info),
         "template_text": result.template_text,
         "passes": result.passes,
         "counts": result.counts,
@@ -373,6 +375,11 @@ def write_outputs(
     return manifest
 
 
+def _precision(info: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Which dtype and device the passes ran in, and why (None when no model ran)."""
+    return info and {k: info.get(k) for k in ("dtype", "device", "precision")}
+
+
 def _json_default(o: Any) -> Any:
     if isinstance(o, (np.integer, np.floating)):
         return o.item()
@@ -405,6 +412,7 @@ def run(cfg: RunConfig, *, loaded: Any = None) -> tuple[ScoreResult, Selection, 
             device=cfg.model.device,
             revision=cfg.model.revision,
             trust_remote_code=cfg.model.trust_remote_code,
+            reproduce=cfg.method.reproduce,
         )
     t1 = time.perf_counter()
     result = score(cfg, loaded=loaded, method=method)
@@ -427,6 +435,10 @@ def summary(result: ScoreResult, sel: Selection | None, manifest: dict[str, Any]
         f"rows      {c['rows_read']} read = {c['scored']} scored + {c['rejected']} rejected "
         f"({c['rejected_reading']} reading, {c['rejected_scoring']} scoring)",
     ]
+    if manifest.get("precision"):
+        lines.append(
+            f"precision {manifest['precision']['precision']} (on {manifest['precision']['device']})"
+        )
     for role, p in result.passes.items():
         lines.append(
             f"pass      {role:<7} {p['label']:<24} {p['scored']} scored, {p['reused']} reused from cache"

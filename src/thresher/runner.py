@@ -70,6 +70,7 @@ class PassRunner:
                 device=m.device,
                 revision=m.revision if name == m.name else None,
                 trust_remote_code=m.trust_remote_code,
+                reproduce=self.cfg.method.reproduce,
             )
         return self.models[name]
 
@@ -177,11 +178,13 @@ class PassRunner:
         if sc.engine == "ray":
             from thresher.engine.ray import ModelLoad, RayOptions, run_pass_ray
 
-            name = spec.model
+            # the precision the driver's model loaded in (and the cache key holds), so every
+            # worker scores in it, never its own `auto` choice
+            name, info = spec.model, lm.info
             load = ModelLoad(
                 name,
-                m.dtype,
-                m.device,
+                info.dtype,
+                info.device,
                 m.revision if name == m.name else None,
                 m.trust_remote_code,
                 m.threads,

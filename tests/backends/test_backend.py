@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from thresher.backends.hf import HFBackend, decoder_layers, reference_logprobs
+from thresher.backends.hf import HFBackend, decoder_layers, logprob_entropy, reference_logprobs
 from thresher.data import Message, Sample
 from thresher.passes import PassSpec, Pooling
 from thresher.templates import Renderer
@@ -130,3 +130,26 @@ def test_capability_and_layer_checks():
         backend.check(
             PassSpec(model="tiny", fields=(), pooling=Pooling(sources=("hidden",), layers=(7,)))
         )
+
+
+def test_entropy_and_logprob_match_float64_where_fp32_softmax_does_not_sum_to_one():
+    g = torch.Generator().manual_seed(0)
+    vocab = 49152  # SmolLM2's; large logits far from zero make the fp32 softmax drift most
+    spreads = [(1, 30), (3, 40), (0.5, 60), (8, 20), (2, 100), (0.1, 120), (5, -30)]
+    logits = torch.stack([torch.randn(vocab, generator=g) * s + shift for s, shift in spreads])
+    targets = torch.randint(0, vocab, (len(logits),), generator=g)
+    x = logits.double()
+    logp = x - torch.logsumexp(x, dim=-1, keepdim=True)
+    want_h = -(logp.exp() * logp).sum(-1).numpy()
+    want_lp = logp.gather(1, targets[:, None]).squeeze(1).numpy()
+    # the case this guards: fp32 softmax sums off 1, and lse - sum(p x) is then off by > 1e-5
+    p32 = torch.softmax(logits, dim=-1)
+    assert (p32.sum(-1).double() - 1).abs().max() > 1e-7
+    naive = torch.logsumexp(logits, dim=-1) - (p32 * logits).sum(-1)
+    assert np.abs(naive.double().numpy() - want_h).max() > 1e-5
+    lp, h = logprob_entropy(logits.clone(), targets, with_entropy=True)
+    np.testing.assert_allclose(h.double().numpy(), want_h, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(lp.double().numpy(), want_lp, rtol=0, atol=2e-6)
+    lp_only, none = logprob_entropy(logits.clone(), targets, with_entropy=False)
+    assert none is None
+    np.testing.assert_array_equal(lp_only.numpy(), lp.numpy())

@@ -123,8 +123,15 @@ def test_every_target_reaches_lm_eval_as_the_folder_thresher_loads(
         [m] = ev.evaluate_models([target], ["lm_eval:tmc"], progress=False).models
         assert harness_calls == [(expected, dtype, "cpu")] and m.folder == expected, target
     assert made[0] == str(gguf)  # the .gguf file went through the conversion cache
-    ev.evaluate_models([str(trained)], ["lm_eval:tmc"], dtype="float16", device="cuda:1")
+    # explicit choices pass through as given (on a machine with CUDA; this one may have none)
+    gpu = models.Hardware(True, (8, 0), frozenset())
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(models, "detect_hardware", lambda: gpu)
+        ev.evaluate_models([str(trained)], ["lm_eval:tmc"], dtype="float16", device="cuda:1")
     assert harness_calls[-1] == (str(trained / "model"), "float16", "cuda:1")
+    # `auto` reaches lm-eval as thresher's own resolved choice, never as "auto"
+    ev.evaluate_models([str(trained)], ["lm_eval:tmc"], dtype="auto", device="auto")
+    assert "auto" not in harness_calls[-1][1:]
 
 
 def test_a_hub_id_is_read_from_the_hub_cache_offline(monkeypatch, harness_calls, tmp_path):

@@ -223,11 +223,10 @@ class HFBackend:
             logits = self.lm_head(states[a : a + chunk]).float()
             if self.softcap:
                 logits = torch.tanh(logits / self.softcap) * self.softcap
-            lse = torch.logsumexp(logits, dim=-1)
-            lps.append(logits.gather(1, targets[a : a + chunk, None]).squeeze(1) - lse)
-            if with_entropy:
-                p = torch.softmax(logits, dim=-1)
-                ents.append(lse - (p * logits).sum(-1))
+            lp, ent = logprob_entropy(logits, targets[a : a + chunk], with_entropy)
+            lps.append(lp)
+            if ent is not None:
+                ents.append(ent)
         empty = states.new_zeros(0)
         return (torch.cat(lps) if lps else empty), (
             (torch.cat(ents) if ents else empty) if with_entropy else None
@@ -296,6 +295,25 @@ def reference_noise(
     u = torch.empty((copies + 1, length, width), dtype=torch.float32).uniform_(-1, 1, generator=g)
     noise = torch.cat([torch.zeros(1, length, width), u]) * (alpha / math.sqrt(length * width))
     return noise[1 : copies + 1]
+
+
+def logprob_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, with_entropy: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log p(target) and the entropy -sum p log p, per row of [n, vocab] float32 `logits`
+    (overwritten). With y = x - max x, S = sum exp(y): log p = y - log S and the entropy is
+    log S - sum exp(y) y / S, i.e. METHODS §12.4's -sum p (x - lse) normalised by sum p. An fp32
+    softmax sums to 1 only within ~1e-5 over a large vocabulary, so `lse - sum softmax(x) x` is
+    off by about lse * 1e-5; here neither lse nor p is rounded before use, which keeps both
+    numbers within ~1e-6 of a float64 computation (tests/test_backend.py)."""
+    y = logits.sub_(logits.amax(dim=-1, keepdim=True))
+    e = y.exp()
+    total = e.sum(dim=-1, keepdim=True)
+    log_total = total.log()
+    lp = y.gather(1, targets[:, None]).sub_(log_total).squeeze(1)
+    if not with_entropy:
+        return lp, None
+    return lp, (log_total - e.mul_(y).sum(dim=-1, keepdim=True) / total).squeeze(1)
 
 
 def embedding_noise(

@@ -174,22 +174,27 @@ def resolve_settings(target: str, dtype: str | None = None, device: str | None =
     """The model of `target` and how to load it: `dtype`/`device` when given, else the run's own
     (its manifest's model config), else `ModelConfig`'s defaults (float32 on cpu)."""
     from thresher.config import ModelConfig
-    from thresher.models import DTYPES
+    from thresher.models import check_precision, detect_hardware, resolve_precision
 
     model, run_dir = resolve_target(target)
     run_model = RunFolder(run_dir).read_manifest()["config"]["model"] if run_dir is not None else {}
     default = ModelConfig()
     dtype = dtype or run_model.get("dtype") or default.dtype
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype {dtype!r} for {target!r}: expected one of {list(DTYPES)}")
+    device = device or run_model.get("device") or default.device
+    try:
+        check_precision(dtype, device)
+    except ValueError as e:
+        raise ValueError(f"{e} (for {target!r})") from None
+    # `auto` resolved here as thresher loads models, so lm-eval gets the same concrete choice
+    precision = resolve_precision(dtype, device, reproduce=False, hardware=detect_hardware())
     return Target(
         target,
         model,
         run_dir,
         # the run's revision applies to the model that scored it, not to one trained from it
         run_model.get("revision") if model == run_model.get("name") else None,
-        dtype,
-        device or run_model.get("device") or default.device,
+        precision.dtype,
+        precision.device,
     )
 
 
