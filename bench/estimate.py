@@ -77,12 +77,14 @@ def main() -> None:
         load_after = os.getloadavg()[0]
         c, p = by_matmul.cost, by_probe.cost
         matmul = c.rate / dryrun.FORWARD_EFFICIENCY
+        after = dryrun.matmul_rate(by_matmul.shape, "float32", "cpu", c.matmul_rows)
         print(
             f"{name:<16} {c.tokens:>8,} {c.flops / 1e12:>7.2f} {c.seconds:>9.1f} {p.seconds:>8.1f} "
             f"{measured:>11.1f} {c.seconds / measured:>12.2f} {p.seconds / measured:>11.2f} "
             f"{c.flops / measured / matmul:>11.2f} {load_before:>4.1f}-{load_after:<4.1f}"
         )
-        print(f"  matmul: {c.how}\n  probe:  {p.how}")
+        print(f"  matmul: {c.how}; again after the run: {after / 1e9:.0f} GFLOP/s")
+        print(f"  probe:  {p.how}")
 
 
 if __name__ == "__main__":

@@ -213,3 +213,27 @@ def test_os_errors_name_the_path_and_only_blame_the_disk_when_it_is_full(tmp_pat
     assert "disk is full" in full and "Free space" in full
     other = os_error_message(OSError(errno.EIO, "Input/output error", model_file), a)
     assert "free space" not in other.lower() and "given data d.jsonl" in other
+
+
+@pytest.mark.slow
+def test_demo_compares_the_methods_that_share_its_passes(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--model", str(tiny_model_dir), "--threads", "1"]) == 0
+    text = capsys.readouterr().out
+    assert text.count("estimate  ") == 1  # printed once, as the run starts
+    table = text[text.index("planted defects in each method's 10%") :].splitlines()
+    names = [line.split()[0] for line in table[2:9]]
+    assert names == ["pool", "ifd", "superfiltering", "ppl", "entropy", "longest", "random"]
+    k = int(0.1 * int(table[2].split()[1]))  # 10% of the readable rows, rounded down
+    assert table[9].startswith(f"reading: at {k} rows a random draw from this pool lands within")
+    assert "not compared" not in text and f"report: {out / 'report.html'}" in text
+    # the ifd row counts the defects of the subset written to disk
+    written = [json.loads(x) for x in (out / "selected.jsonl").read_text().splitlines()]
+    ifd = table[3].split()
+    assert ifd[1:3] == [str(len(written)), str(sum(bool(r["meta"]["defect"]) for r in written))]
+    # one forward pass of each view: the other methods read what ifd stored
+    assert sorted(p.name for p in (out / "passes").iterdir()) == [
+        "cond.alpaca",
+        "cond.alpaca.tokens",
+        "uncond.alpaca",
+    ]

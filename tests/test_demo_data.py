@@ -13,6 +13,7 @@ from thresher.demo_data import (
     defect_audit,
     defect_counts,
     expected_output,
+    format_comparison,
     format_defect_audit,
     generate_pool,
     verify_record,
@@ -225,3 +226,28 @@ def test_audit_arithmetic_on_a_hand_built_case() -> None:
         and clean["ratio"] is None
     )
     assert "(- the pool rate)" in format_defect_audit(clean)
+
+
+def test_the_comparison_says_only_what_the_numbers_show() -> None:
+    """Pool 100 rows, 20 defective (10 wrong, 10 duplicates); at 10 rows one standard error is
+    sqrt(0.2 * 0.8 / 10) = 12.6 points: 0 of 10 is below the pool, 6 of 10 above, 2 of 10 neither."""
+
+    def row(defect: str | None) -> dict:
+        return {"instruction": "x", "input": "", "output": "y", "meta": {"defect": defect}}
+
+    pool = [row("wrong_answer")] * 10 + [row("duplicate")] * 10 + [row(None)] * 80
+    audits = {
+        "b": defect_audit(pool[:6] + pool[20:24], pool),
+        "a": defect_audit(pool[20:30], pool),
+        "c": defect_audit(pool[10:12] + pool[20:28], pool),
+    }
+    lines = format_comparison(audits, "b").splitlines()
+    assert lines[0].split() == ["rows", "defects", "rate", "x", "pool", "wrong", "duplicate"]
+    assert lines[1].split() == ["pool", "100", "20", "20.0%", "1.00", "10", "10"]
+    assert lines[2].split() == ["b", "10", "6", "60.0%", "3.00", "6", "0"]
+    assert lines[3].split() == ["a", "10", "0", "0.0%", "0.00", "0", "0"]
+    assert lines[5] == (
+        "reading: at 10 rows a random draw from this pool lands within ±12.6% of its 20.0% (one "
+        "standard error); below that: a; above: b; lowest a 0.0%, highest b 60.0%; b's selection "
+        "holds 6 wrong_answer rows of its 6 defects, 6.0x that kind's share of the pool"
+    )

@@ -159,6 +159,11 @@ def test_validate_names_the_passes_stored_in_out(tiny_model_dir, tmp_path, capsy
     assert f"pass      cond cond.alpaca: stored in {out / 'passes' / 'cond.alpaca'}" in text
     assert "(same spec and data)" in text and "12 of 12 rows done" in text
     assert "estimate  no forward pass to run: every one is stored in" in text
+    assert main([*base, "--method", "instructdiff"]) == 0  # its fit step trains a calibrated copy
+    text = capsys.readouterr().out
+    assert "pass      cond cond.alpaca: stored in" in text
+    assert "pass      calibrated cond.alpaca: runs on a model the fit step makes" in text
+    assert "not included: instructdiff's fit step" in text
     assert main([*base, "--method", "superfiltering"]) == 0  # plain template: other passes
     assert "pass      cond cond.plain: not stored; 12 rows to score" in capsys.readouterr().out
     changed = _data(tmp_path / "d.jsonl", ROWS[:-1])
@@ -179,3 +184,12 @@ def test_run_prints_the_estimate_as_it_starts(tiny_model_dir, tmp_path, capsys):
     assert main([*argv, "--count", "2", "--out", str(tmp_path / "o"), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("estimate  ") and out.index("estimate") < out.index("selected  2")
+
+
+def test_a_probe_takes_runs_of_similar_lengths_from_short_to_long():
+    lengths = np.random.default_rng(0).permutation(100)  # row i has length rank lengths[i]
+    pick = dryrun.probe_rows(lengths, 8)
+    ranks = sorted(lengths[pick].tolist())
+    assert len(set(pick.tolist())) == 8
+    assert ranks == [11, 12, 36, 37, 61, 62, 86, 87]  # two consecutive ranks in each quarter
+    assert sorted(dryrun.probe_rows(lengths, 500).tolist()) == list(range(100))

@@ -153,7 +153,7 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
-        help="score the built-in planted-defect pool and select 10%% by IFD",
+        help="score the built-in planted-defect pool once, select 10%% by IFD and compare the methods sharing its passes",
         epilog=EXAMPLES["demo"],
         formatter_class=fmt,
     )
@@ -528,9 +528,27 @@ def cmd_ls(what: str | None) -> None:
         )
 
 
+# the methods `thresher demo` compares when their passes are those the demo's method stored:
+# with IFD's defaults, superfiltering (on IFD's alpaca template and 512 tokens, instead of its
+# paper's plain template and 1,024), ppl and entropy read IFD's cond and uncond passes, longest
+# only tokenizes, random needs nothing
+DEMO_COMPARE: dict[str, dict[str, Any]] = {
+    "ifd": {},
+    "superfiltering": {"template": "alpaca", "max_length": 512},
+    "ppl": {},
+    "entropy": {},
+    "longest": {},
+    "random": {},
+}
+
+
 def cmd_demo(a: argparse.Namespace) -> None:
-    from thresher import pipeline
-    from thresher.demo_data import defect_audit, format_defect_audit, generate_pool, write_pool
+    """Score the planted pool once with `a.method`, write its run folder and report, then select
+    with every method of DEMO_COMPARE that needs no new forward pass and compare the defects."""
+    from thresher import dryrun, pipeline
+    from thresher.demo_data import defect_audit, format_comparison, generate_pool, write_pool
+    from thresher.models import load_model
+    from thresher.rundir import RunFolder
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -538,24 +556,61 @@ def cmd_demo(a: argparse.Namespace) -> None:
     pool_path = out / "pool.jsonl"
     write_pool(pool_path, pool)
     print(f"demo pool: {len(pool)} rows of our own making with planted defects -> {pool_path}")
-    cfg = RunConfig()
-    cfg.data.path = str(pool_path)
-    cfg.data.format = "alpaca"
-    cfg.model.name, cfg.model.threads = a.model, a.threads
-    cfg.method.name = a.method
-    cfg.select.fraction = a.fraction
-    cfg.output.dir = str(out)
+
+    def config(name: str, params: dict[str, Any]) -> RunConfig:
+        cfg = RunConfig()
+        cfg.data.path, cfg.data.format = str(pool_path), "alpaca"
+        cfg.model.name, cfg.model.threads = a.model, a.threads
+        cfg.method.name, cfg.method.params = name, dict(params)
+        cfg.select.fraction = a.fraction
+        cfg.output.dir = str(out)
+        return cfg
+
+    cfg = config(a.method, DEMO_COMPARE.get(a.method, {}))
     cfg.score.overwrite = a.overwrite
-    result, sel, manifest = pipeline.run(cfg)
+    _print_estimate(cfg, need_budget=True)
+    m = cfg.model
+    loaded = load_model(
+        m.name,
+        dtype=m.dtype,
+        device=m.device,
+        revision=m.revision,
+        trust_remote_code=m.trust_remote_code,
+    )
+    result, sel, manifest = pipeline.run(cfg, loaded=loaded)
     print(pipeline.summary(result, sel, manifest))
     # the pool a method can choose from: rows that were read (empty answers are rejected first)
     readable = [s.meta["record"] for s in result.samples]
     by_id = {s.id: s for s in result.samples}
-    selected_records = [by_id[i].meta["record"] for i in sel.ids]
+    audits = {a.method: defect_audit([by_id[i].meta["record"] for i in sel.ids], readable)}
+    skipped = []
+    for name, params in DEMO_COMPARE.items():
+        if name == a.method:
+            continue
+        other = config(name, params)
+        cost = dryrun.plan(other).cost
+        if cost is not None and cost.flops:  # would need a forward pass the demo has not run
+            skipped.append(name)
+            continue
+        res = pipeline.score(other, loaded=loaded)
+        chosen = pipeline.select(res, other).ids
+        label = name + ("" if not params else f" ({', '.join(map(str, params.values()))})")
+        audits[label] = defect_audit([by_id[i].meta["record"] for i in chosen], readable)
     print(
-        f"planted defects, selection vs the {len(readable)} readable rows (defect labels are never shown to the scorer):"
+        f"\nplanted defects in each method's {a.fraction:.0%} of the {len(readable)} readable rows "
+        "(empty answers are rejected in reading; the scorer never sees the labels):"
     )
-    print(format_defect_audit(defect_audit(selected_records, readable)))
+    print(format_comparison(audits, a.method))
+    if skipped:
+        print(
+            f"not compared (they need forward passes {a.method} does not run): {', '.join(skipped)}"
+        )
+    report = RunFolder(out).report
+    print(
+        f"report: {report if report.exists() else 'not written'} ({a.method}'s scores and subset). "
+        f"Another method's subset and report from the same passes: thresher run --data "
+        f"{pool_path} --method ppl --fraction {a.fraction} --out {out}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -665,3 +665,64 @@ def format_defect_audit(audit: dict[str, Any]) -> str:
     ratio = "-" if audit["ratio"] is None else f"{audit['ratio']:.2f}x"
     lines.append(f"defect rate: pool {pool}, selected {selected} ({ratio} the pool rate)")
     return "\n".join(lines)
+
+
+def format_comparison(audits: dict[str, dict[str, Any]], first: str) -> str:
+    """One table of several methods' selections from one pool (each value a `defect_audit`, all
+    against the same pool): selected rows, defects per kind, the rate and its ratio to the pool
+    rate; then one line that says only what these numbers show. A rate differs from the pool's
+    by more than one standard error of a random draw of that many rows (sqrt(p (1 - p) / k))
+    before it is called below or above the pool; `first` is the method whose defect kinds are
+    named."""
+    pool = next(iter(audits.values()))["pool"]
+    kinds = [k for k, n in pool["counts"].items() if n]
+    short = {k: k.removesuffix("_answer") for k in kinds}
+    width = max(len(name) for name in [*audits, "pool"])
+    head = f"{'':<{width}}  {'rows':>5}  {'defects':>7}  {'rate':>6}  {'x pool':>6}  " + "  ".join(
+        f"{short[k]:>9}" for k in kinds
+    )
+
+    def row(name: str, side: dict[str, Any]) -> str:
+        rate = side["rate"]
+        ratio = "-" if rate is None or not pool["rate"] else f"{rate / pool['rate']:.2f}"
+        return (
+            f"{name:<{width}}  {side['rows']:>5}  {side['defective']:>7}  "
+            f"{'-' if rate is None else f'{rate:.1%}':>6}  {ratio:>6}  "
+            + "  ".join(f"{side['counts'].get(k, 0):>9}" for k in kinds)
+        )
+
+    lines = [head, row("pool", pool), *(row(name, a["selected"]) for name, a in audits.items())]
+    return "\n".join([*lines, "reading: " + _reading(audits, first, pool, kinds)])
+
+
+def _reading(
+    audits: dict[str, dict[str, Any]], first: str, pool: dict[str, Any], kinds: list[str]
+) -> str:
+    p = pool["rate"] or 0.0
+    rated = {n: a["selected"] for n, a in audits.items() if a["selected"]["rate"] is not None}
+    if not rated or not p:
+        return "no defects in the pool, or nothing selected: nothing to compare"
+    k = round(sum(s["rows"] for s in rated.values()) / len(rated))
+    se = (p * (1 - p) / k) ** 0.5 if k else 0.0
+    below = [n for n, s in rated.items() if s["rate"] < p - se]
+    above = [n for n, s in rated.items() if s["rate"] > p + se]
+    lo, hi = min(rated, key=lambda n: rated[n]["rate"]), max(rated, key=lambda n: rated[n]["rate"])
+    text = (
+        f"at {k} rows a random draw from this pool lands within ±{se:.1%} of its {p:.1%} "
+        f"(one standard error); below that: {', '.join(below) or 'none'}; above: "
+        f"{', '.join(above) or 'none'}; lowest {lo} {rated[lo]['rate']:.1%}, highest {hi} "
+        f"{rated[hi]['rate']:.1%}"
+    )
+    s = rated.get(first)
+    if s and s["defective"]:
+        # the kind most over-represented in `first`'s selection relative to the pool's share
+        share = {
+            kind: (s["counts"].get(kind, 0) / s["rows"]) / (pool["counts"][kind] / pool["rows"])
+            for kind in kinds
+        }
+        top = max(kinds, key=lambda kind: (share[kind], s["counts"].get(kind, 0)))
+        text += (
+            f"; {first}'s selection holds {s['counts'].get(top, 0)} {top} rows of its "
+            f"{s['defective']} defects, {share[top]:.1f}x that kind's share of the pool"
+        )
+    return text

@@ -40,13 +40,18 @@ from thresher.passes import DEMO_VIEWS, PassSpec
 # ours: long enough for a stable rate on 2 CPU cores (repeats agreed within a few %), short
 # enough not to matter before a run
 MATMUL_SECONDS = 0.5
-# ours: measured by bench/estimate.py (docs/results.md, "Cost estimate"): SmolLM2-135M passes
-# reach this fraction of the rate of one (batch tokens x width) @ (width x ffn) matmul; the rest
-# is element-wise work between the GEMMs (DESIGN.md: 67.5% of a forward is in `mm`)
+# ours: the fraction of the rate of one (batch tokens x width) @ (width x ffn) matmul that a
+# forward pass reaches; DESIGN.md measured 60-68% for batch-1 GPT-2-shaped passes on an idle
+# 2-core machine (the rest is element-wise work between the GEMMs). bench/estimate.py measured
+# 0.76-0.80 for SmolLM2-135M IFD passes on a loaded machine (docs/results.md, "Cost estimate"),
+# so the estimate leans long
 FORWARD_EFFICIENCY = 0.6
 # ours: the rows `thresher run` renders for its start-up estimate, spread over the file; all
 # rows for `thresher validate`
 RUN_START_ROWS = 2000
+# ours: a probe times this many runs of rows of similar length (short to long), not rows spread
+# one by one: spread rows batched together carry more padding than a run's length-sorted batches
+PROBE_GROUPS = 4
 FIRST_LINES = 3  # line numbers shown per rejection reason
 # rejections for a row's length (thresher.templates)
 LENGTH_REJECTIONS = ("response_truncated_away", "over_max_length", "demo_truncated_away")
@@ -110,6 +115,7 @@ class Cost:
     flops: float
     rate: float  # FLOP/s
     how: str
+    matmul_rows: int | None = None  # the timed matmul's rows, when the rate comes from it
     seconds: float = field(init=False)
 
     def __post_init__(self) -> None:
@@ -186,13 +192,21 @@ def plan(
         dtype=out.precision.dtype,
     )
     out.shape = model_shape(out.model.config)
-    for role, spec in _passes(cfg, method).items():
+    passes = _passes(cfg, method)
+    for role, spec in passes.items():
         out.passes.append(_render(role, spec, samples, out))
-        _find_stored(out.passes[-1], out)
+        p = out.passes[-1]
+        p.todo = np.ones(len(p.ids), bool)
+        if spec.model != m.name:
+            p.cache = f"runs on {spec.model}: not looked up"
+        elif method.fit is not None and list(passes.values()).index(spec) != len(out.passes) - 1:
+            # a second role with the same spec: the fit step gives it its own model (InstructDiff's
+            # calibrated copy), which only the run knows
+            p.cache = "runs on a model the fit step makes: not looked up"
+        else:
+            _find_stored(p, out)
     if method.fit is not None:
-        out.not_estimated.append(
-            f"{method.name}'s fit step (embeddings, target sets or training, before the passes)"
-        )
+        out.not_estimated.append(_fit_note(method))
     others = sorted({p.spec.model for p in out.passes if p.spec.model != m.name})
     if others:
         out.not_estimated.append(
@@ -200,6 +214,10 @@ def plan(
         )
     out.cost = _cost(out, probe)
     return out
+
+
+def _fit_note(method: Method) -> str:
+    return f"{method.name}'s fit step (embeddings, target sets or training, before the passes)"
 
 
 def _spread(samples: list[Sample], rows: int | None) -> list[Sample]:
@@ -291,7 +309,6 @@ def _find_stored(p: PassPlan, plan: Plan) -> None:
     weights hash only when a load has memoised it (else: same spec, data, template, tokenizer)."""
     from thresher.templates import get_template
 
-    p.todo = np.ones(len(p.ids), bool)
     run_dir = Path(plan.cfg.output.dir)
     keys = sorted((run_dir / "passes").glob(f"*/{KEY_FILE}"))
     if plan.cfg.score.overwrite:
@@ -352,6 +369,7 @@ def _cost(plan: Plan, probe: int) -> Cost:
     tokens, flops = round(tokens * plan.scale), flops * plan.scale
     if not flops:
         return Cost(0, 0.0, 0.0, "no forward pass to run")
+    rows = 0
     if probe > 0:
         rate, how = probe_rate(plan, probe)
     else:
@@ -364,7 +382,7 @@ def _cost(plan: Plan, probe: int) -> Cost:
             f"matmul ({rows} x {shape.width}) @ ({shape.width} x {shape.ffn}) at "
             f"{matmul / 1e9:.0f} GFLOP/s x {FORWARD_EFFICIENCY} forward efficiency"
         )
-    return Cost(tokens, flops, rate, how + f", {_threads()}")
+    return Cost(tokens, flops, rate, how + f", {_threads()}", None if probe > 0 else rows)
 
 
 def _threads() -> str:
@@ -400,9 +418,27 @@ def matmul_rate(
     return 2.0 * rows * shape.width * shape.ffn * n / elapsed
 
 
+def probe_rows(lengths: np.ndarray, n: int, groups: int = PROBE_GROUPS) -> np.ndarray:
+    """Indices of `n` rows for a probe: `groups` runs of consecutive rows in length order, centred
+    on evenly spaced quantiles, so the probe's batches hold rows of similar length as the run's
+    (a run scores the dataset sorted by length) while covering short and long rows."""
+    ranked = np.argsort(lengths, kind="stable")
+    if n >= len(ranked):
+        return ranked
+    groups = max(1, min(groups, n))
+    bounds = np.linspace(0, len(ranked), groups + 1).round().astype(int)
+    pick: list[int] = []
+    for g in range(groups):  # each run sits in the middle of its own slice of the length order
+        lo, hi = bounds[g], bounds[g + 1]
+        size = min(n // groups + (g < n % groups), hi - lo)
+        start = (lo + hi) // 2 - size // 2
+        pick += range(start, start + size)
+    return ranked[np.array(pick, dtype=np.int64)]
+
+
 def probe_rate(plan: Plan, n: int) -> tuple[float, str]:
-    """FLOP/s of the real model scoring `n` rows of each forward pass (spread over the lengths,
-    after one untimed row), as the run scores them; loads the model."""
+    """FLOP/s of the real model scoring `n` rows of each forward pass (`probe_rows`, after one
+    untimed row), as the run scores them; loads the model."""
     from thresher.engine.scorer import Scorer
     from thresher.models import load_model
 
@@ -422,8 +458,7 @@ def probe_rate(plan: Plan, n: int) -> tuple[float, str]:
     for p in plan.passes:
         if not p.spec.forward or not len(p.ids):
             continue
-        ranked = np.argsort(p.lengths, kind="stable")
-        pick = ranked[np.unique(np.linspace(0, len(ranked) - 1, min(n, len(ranked))).astype(int))]
+        pick = probe_rows(p.lengths, n)
         chosen = [by_id[p.ids[i]] for i in pick]
         demos = None
         if p.spec.view in DEMO_VIEWS:  # as rendered above: the next row of the file
@@ -463,7 +498,9 @@ def format_plan(plan: Plan) -> str:
     if reasons:
         lines.append(f"rejected  {reasons}")
     if plan.model is None:
-        lines.append("model     none: this method runs no pass")
+        lines.append("model     none: this method runs no pass of the model")
+        if method.fit is not None:
+            lines.append(f"estimate  not included: {_fit_note(method)}")
         return "\n".join(lines)
     s, info = plan.shape, plan.model.info
     lines.append(
@@ -515,10 +552,13 @@ def format_estimate(plan: Plan) -> str:
     if c is None:
         return "estimate  no pass to run"
     if not c.flops:
-        stored = any(p.spec.forward for p in plan.passes)
-        return "estimate  no forward pass to run" + (
-            f": every one is stored in {plan.cfg.output.dir}" if stored else " (tokenize only)"
-        )
+        if not any(p.ids for p in plan.passes):
+            why = ": no row the templates accept"
+        elif any(p.spec.forward for p in plan.passes):
+            why = f": every one is stored in {plan.cfg.output.dir}"
+        else:
+            why = " (tokenize only)"
+        return "estimate  no forward pass to run" + why
     todo = [p for p in plan.passes if p.spec.forward and p.todo is not None and p.todo.any()]
     sampled = (
         f", from {plan.rendered} of {len(plan.read.samples)} rows"
