@@ -30,7 +30,6 @@ from typing import Any
 
 import numpy as np
 
-from thresher import data as data_mod
 from thresher.cache import KEY_FILE, PassStore, key_material, pass_label, satisfies
 from thresher.config import RunConfig
 from thresher.data import ReadResult, Sample
@@ -163,17 +162,7 @@ def plan(
     from thresher import pipeline
 
     method = method or pipeline.validate(cfg, need_budget=False)
-    d = cfg.data
-    read = data_mod.read(
-        d.path,
-        format=d.format,
-        columns=d.columns or None,
-        roles=d.roles or None,
-        id_column=d.id_column,
-        split=d.split,
-        limit=d.limit,
-        allow_mixed=d.allow_mixed,
-    )
+    read = pipeline.read_data(cfg)
     samples = _spread(read.samples, rows)
     out = Plan(cfg, method, read, len(samples))
     if not method.passes:

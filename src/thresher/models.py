@@ -529,24 +529,11 @@ def _float32_head(model: Any) -> None:
     head.weight = torch.nn.Parameter(head.weight.detach().float(), requires_grad=False)
     if getattr(head, "bias", None) is not None:
         head.bias = torch.nn.Parameter(head.bias.detach().float(), requires_grad=False)
-    norm = final_norm(model)
+    from thresher.backends.hf import final_norm_module
+
+    norm = final_norm_module(model)
     norm.float()
     norm.register_forward_pre_hook(lambda _m, args: (args[0].float(), *args[1:]))
-
-
-def final_norm(model: Any) -> Any:
-    """The norm after the last decoder layer (`norm` in Llama/Gemma/Qwen, `ln_f` in GPT-2)."""
-    import torch
-
-    base = model.base_model
-    for name in ("norm", "ln_f"):
-        mod = getattr(base, name, None)
-        if isinstance(mod, torch.nn.Module):
-            return mod
-    raise ValueError(
-        f"cannot find the final norm of {type(model).__name__}: expected `norm` or `ln_f` on its "
-        f"base model {type(base).__name__}"
-    )
 
 
 def _converted(ref: ModelRef) -> Path:
