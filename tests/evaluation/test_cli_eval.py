@@ -26,8 +26,8 @@ def test_a_hub_id_offline_says_what_is_missing_not_to_free_space(monkeypatch, tm
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     assert main(["eval", "acme/tiny", "--tasks", "lm_eval:tmc"]) == 2
     err = capsys.readouterr().err
-    assert "'acme/tiny' is not in the local hub cache and the hub cannot be reached" in err
-    assert "free space" not in err
+    assert "'acme/tiny'" in err and "not in the local hub cache" in err
+    assert "free space" not in err.lower()
 
 
 @pytest.mark.parametrize(
@@ -45,7 +45,7 @@ def test_a_hub_id_offline_says_what_is_missing_not_to_free_space(monkeypatch, tm
         ),
         (
             OSError(errno.ENOSPC, "No space left on device", "out.json"),
-            "No space left on device: out.json. Finished shards are kept: free space",
+            "No space left on device: out.json: the disk is full. Free space",
             "hub",
         ),
     ],
