@@ -137,6 +137,7 @@ def arms(a: argparse.Namespace, data: dict[str, Any]) -> list[Arm]:
         Arm("target", "nait-gsm8k", "nait", {"target": gsm}),
         Arm("target", "nait-mmlu", "nait", {"target": mmlu}),
         Arm("target", "kcenter", "kcenter"),
+        Arm("target", "longest", "longest"),  # a control: how much of a lift length alone gives
         *(Arm("target", n, "random", seed=s) for n, s in seeds),
         Arm("target", "mads", "mads"),
         Arm("target", "ifd", "ifd"),
@@ -465,6 +466,59 @@ def kmeans(x: np.ndarray, k: int, seed: int, restarts: int = 4, iters: int = 300
     return best
 
 
+def _stored_pass(folder: Path) -> dict[str, Any]:
+    """A stored pass's committed rows (every shard with its completion marker), by column, the
+    last committed row of an id winning."""
+    tables = [pq.read_table(p.with_suffix(".parquet")) for p in sorted(folder.glob("shard-*.done"))]
+    rows: dict[str, tuple[int, int]] = {}
+    for ti, tbl in enumerate(tables):
+        for ri, i in enumerate(tbl.column("id").to_pylist()):
+            rows[i] = (ti, ri)
+    ids = sorted(rows)
+    cols = [c for c in tables[0].column_names if c.startswith("hidden.")]
+    out: dict[str, Any] = {"id": ids}
+    for c in [*cols, "n_prompt_tokens", "n_response_tokens"]:
+        per = [tbl.column(c).to_pylist() for tbl in tables]
+        out[c] = np.asarray([per[ti][ri] for ti, ri in (rows[i] for i in ids)], dtype=np.float64)
+    return out
+
+
+def nait_first_token(out: Path, fractions: list[float]) -> dict[str, Any] | None:
+    """A diagnostic of NAIT's default reading (pooling=mean: the mean over all K tokens minus the
+    first token's state). That drift is (K-1)/K x (the mean of tokens 2..K minus token 1), so the
+    first token's state, the same for every row (the template's first token), enters scaled by
+    (K-1)/K, which differs between rows. Scaling each stored drift by K/(K-1) (pool and targets
+    alike) takes the first token out of the mean, so it shifts every row by one constant, which the
+    principal component and the ranking ignore. Returns, per target, the correlation of the
+    default score with (K-1)/K and the top-b ids of the rescaled score (ties by id)."""
+    from thresher.signals.nait import fit_directions, layer_projections, sum_layers
+
+    score = out / "target" / "score"
+    found = sorted((score / "passes").glob("cond.alpaca.hidden-*"))
+    if not found:
+        return None
+    pool = _stored_pass(found[0])
+    k = pool["n_prompt_tokens"] + pool["n_response_tokens"]
+    layers = [c for c in pool if c.startswith("hidden.")]
+    res = {}
+    for arm, label in (("nait-gsm8k", "gsm8k_target"), ("nait-mmlu", "mmlu_target")):
+        s = pq.read_table(out / "target" / "arms" / arm / "scores.parquet")
+        by_id = dict(zip(s.column("id").to_pylist(), s.column("nait").to_pylist(), strict=True))
+        default = np.array([by_id[i] for i in pool["id"]], dtype=np.float64)
+        tgt = _stored_pass(score / "passes" / f"target.{label}")
+        kt = tgt["n_prompt_tokens"] + tgt["n_response_tokens"]
+        d = fit_directions({c: tgt[c] * (kt / (kt - 1))[:, None] for c in layers})
+        rescaled = sum_layers(
+            layer_projections({c: pool[c] * (k / (k - 1))[:, None] for c in layers}, d)
+        )
+        order = sorted(range(len(k)), key=lambda r: (-rescaled[r], pool["id"][r]))
+        res[arm] = {
+            "corr_length": float(np.corrcoef(default, (k - 1) / k)[0, 1]),
+            "ids": {f: [pool["id"][r] for r in order[: int(f * len(k))]] for f in fractions},
+        }
+    return res
+
+
 def _scores(out: Path, pool: str, arm: str) -> Any:
     return pq.read_table(out / pool / "arms" / arm / "scores.parquet")
 
@@ -479,7 +533,9 @@ def zscore(value: float, mean: float, sd: float) -> float | None:
     return None
 
 
-def verdict(value: float, mean: float, z: float | None, direction: int) -> str:
+def verdict(value: float, mean: float, z: float | None, direction: int | None) -> str:
+    if direction is None:
+        return "diagnostic"
     if direction == 0:
         return "control"
     if z is None:  # the random subsets all agree
@@ -509,7 +565,7 @@ class Table:
         budget: str,
         value: float,
         rand: list[float],
-        direction: int,
+        direction: int | None,
         pool_value: float | None = None,
     ) -> None:
         mean, sd = null(rand)
@@ -578,6 +634,7 @@ def properties(a: argparse.Namespace, out: Path, data: dict[str, Any]) -> tuple[
             ("nait-mmlu", ("mmlu",), 1),
             ("miwv", ("gsm8k", "mmlu"), 0),
             ("ifd", ("gsm8k", "mmlu"), 0),
+            ("longest", ("gsm8k", "mmlu"), 0),
         ):
             rec = got("target", name)
             if rec is None:
@@ -592,6 +649,32 @@ def properties(a: argparse.Namespace, out: Path, data: dict[str, Any]) -> tuple[
                         share(ids(rec, f), d),
                         [share(ids(r, f), d) for r in rand],
                         direction,
+                        share_pool[d],
+                    )
+        x, y = got("target", "nait-gsm8k"), got("target", "nait-mmlu")
+        if x is not None and y is not None:
+            notes.append(
+                "nait: Jaccard of the GSM8K-target and MMLU-target selections "
+                + ", ".join(f"{b} {jaccard(ids(x, f), ids(y, f)):.2f}" for f, b in budgets)
+                + " (two targets should select different rows)"
+            )
+            diag = nait_first_token(out, a.fractions)
+            for name, d in (("nait-gsm8k", "gsm8k"), ("nait-mmlu", "mmlu")):
+                if diag is None:
+                    break
+                target = "GSM8K" if d == "gsm8k" else "MMLU"
+                notes.append(
+                    f"nait ({target} target): correlation of the score with (K-1)/K, K the row's "
+                    f"tokens: {diag[name]['corr_length']:+.3f}"
+                )
+                for f, b in budgets:
+                    t.add(
+                        f"target lift: {d} share",
+                        f"nait ({target} target), diagnostic: drift x K/(K-1)",
+                        b,
+                        share(diag[name]["ids"][f], d),
+                        [share(ids(r, f), d) for r in rand],
+                        None,
                         share_pool[d],
                     )
         coverage_arms = {n: got("target", n) for n in ("mads", "kcenter", "ifd")}
