@@ -47,23 +47,21 @@ import hashlib
 import json
 import math
 import random
-import shutil
 import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common import SHARED, alpaca_split, fingerprint, require_shared, select_cached
 from thresher.atomic import write_jsonl
 from thresher.config import RunConfig
 from thresher.data import Sample, read
 from thresher.demo_data import defect_audit, generate_pool
-from thresher.evaluation import TaskSpec, check_disjoint, read_pairs, run_task, split_heldout
+from thresher.evaluation import TaskSpec, check_disjoint, read_pairs, run_task
 from thresher.models import load_model, set_threads
-from thresher.pipeline import run
 from thresher.train import MARKER, preset, train
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 # nait first: its cond pass (log-probs, entropy and hidden states) then serves ifd, ppl, entropy,
 # miwv and instructdiff's base pass, which need a subset of its fields
 METHODS = (
@@ -79,9 +77,7 @@ METHODS = (
     "tshirt",
 )
 SMALL_SCORER_METHODS = ("superfiltering", "tshirt")
-HELDOUT_FRACTION = 0.2  # ours: 200 of alpaca_en_demo's 999 rows are never in the pool
 NAIT_TARGET_ROWS = 20  # as the NAIT integration test: 20 GSM8K rows as the in-domain set
-COPY = ("scores.parquet", "manifest.json", "selected.jsonl", "rejected.jsonl", "trl.jsonl")
 
 
 @dataclass
@@ -97,10 +93,6 @@ def arms(methods: list[str], n_random: int) -> list[Arm]:
     return [*out, Arm("full", None)]
 
 
-def _fingerprint(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 # ------------------------------------------------------------------ data
 
 
@@ -108,8 +100,7 @@ def build_data(a: argparse.Namespace, out: Path) -> dict[str, Any]:
     """pool.jsonl, heldout.jsonl and the NAIT target file under out/data; returns their paths and counts."""
     d = out / "data"
     d.mkdir(parents=True, exist_ok=True)
-    alpaca = read(str(SHARED / "alpaca_en_demo.json"), format="alpaca")
-    rest, heldout = split_heldout(alpaca.samples, HELDOUT_FRACTION, seed=0)
+    rest, heldout = alpaca_split()
     if a.pool_rows > len(rest):
         raise ValueError(
             f"--pool-rows {a.pool_rows}: only {len(rest)} alpaca_en_demo rows are outside the held-out split"
@@ -176,13 +167,12 @@ def select_arm(arm: Arm, a: argparse.Namespace, out: Path, data: dict[str, Any])
         "seed": arm.seed,
         "scorer": scorer,
         "fraction": a.fraction,
-        "pool": _fingerprint(data["pool"].read_bytes().decode()),
+        "pool": fingerprint(data["pool"].read_bytes().decode()),
     }
-    old = json.loads(marker.read_text()) if marker.is_file() else None
-    if old is not None and old["settings"] == settings:
-        return {**old, "reused": True, "changed": False}
-    changed = old is not None  # selected before with other settings: its trained model is stale
     if arm.method is None:  # the full pool: every row that reads
+        old = json.loads(marker.read_text()) if marker.is_file() else None
+        if old is not None and old["settings"] == settings:
+            return {**old, "reused": True, "changed": False}
         record = {
             "settings": settings,
             "ids": [s.id for s in read(str(data["pool"]), format="alpaca").samples],
@@ -191,36 +181,19 @@ def select_arm(arm: Arm, a: argparse.Namespace, out: Path, data: dict[str, Any])
         }
         folder.mkdir(parents=True, exist_ok=True)
         marker.write_text(json.dumps(record, indent=1))
-        return {**record, "reused": False, "changed": changed}
+        return {**record, "reused": False, "changed": old is not None}
     cfg = RunConfig()
     cfg.data.path, cfg.data.format = str(data["pool"]), "alpaca"
     cfg.model.name, cfg.model.threads = scorer, a.threads
     cfg.method.name, cfg.method.params = arm.method, params
-    cfg.select.fraction, cfg.select.seed = a.fraction, arm.seed
+    cfg.select.seed = arm.seed
     # one scoring folder per scorer: methods of the same model share its passes (the cond pass of
     # ifd serves ppl, entropy, miwv, nait, mads and instructdiff's base)
     cfg.output.dir = str(out / "score" / scorer)
     cfg.output.report = False
     cfg.score.progress = a.progress
-    t0 = time.perf_counter()
-    _, sel, manifest = run(cfg)
-    seconds = time.perf_counter() - t0
-    folder.mkdir(parents=True, exist_ok=True)
-    for f in COPY:
-        shutil.copy2(Path(cfg.output.dir) / f, folder / f)
-    record = {
-        "settings": settings,
-        "ids": list(sel.ids),
-        "scorer": None if arm.method == "random" else scorer,
-        "seconds": seconds,
-        "note": sel.note,
-        "passes": {
-            r: {k: p[k] for k in ("label", "scored", "reused")}
-            for r, p in manifest["passes"].items()
-        },
-    }
-    marker.write_text(json.dumps(record, indent=1))
-    return {**record, "reused": False, "changed": changed}
+    extra = {"scorer": None if arm.method == "random" else scorer}
+    return select_cached(folder, settings, cfg, [a.fraction], extra=extra)
 
 
 # ------------------------------------------------------------------ training and evaluation
@@ -460,10 +433,7 @@ def main() -> None:
     p.add_argument("--progress", action="store_true", help="show progress bars")
     a = p.parse_args()
     a.scorer = a.scorer or a.base
-    if not SHARED.is_dir():
-        raise SystemExit(
-            f"the real data folder {SHARED} is missing: this benchmark reads alpaca_en_demo.json, gsm8k_test.jsonl and alpaca_eval.json from it"
-        )
+    require_shared(("alpaca_en_demo.json", "gsm8k_test.jsonl", "alpaca_eval.json"))
     set_threads(a.threads)
     out = Path(a.out)
     t_start = time.perf_counter()
