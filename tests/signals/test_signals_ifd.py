@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from thresher.passes import Ragged
-from thresher.signals.ifd import ifd_filter, ifd_loss_ratio, ifd_ppl_ratio, response_loss
+from thresher.signals.ifd import ifd_loss_ratio, ifd_ppl_ratio, response_loss
 
 
 def rows(*r: list[float]) -> Ragged:
@@ -62,8 +62,6 @@ def test_uniform_model_gives_ifd_exactly_one(vocab: int) -> None:
     for ratio in (ifd_loss_ratio, ifd_ppl_ratio):
         ifd = ratio(cond, uncond)
         np.testing.assert_array_equal(ifd, [1.0, 1.0, 1.0])
-        assert not ifd_filter(ifd, "lt1").any()  # Superfiltering drops IFD >= 1
-        assert ifd_filter(ifd, "le1").all()  # Cherry keeps IFD == 1
 
 
 def test_uniform_model_with_one_token_fewer_alone_is_one() -> None:
@@ -85,18 +83,3 @@ def test_loss_and_ppl_ratios_agree_on_sign_but_rank_differently() -> None:
     np.testing.assert_array_equal(np.sign(np.log(loss)), np.sign(np.log(ppl)))
     assert loss[0] < loss[1]  # the loss ratio ranks a below b ...
     assert ppl[0] > ppl[1]  # ... the perplexity ratio ranks a above b
-
-
-def test_filter_rules_and_nan_never_kept() -> None:
-    ifd = np.array([0.0, 0.5, 1.0, 1.5, np.nan, np.inf, -np.inf])
-    np.testing.assert_array_equal(
-        ifd_filter(ifd, "le1"), [True, True, True, False, False, False, False]
-    )
-    np.testing.assert_array_equal(
-        ifd_filter(ifd, "lt1"), [True, True, False, False, False, False, False]
-    )
-
-
-def test_unknown_filter_rule_names_the_choices() -> None:
-    with pytest.raises(ValueError, match=r"'le1'.*'lt1'"):
-        ifd_filter(np.array([0.5]), "le")

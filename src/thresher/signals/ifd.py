@@ -17,7 +17,6 @@ import numpy as np
 from thresher.passes import Ragged, ragged_mean
 
 # Cherry `data_by_IFD.py` drops IFD > 1; Superfiltering `select_data.py` keeps `ifd_ppl < 1`.
-IFD_RULES = ("le1", "lt1")
 
 
 def response_loss(logprob: Ragged) -> np.ndarray:
@@ -63,16 +62,3 @@ def ifd_ppl_ratio(cond: Ragged, uncond: Ragged) -> np.ndarray:
     out = np.full(len(cond), np.nan)
     out[ok] = np.exp(s_cond[ok] - s_uncond[ok])
     return out
-
-
-def ifd_filter(ifd: np.ndarray, rule: str) -> np.ndarray:
-    """Keep-mask of the IFD filter: "le1" keeps IFD <= 1 (Cherry drops IFD > 1), "lt1" keeps
-    IFD < 1 (Superfiltering and T-SHIRT drop IFD >= 1). NaN and inf are never kept."""
-    if rule not in IFD_RULES:
-        raise ValueError(
-            f"rule={rule!r} is not an IFD filter: expected 'le1' (keep IFD <= 1, Cherry) "
-            "or 'lt1' (keep IFD < 1, Superfiltering)"
-        )
-    ifd = np.asarray(ifd, dtype=np.float64)
-    below = ifd <= 1.0 if rule == "le1" else ifd < 1.0
-    return np.isfinite(ifd) & below
