@@ -45,9 +45,7 @@ def test_trim_tails_drops_int_gamma_n_of_the_rows_still_ok_from_each_end():
 
 @pytest.mark.parametrize(("base", "n"), [("rows", 2), ("eligible", 1), ("rows_read", 4)])
 def test_topk_budget_base(base, n):
-    t = SignalTable(
-        ["a", "b", "c", "d"], {"s": np.array([4.0, 3, 2, 1])}, ["ok", "ok"] + ["x"] * 2, "s"
-    )
-    t.status = ["ok", "ok", "filtered:x", "filtered:x"]
+    status = ["ok", "ok", "filtered:x", "filtered:x"]
+    t = SignalTable(["a", "b", "c", "d"], {"s": np.array([4.0, 3, 2, 1])}, status, "s")
     sel = TopK("s", base=base)(t, 0.5, SelectContext(rows_read=8))
     assert len(sel.ids) == min(n, 2) and sel.requested == n
