@@ -37,8 +37,8 @@ test-integration: $(STAMP)
 	$(PY) -m pytest -q -m integration
 
 lint: $(STAMP)
-	$(PY) -m ruff check src tests bench
-	$(PY) -m ruff format --check src tests bench
+	$(PY) -m ruff check --no-cache src tests bench
+	$(PY) -m ruff format --no-cache --check src tests bench
 
 bench: $(STAMP)
 	$(PY) bench/passes.py

@@ -6,8 +6,8 @@ import math
 from collections import Counter
 
 import torch
-from lmstub import LM, Info, sample
 
+from lmstub import LM, Info, sample
 from thresher.evaluation import gsm8k
 from tiny import FAMILIES
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from lmstub import sample
 
+from lmstub import sample
 from thresher.data import Sample
 from thresher.evaluation import heldout
 

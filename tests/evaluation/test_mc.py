@@ -8,8 +8,8 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from lmstub import uniform_lm
 
+from lmstub import uniform_lm
 from thresher.evaluation import mc
 
 

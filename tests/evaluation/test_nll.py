@@ -7,8 +7,8 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from lmstub import sample, uniform_lm
 
+from lmstub import sample, uniform_lm
 from thresher.evaluation import nll, tasks
 
 

@@ -9,8 +9,8 @@ import math
 import shutil
 
 import pytest
-from lmstub import LM, Info
 
+from lmstub import LM, Info
 from thresher import evaluation as ev
 from thresher import models
 from thresher.config import RunConfig

@@ -133,9 +133,8 @@ def test_kcenter_method_reuses_miwv_embeddings_and_reselects_without_a_model(
 ):
     """`kcenter` after `miwv` in one folder embeds nothing again, selects exactly b by greedy
     k-center over the same embeddings, and `thresher select` re-selects from scores.parquet."""
-    from test_miwv import ROWS, _config
-
     import thresher.embed
+    from test_miwv import ROWS, _config
     from thresher.methods.miwv import instruction_text
     from thresher.pipeline import load_run, run, select
 
