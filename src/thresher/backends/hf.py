@@ -146,9 +146,7 @@ class HFBackend:
         pooled: dict[str, torch.Tensor] = {}
         handles = self._hooks(rows, spec, width, pooled)
         try:
-            hidden = self.model.base_model(
-                input_ids=ids.to(device), attention_mask=mask.to(device)
-            ).last_hidden_state
+            hidden = self.forward(input_ids=ids.to(device), attention_mask=mask.to(device))
         finally:
             for h in handles:
                 h.remove()
@@ -206,11 +204,16 @@ class HFBackend:
         device = self.lm_head.weight.device
         ids = torch.tensor([row.ids], device=device)
         x = embed(ids) + delta.to(device=device, dtype=embed.weight.dtype)
-        hidden = self.model.base_model(inputs_embeds=x).last_hidden_state  # [copies, L, h]
+        hidden = self.forward(inputs_embeds=x)  # [copies, L, h]
         a, b = row.scored
         states = hidden[:, a - 1 : b - 1].reshape(-1, hidden.shape[-1])
         lp, _ = self.token_logprobs(states, ids[0, a:b].repeat(noise.copies), with_entropy=False)
         return lp.float().cpu().numpy()
+
+    def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
+        """The base model's last hidden state, without the KV cache transformers keeps by
+        default (a copy of every layer's keys and values that scoring never reads)."""
+        return self.model.base_model(**inputs, use_cache=False).last_hidden_state
 
     def token_logprobs(
         self, states: torch.Tensor, targets: torch.Tensor, with_entropy: bool
