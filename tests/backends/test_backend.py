@@ -153,3 +153,21 @@ def test_entropy_and_logprob_match_float64_where_fp32_softmax_does_not_sum_to_on
     lp_only, none = logprob_entropy(logits.clone(), targets, with_entropy=False)
     assert none is None
     np.testing.assert_array_equal(lp_only.numpy(), lp.numpy())
+
+
+@pytest.mark.parametrize("family_name", ["chatml", "gpt2"])
+def test_bf16_head_writes_its_own_dtype_then_float32(family_name):
+    """A bf16 lm_head's GEMM fills a bf16 buffer that is widened to fp32 before log-softmax:
+    one row at a time this matches the naive definition on the same bf16 model."""
+    make_tok, make_model = FAMILIES[family_name]
+    tok = make_tok()
+    model = make_model(tok).to(torch.bfloat16)
+    spec = PassSpec(model="tiny", fields=("logprob", "entropy"))
+    backend = HFBackend(model, tok)
+    for s in SAMPLES:
+        row = Renderer(tok, spec).render(s)
+        out = backend.run([row], spec)
+        ref_lp, ref_ent = reference_logprobs(model, row)
+        np.testing.assert_allclose(out.logprob[0], ref_lp, atol=2e-5, rtol=1e-5)
+        np.testing.assert_allclose(out.entropy[0], ref_ent, atol=2e-5, rtol=1e-5)
+    assert [b.dtype for b in backend._buffers] == [torch.float32, torch.float32, torch.bfloat16]

@@ -97,6 +97,13 @@ class HFBackend:
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (tokenizer.eos_token_id or 0)
         self.lm_head = model.get_output_embeddings()
+        if not isinstance(self.lm_head, torch.nn.Linear):
+            raise ValueError(
+                f"the hf backend needs a linear lm_head; {type(model).__name__} has "
+                f"{type(self.lm_head).__name__}"
+            )
+        # one chunk of float32 logits and a scratch (+ the lm_head's own dtype if not float32)
+        self._buffers: list[torch.Tensor] = []
         self.softcap = _softcap(model)
         self.vocab = self.lm_head.weight.shape[0]
         self.n_layers = len(decoder_layers(model))
@@ -211,22 +218,25 @@ class HFBackend:
         return lp.float().cpu().numpy()
 
     def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
-        """The base model's last hidden state, without the KV cache transformers keeps by
-        default (a copy of every layer's keys and values that scoring never reads)."""
+        """The base model's last hidden state. No KV cache: transformers keeps one by default,
+        which copies every layer's keys and values once more (bench/passes.py)."""
         return self.model.base_model(**inputs, use_cache=False).last_hidden_state
 
     def token_logprobs(
         self, states: torch.Tensor, targets: torch.Tensor, with_entropy: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """log p(target) and the predictive entropy (nats) for each row of `states`, in chunks."""
+        """log p(target) and the predictive entropy (nats) for each row of `states`, in chunks.
+        Each chunk's logits and exp(logits) are written into the same two buffers, kept between
+        batches: fresh tensors of this size are mapped from the OS and page-faulted in anew on
+        every chunk (bench/passes.py)."""
         n = states.shape[0]
         chunk = max(1, LOGIT_CHUNK_ELEMENTS // self.vocab)
         lps, ents = [], []
         for a in range(0, n, chunk):
-            logits = self.lm_head(states[a : a + chunk]).float()
+            logits, scratch = self._logits(states[a : a + chunk])
             if self.softcap:
-                logits = torch.tanh(logits / self.softcap) * self.softcap
-            lp, ent = logprob_entropy(logits, targets[a : a + chunk], with_entropy)
+                logits.div_(self.softcap).tanh_().mul_(self.softcap)
+            lp, ent = logprob_entropy(logits, targets[a : a + chunk], with_entropy, scratch)
             lps.append(lp)
             if ent is not None:
                 ents.append(ent)
@@ -234,6 +244,27 @@ class HFBackend:
         return (torch.cat(lps) if lps else empty), (
             (torch.cat(ents) if ents else empty) if with_entropy else None
         )
+
+    def _logits(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """float32 logits of `states` ([n, hidden], n <= one chunk) and a float32 scratch of the
+        same shape, both views of buffers kept for the next chunk."""
+        n, head = states.shape[0], self.lm_head
+        if not self._buffers or self._buffers[0].shape[0] < n:
+            shape = (max(1, LOGIT_CHUNK_ELEMENTS // self.vocab), self.vocab)
+            new = head.weight.new_empty
+            self._buffers = [new(shape, dtype=torch.float32) for _ in range(2)]
+            if head.weight.dtype != torch.float32:  # the GEMM writes its own dtype
+                self._buffers.append(new(shape))
+        logits, scratch, *raw = (b[:n] for b in self._buffers)
+        out = raw[0] if raw else logits
+        x = states.to(head.weight.dtype)
+        if head.bias is None:
+            torch.mm(x, head.weight.t(), out=out)
+        else:
+            torch.addmm(head.bias, x, head.weight.t(), out=out)
+        if raw:
+            logits.copy_(out)
+        return logits, scratch
 
     def _hooks(
         self, rows: list[Rendered], spec: PassSpec, width: int, out: dict[str, torch.Tensor]
@@ -301,16 +332,20 @@ def reference_noise(
 
 
 def logprob_entropy(
-    logits: torch.Tensor, targets: torch.Tensor, with_entropy: bool
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    with_entropy: bool,
+    scratch: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log p(target) and the entropy -sum p log p, per row of [n, vocab] float32 `logits`
     (overwritten). With y = x - max x, S = sum exp(y): log p = y - log S and the entropy is
     log S - sum exp(y) y / S, i.e. METHODS §12.4's -sum p (x - lse) normalised by sum p. An fp32
     softmax sums to 1 only within ~1e-5 over a large vocabulary, so `lse - sum softmax(x) x` is
     off by about lse * 1e-5; here neither lse nor p is rounded before use, which keeps both
-    numbers within ~1e-6 of a float64 computation (tests/test_backend.py)."""
+    numbers within ~1e-6 of a float64 computation (tests/test_backend.py). `scratch`, of the
+    logits' shape and dtype, takes exp(y) instead of a new tensor."""
     y = logits.sub_(logits.amax(dim=-1, keepdim=True))
-    e = y.exp()
+    e = torch.exp(y, out=scratch) if scratch is not None else y.exp()
     total = e.sum(dim=-1, keepdim=True)
     log_total = total.log()
     lp = y.gather(1, targets[:, None]).sub_(log_total).squeeze(1)
