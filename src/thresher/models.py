@@ -117,9 +117,8 @@ class ModelInfo:
     vocab_size: int
     architecture: str
     device: str = "cpu"
-    precision: str = (
-        ""  # why this dtype and device, e.g. "float32: cpu has no avx512_bf16/amx_bf16"
-    )
+    # why this dtype and device, e.g. "float32: cpu has no avx512_bf16/amx_bf16"
+    precision: str = ""
 
 
 @dataclass(frozen=True)
