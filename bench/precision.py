@@ -35,6 +35,11 @@ Examples:
     python bench/precision.py --rows 500 --methods ifd ppl entropy --threads 1 --clock cpu
     python bench/precision.py --rows 500 --methods ifd ppl entropy superfiltering mads nait tshirt instructdiff
     python bench/precision.py --rows 40 --precisions float32 bfloat16 --methods ifd --out /tmp/p40
+  on two cores, one process per precision (1 thread each; the float32 instructdiff step first,
+  since the others score against its calibrator), then the table from the cached steps:
+    python bench/precision.py --precisions float32 --methods instructdiff ifd ... --speed-rows 0 &
+    python bench/precision.py --precisions bfloat16 bfloat16-mixed --methods ifd ... instructdiff --speed-rows 0
+    python bench/precision.py --methods ifd ... instructdiff
 """
 
 from __future__ import annotations
@@ -71,7 +76,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--precisions",
         nargs="+",
         default=["float32", "bfloat16", "bfloat16-mixed"],
-        help="model.dtype values; the first is the reference (default float32 bfloat16 bfloat16-mixed)",
+        help="model.dtype values to score (default float32 bfloat16 bfloat16-mixed)",
+    )
+    p.add_argument(
+        "--reference",
+        default="float32",
+        help="the precision the others are compared with and whose instructdiff calibrator they "
+        "share (default float32); its steps may come from another process's run into the same --out",
     )
     p.add_argument(
         "--methods",
@@ -140,10 +151,17 @@ def run_step(args: argparse.Namespace, precision: str, method: str, lm: Any) -> 
     if path.is_file():
         return json.loads(path.read_text())
     cfg = config(args, precision, method)
-    if method == "instructdiff" and precision != args.precisions[0]:
-        shared = args.out / args.precisions[0] / "calibrators"
+    if method == "instructdiff" and precision != args.reference:
+        shared = args.out / args.reference / "calibrators"
         mine = args.out / precision / "calibrators"
-        if shared.is_dir() and not mine.exists():
+        if not shared.is_dir():
+            raise SystemExit(
+                f"bench/precision.py: {precision} instructdiff scores against the {args.reference} "
+                f"calibrator, which {shared} does not hold yet; run the {args.reference} "
+                "instructdiff step first (--precisions "
+                f"{args.reference} --methods instructdiff)"
+            )
+        if not mine.exists():
             mine.parent.mkdir(parents=True, exist_ok=True)
             mine.symlink_to(shared.resolve(), target_is_directory=True)
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
@@ -206,13 +224,13 @@ def speed_table(args: argparse.Namespace) -> dict[str, float]:
     ids = [s.id for s in samples]
     passes = build("ifd", "smollm2-135m").passes
     scorers = {}
-    for precision in args.precisions:
+    for precision in [args.reference, *(p for p in args.precisions if p != args.reference)]:
         lm = load_model("smollm2-135m", dtype=precision, device="cpu")
         scorers[precision] = [
             (sc, sc.render(samples))
             for sc in (Scorer(spec, lm.model, lm.tokenizer) for spec in passes.values())
         ]
-    seconds = dict.fromkeys(args.precisions, 0.0)
+    seconds = dict.fromkeys(scorers, 0.0)
     with torch.inference_mode():
         for pairs in scorers.values():  # warm-up
             for sc, rendered in pairs:
@@ -293,14 +311,25 @@ def main(argv: list[str] | None = None) -> int:
                 f"computed {step['computed']}",
                 flush=True,
             )
-    ref_precision, lower = args.precisions[0], args.precisions[1:]
+    ref_precision = args.reference
+    lower = [p for p in args.precisions if p != ref_precision]
+    for method in args.methods:  # the reference's steps, if another process computed them
+        path = args.out / ref_precision / f"{method}.json"
+        if (ref_precision, method) not in steps and path.is_file():
+            steps[ref_precision, method] = json.loads(path.read_text())
+    missing = [m for m in args.methods if (ref_precision, m) not in steps]
+    if missing:
+        print(
+            f"\n   no comparison: the {ref_precision} steps of {' '.join(missing)} are not in {args.out}"
+        )
+        return 0
     if args.speed_rows:
         sec = speed_table(args)
         print(
             f"\n   ifd passes (cond with entropy + uncond) over the first {args.speed_rows} rows, "
             f"uncached, precisions taking turns ({args.clock} seconds; speed = {ref_precision} / this):"
         )
-        for p in args.precisions:
+        for p in sec:
             print(f"   {p:15s} {sec[p]:8.1f} s  speed {sec[ref_precision] / sec[p]:.2f}x")
     print(
         f"\n   against {ref_precision}: speed = {ref_precision} seconds / these seconds; "

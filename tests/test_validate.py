@@ -14,6 +14,7 @@ import transformers
 
 from thresher import dryrun, models
 from thresher.cli import main
+from thresher.data import read
 from thresher.passes import PassSpec
 
 CORPUS = Path(__file__).parent / "data" / "bad_input.jsonl"
@@ -85,7 +86,7 @@ def test_token_percentiles_and_the_estimate_follow_the_rendered_rows(
     from thresher.templates import Renderer
 
     tok = transformers.AutoTokenizer.from_pretrained(tiny_model_dir)
-    samples = plan.read.samples
+    samples = read(str(data)).samples
     for p in plan.passes:
         want = [len(Renderer(tok, p.spec).render(s).ids) for s in samples]
         assert p.lengths.tolist() == want and p.todo.all()
@@ -107,6 +108,67 @@ def test_token_percentiles_and_the_estimate_follow_the_rendered_rows(
     assert f"estimate  {cost.tokens:,} forward tokens in 2 passes still to run" in out
 
 
+def test_validate_streams_the_rows_and_keeps_none_of_them(tiny_model_dir, tmp_path, monkeypatch):
+    """The eager reader is never called, and of the samples the stream has yielded at most the
+    first row (a demonstration for the last) and the one before the current are still alive."""
+    import weakref
+
+    from thresher import data as data_mod
+    from thresher import pipeline
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("validate read every row into memory")
+
+    monkeypatch.setattr(data_mod, "read", refuse)
+    monkeypatch.setattr(pipeline, "read_data", refuse)
+    streams, alive = pipeline.stream_data, []
+
+    class watched:
+        def __init__(self, cfg):
+            self.stream = streams(cfg)
+
+        def __getattr__(self, name):  # format, rows_read, ... once iterated
+            return getattr(self.stream, name)
+
+        def __iter__(self):
+            refs: list[weakref.ref] = []
+            alive.append([])
+            for item in self.stream:  # no cycles in a Sample: refcounting frees it at once
+                alive[-1].append(sum(r() is not None for r in refs))
+                refs.append(weakref.ref(item))
+                yield item
+
+    monkeypatch.setattr(pipeline, "stream_data", watched)
+    data = _data(tmp_path / "d.jsonl", ROWS * 5)  # 60 rows, 48 of them repeats with ".k" ids
+    from thresher.config import RunConfig
+
+    cfg = RunConfig()
+    cfg.data.path, cfg.model.name, cfg.method.name = str(data), str(tiny_model_dir), "miwv"
+    cfg.output.dir = str(tmp_path / "out")
+    plan = dryrun.plan(cfg, probe=1)
+    assert plan.read.readable == 60 and [len(a) for a in alive] == [60, 60, 60]
+    counts, render, probe = (max(a) for a in alive)
+    # the probe's read keeps its row and that row's demonstration for each of the two passes
+    # (the reading loop still holds the row before the current one as its loop variable)
+    assert counts <= 1 and render <= 2 and probe <= 4, (counts, render, probe)
+    oneshot = next(p for p in plan.passes if p.spec.view in dryrun.DEMO_VIEWS)
+    ids = [s.id for s in data_mod.DataStream(str(data))]
+    assert oneshot.ids == ids and oneshot.demos == ids[1:] + ids[:1]
+    assert plan.cost.how.startswith("timed probe:")
+
+
+def test_run_start_renders_rows_spread_over_the_file(tiny_model_dir, tmp_path):
+    data = _data(tmp_path / "d.jsonl", ROWS)
+    from thresher.config import RunConfig
+
+    cfg = RunConfig()
+    cfg.data.path, cfg.model.name, cfg.method.name = str(data), str(tiny_model_dir), "ifd"
+    plan = dryrun.plan(cfg, rows=4)
+    ids = [s.id for s in read(str(data)).samples]
+    assert plan.rendered == 4 and plan.passes[0].ids == [ids[k] for k in (0, 3, 7, 11)]
+    assert plan.scale == 3.0
+
+
 def test_the_flops_of_a_pass_count_the_body_the_scored_head_and_attention():
     shape = dryrun.ModelShape(params=0, body=1000, vocab=50, width=8, layers=2, ffn=32)
     p = dryrun.PassPlan(
@@ -117,6 +179,7 @@ def test_the_flops_of_a_pass_count_the_body_the_scored_head_and_attention():
         np.array([3, 5]),
         np.array([1, 2]),
         ["a", "b"],
+        ["", ""],
         {},
         dryrun.Counter(),
         set(),

@@ -18,9 +18,11 @@ import hashlib
 import json
 import logging
 import os
+import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +135,92 @@ class ReadResult:
 Row = tuple[int, Any]  # (line, parsed value)
 
 
+class DataStream:
+    """The rows of `source`, read one at a time: iterating yields each row in file order as a
+    `Sample` or a `Rejected` with its reason. Only the first rows (to detect the format), the ids
+    (to find repeats) and a running content hash are kept, so a 52K-row file is read in the memory
+    of one row. `format`, `detected`, `rows_read`, `format_counts` and `content_hash` are final
+    once an iteration has ended; iterating again reads the source again.
+
+    Arguments as for `read`, which collects one iteration into a `ReadResult`.
+    """
+
+    def __init__(
+        self,
+        source: str,
+        *,
+        format: str | None = None,
+        columns: dict[str, str] | None = None,
+        roles: dict[str, str] | None = None,
+        id_column: str | None = None,
+        split: str = "train",
+        limit: int | None = None,
+        allow_mixed: bool = False,
+    ) -> None:
+        if format is not None:
+            check_choice("format", format, FORMATS)
+        if limit is not None and limit < 0:
+            raise ValueError(f"limit={limit}: expected a row count >= 0, or None for every row")
+        self.source = str(source)
+        self.schema = make_schema(columns, roles)
+        self.format, self.detected = format, format is None
+        self.id_column, self.split, self.limit, self.allow_mixed = (
+            id_column,
+            split,
+            limit,
+            allow_mixed,
+        )
+        self.rows_read = 0
+        self.format_counts: dict[str, int] = {}
+        self.content_hash = ""
+
+    def __iter__(self) -> Iterator[Sample | Rejected]:
+        rows = _rows(self.source, self.split, self.limit)
+        head: list[Row | Rejected] = []  # rows up to the DETECT_ROWS-th object
+        objects: list[Row] = []
+        for item in rows:
+            head.append(item)
+            if isinstance(item, tuple) and isinstance(item[1], dict):
+                objects.append(item)
+                if len(objects) == DETECT_ROWS:
+                    break
+        format, id_column = self.format, self.id_column
+        if self.detected and not self.allow_mixed:
+            format = _detect(objects, self.schema, self.source, head)
+        if id_column is None and objects and "id" in objects[0][1]:
+            id_column = "id"
+        repeats: Counter[str] = Counter()
+        counts: Counter[str] = Counter()
+        digest = hashlib.sha256()
+        self.rows_read = 0
+        for item in chain(head, rows):
+            self.rows_read += 1
+            if isinstance(item, Rejected):
+                yield item
+                continue
+            line, row = item
+            try:
+                sample, content = _sample(
+                    line, row, self.source, self.schema, format, self.allow_mixed, id_column
+                )
+                repeats[sample.id] += 1
+                if repeats[sample.id] > 1:
+                    if id_column is not None:  # a user's id must be unique: the first row keeps it
+                        raise RowError("duplicate_id", sample.id)
+                    # identical content: the k-th copy gets ".k", unique and stable for a fixed file order
+                    sample = replace(sample, id=f"{sample.id}.{repeats[sample.id]}")
+            except RowError as e:
+                yield Rejected(line, e.reason, e.id, row)
+                continue
+            counts[sample.meta["format"]] += 1
+            digest.update(sample.id.encode() + b"\0" + content + b"\n")
+            yield sample
+        if self.allow_mixed:
+            format = "mixed" if len(counts) > 1 else next(iter(counts), format or "mixed")
+        self.format, self.format_counts = format, dict(counts)
+        self.content_hash = digest.hexdigest()
+
+
 def read(
     source: str,
     *,
@@ -150,52 +238,32 @@ def read(
     maps canonical field names to yours (`{"output": "answer"}`); `roles` renames ShareGPT roles
     (`{"bot": "assistant"}` or LLaMA-Factory tags). Ids come from `id_column` (or an `id`
     column), else from a hash of the content. `limit` counts rows read, rejected ones included.
+    `DataStream` takes the same arguments and yields the rows one at a time.
     """
-    source = str(source)
-    if format is not None:
-        check_choice("format", format, FORMATS)
-    if limit is not None and limit < 0:
-        raise ValueError(f"limit={limit}: expected a row count >= 0, or None for every row")
-    schema = make_schema(columns, roles)
-    items = list(_rows(source, split, limit))
-    objects = [item for item in items if isinstance(item, tuple) and isinstance(item[1], dict)][
-        :DETECT_ROWS
-    ]
-    detected = format is None
-    if format is None and not allow_mixed:
-        format = _detect(objects, schema, source, items)
-    if id_column is None and objects and "id" in objects[0][1]:
-        id_column = "id"
+    stream = DataStream(
+        source,
+        format=format,
+        columns=columns,
+        roles=roles,
+        id_column=id_column,
+        split=split,
+        limit=limit,
+        allow_mixed=allow_mixed,
+    )
     samples: list[Sample] = []
     rejected: list[Rejected] = []
-    contents: list[bytes] = []
-    repeats: Counter[str] = Counter()
-    for item in items:
-        if isinstance(item, Rejected):
-            rejected.append(item)
-            continue
-        line, row = item
-        try:
-            sample, content = _sample(line, row, source, schema, format, allow_mixed, id_column)
-            repeats[sample.id] += 1
-            if repeats[sample.id] > 1:
-                if id_column is not None:  # a user's id must be unique: the first row keeps it
-                    raise RowError("duplicate_id", sample.id)
-                # identical content: the k-th copy gets ".k", unique and stable for a fixed file order
-                sample = replace(sample, id=f"{sample.id}.{repeats[sample.id]}")
-        except RowError as e:
-            rejected.append(Rejected(line, e.reason, e.id, row))
-            continue
-        samples.append(sample)
-        contents.append(content)
-    counts = Counter(s.meta["format"] for s in samples)
-    if allow_mixed:
-        format = "mixed" if len(counts) > 1 else next(iter(counts), format or "mixed")
-    digest = hashlib.sha256()
-    for sample, content in zip(samples, contents, strict=True):
-        digest.update(sample.id.encode() + b"\0" + content + b"\n")
+    for item in stream:
+        (rejected if isinstance(item, Rejected) else samples).append(item)
+    assert stream.format is not None
     return ReadResult(
-        samples, rejected, format, detected, source, len(items), dict(counts), digest.hexdigest()
+        samples,
+        rejected,
+        stream.format,
+        stream.detected,
+        stream.source,
+        stream.rows_read,
+        stream.format_counts,
+        stream.content_hash,
     )
 
 
@@ -359,31 +427,74 @@ def _starts_with_bracket(path: Path) -> bool:
     return head.removeprefix(codecs.BOM_UTF8).lstrip()[:1] == b"["
 
 
-def _json_array(path: Path) -> list[Any]:
-    """A whole-file JSON array; it can't be split into rows, so a file that is not JSON raises.
+def _json_array(path: Path) -> Iterator[Any]:
+    """The elements of a whole-file JSON array, decoded one at a time from the file's text (which
+    is held; the decoded rows are not). It can't be split into rows, so a file that is not a JSON
+    array raises, naming the offset where it stops being one.
 
     Bytes that are not UTF-8 are decoded as lone surrogates (`surrogateescape`): inside a string
     they reject only the rows holding them (`bad_utf8`, as for JSON lines); outside one the file is
     not JSON.
     """
     text = path.read_bytes().removeprefix(codecs.BOM_UTF8).decode("utf-8", errors="surrogateescape")
-    try:
-        return json.loads(text)
-    except (ValueError, RecursionError) as e:
-        raise ValueError(
-            f"{path}: not valid JSON ({e}); fix the file, or write it as JSON lines (.jsonl) so only the bad rows are rejected"
-        ) from e
+    decoder = json.JSONDecoder()
+
+    def skip(i: int) -> int:
+        return _JSON_SPACE.match(text, i).end()  # type: ignore[union-attr]
+
+    def fail(i: int, why: str) -> ValueError:
+        line = text.count("\n", 0, i) + 1
+        return ValueError(
+            f"{path}: not valid JSON ({why} at line {line}, char {i}); fix the file, or write it as "
+            "JSON lines (.jsonl) so only the bad rows are rejected"
+        )
+
+    i = skip(0)
+    if text[i : i + 1] != "[":
+        raise fail(i, "expected '['")
+    i = skip(i + 1)
+    if text[i : i + 1] == "]":
+        i = skip(i + 1)
+    else:
+        while True:
+            try:
+                row, i = decoder.raw_decode(text, i)
+            except json.JSONDecodeError as e:
+                raise fail(e.pos, e.msg) from e
+            except (ValueError, RecursionError) as e:  # huge ints, absurd nesting
+                raise fail(i, str(e) or type(e).__name__) from e
+            yield row
+            i = skip(i)
+            if text[i : i + 1] == ",":
+                i = skip(i + 1)
+            elif text[i : i + 1] == "]":
+                i = skip(i + 1)
+                break
+            else:
+                raise fail(i, "expected ',' or ']'")
+    if i != len(text):
+        raise fail(i, "extra data after the array")
 
 
-def _parquet(path: Path, limit: int | None) -> list[dict[str, Any]]:
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")
+PARQUET_BATCH_ROWS = 1024  # ours: rows decoded at a time; a batch of Alpaca rows is about 1 MB
+
+
+def _parquet(path: Path, limit: int | None) -> Iterator[dict[str, Any]]:
+    """The rows of a Parquet file, a batch of PARQUET_BATCH_ROWS decoded at a time."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
+        batches = pq.ParquetFile(path).iter_batches(batch_size=PARQUET_BATCH_ROWS)
+        for batch in batches:
+            yield from batch.to_pylist()
+            if limit is not None:
+                limit -= batch.num_rows
+                if limit <= 0:
+                    return
     except (OSError, pa.ArrowException) as e:
         raise ValueError(f"{path}: can't read it as Parquet ({e})") from e
-    return (table if limit is None else table.slice(0, limit)).to_pylist()
 
 
 def _dataset_dir(path: Path, split: str) -> Iterable[dict[str, Any]]:

@@ -1,8 +1,10 @@
 """What a run would do, without running it: `thresher validate`, and the estimate `thresher run`
 prints when it starts.
 
-It reads the data as the run does, loads the model's tokenizer and config only (its weights only
-for a timed probe, when asked), renders every row for every pass the method declares, and
+It streams the data as the run reads it (one row at a time, twice: once for the counts, once to
+render; a third time for the rows of a probe), loads the model's tokenizer and config only (its
+weights only for a timed probe, when asked), renders every row for every pass the method
+declares, keeping only each row's id and token counts, and
 reports the format and column mapping, rows read / readable / rejected by reason with their
 first lines, token-length percentiles per pass, what truncation touches, which passes the output
 folder already holds, and the cost of the rest: forward tokens, FLOPs and wall time.
@@ -24,7 +26,7 @@ import copy
 import json
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +34,7 @@ import numpy as np
 
 from thresher.cache import KEY_FILE, PassStore, key_material, pass_label, satisfies
 from thresher.config import RunConfig
-from thresher.data import ReadResult, Sample
+from thresher.data import Rejected, Sample
 from thresher.methods import Method
 from thresher.passes import DEMO_VIEWS, PassSpec
 
@@ -86,6 +88,7 @@ class PassPlan:
     lengths: np.ndarray  # tokens of each rendered ok row
     scored: np.ndarray  # scored tokens of each rendered ok row
     ids: list[str]  # of the rendered ok rows
+    demos: list[str]  # the id of each one's demonstration ("" for a view without one)
     rejected: dict[str, list[int]]  # reason -> lines of rows the template rejects
     truncated: Counter[str]  # what truncation cut -> rows
     cut: set[str]  # ids of the rows truncation touches (cut, or rejected for their length)
@@ -122,10 +125,53 @@ class Cost:
 
 
 @dataclass
+class DataScan:
+    """What one streaming read of the run's data found; no row is kept."""
+
+    source: str
+    format: str
+    detected: bool
+    rows_read: int
+    readable: int
+    format_counts: dict[str, int]
+    content_hash: str
+    rejected: list[Rejected]  # without their records
+    keys: Counter[str]  # column -> rows (readable or rejected objects) that have it
+
+
+def scan(cfg: RunConfig) -> DataScan:
+    """Stream the run's data once: the counts, the rejections and the columns seen."""
+    from thresher import pipeline
+
+    stream = pipeline.stream_data(cfg)
+    readable, rejected, keys = 0, [], Counter()
+    for item in stream:
+        record = item.record if isinstance(item, Rejected) else item.meta["record"]
+        if isinstance(record, dict):
+            keys.update(record.keys())
+        if isinstance(item, Rejected):
+            rejected.append(replace(item, record=None))
+        else:
+            readable += 1
+    assert stream.format is not None
+    return DataScan(
+        stream.source,
+        stream.format,
+        stream.detected,
+        stream.rows_read,
+        readable,
+        stream.format_counts,
+        stream.content_hash,
+        rejected,
+        keys,
+    )
+
+
+@dataclass
 class Plan:
     cfg: RunConfig
     method: Method
-    read: ReadResult
+    read: DataScan
     rendered: int  # rows rendered (all readable rows, or a sample of them)
     model: Any = None  # models.TokenizerOnly, for methods with passes
     precision: Any = None  # models.Precision the run would load the model in (`auto` resolved)
@@ -137,7 +183,7 @@ class Plan:
     @property
     def scale(self) -> float:
         """Readable rows per rendered row."""
-        return len(self.read.samples) / self.rendered if self.rendered else 0.0
+        return self.read.readable / self.rendered if self.rendered else 0.0
 
     def rejected_rows(self) -> int:
         """Rows the run would reject: reading, plus rows some pass's template rejects (scaled
@@ -156,15 +202,17 @@ def plan(
     rows: int | None = None,
     probe: int = 0,
 ) -> Plan:
-    """The plan of a run of `cfg`: reads the data and the tokenizer, renders `rows` readable rows
-    spread over the file (all when None) for every pass, finds the passes stored in
-    `cfg.output.dir` and estimates the cost (`probe` > 0: a timed probe of the real model)."""
+    """The plan of a run of `cfg`: streams the data and reads the tokenizer, renders `rows`
+    readable rows spread over the file (all when None) for every pass, finds the passes stored
+    in `cfg.output.dir` and estimates the cost (`probe` > 0: a timed probe of the real model)."""
     from thresher import pipeline
 
     method = method or pipeline.validate(cfg, need_budget=False)
-    read = pipeline.read_data(cfg)
-    samples = _spread(read.samples, rows)
-    out = Plan(cfg, method, read, len(samples))
+    read = scan(cfg)
+    chosen = None
+    if rows is not None and read.readable > rows:
+        chosen = np.unique(np.linspace(0, read.readable - 1, rows).astype(int))
+    out = Plan(cfg, method, read, read.readable if chosen is None else len(chosen))
     if not method.passes:
         return out
     from thresher.models import detect_hardware, load_tokenizer, resolve_precision, set_threads
@@ -182,13 +230,13 @@ def plan(
     )
     out.shape = model_shape(out.model.config)
     passes = _passes(cfg, method)
-    for role, spec in passes.items():
-        out.passes.append(_render(role, spec, samples, out))
-        p = out.passes[-1]
+    out.passes = _render(passes, out, chosen)
+    specs = list(passes.values())
+    for k, p in enumerate(out.passes):
         p.todo = np.ones(len(p.ids), bool)
-        if spec.model != m.name:
-            p.cache = f"runs on {spec.model}: not looked up"
-        elif method.fit is not None and list(passes.values()).index(spec) != len(out.passes) - 1:
+        if p.spec.model != m.name:
+            p.cache = f"runs on {p.spec.model}: not looked up"
+        elif method.fit is not None and specs.index(specs[k]) != k:
             # a second role with the same spec: the fit step gives it its own model (InstructDiff's
             # calibrated copy), which only the run knows
             p.cache = "runs on a model the fit step makes: not looked up"
@@ -207,12 +255,6 @@ def plan(
 
 def _fit_note(method: Method) -> str:
     return f"{method.name}'s fit step (embeddings, target sets or training, before the passes)"
-
-
-def _spread(samples: list[Sample], rows: int | None) -> list[Sample]:
-    if rows is None or len(samples) <= rows:
-        return samples
-    return [samples[i] for i in np.unique(np.linspace(0, len(samples) - 1, rows).astype(int))]
 
 
 def _passes(cfg: RunConfig, method: Method) -> dict[str, PassSpec]:
@@ -250,46 +292,87 @@ def model_shape(config: Any) -> ModelShape:
     )
 
 
-def _render(role: str, spec: PassSpec, samples: list[Sample], plan: Plan) -> PassPlan:
-    from thresher.templates import Renderer
+def _render(passes: dict[str, PassSpec], plan: Plan, chosen: np.ndarray | None) -> list[PassPlan]:
+    """Stream the data again and render the readable rows numbered in `chosen` (all when None)
+    for every pass, keeping each row's token counts; a view with a demonstration gets the next
+    rendered row (the last one the first), as the fit step would give some other row."""
+    from thresher import pipeline
 
-    if spec.pooling is not None and not spec.pooling.resolved:
-        spec = spec.resolve(plan.shape.layers)
-    renderer = Renderer(plan.model.tokenizer, spec)
-    note = ""
-    if spec.view in DEMO_VIEWS:  # the real demonstrations come from the fit step
-        note = "demonstration: the next row of the file; the fit step picks the real one"
-    lengths, scored, ids = [], [], []
-    rejected: dict[str, list[int]] = {}
-    truncated: Counter[str] = Counter()
-    cut: set[str] = set()
-    for k, s in enumerate(samples):
-        demo = samples[(k + 1) % len(samples)] if spec.view in DEMO_VIEWS else None
-        r = renderer.render(s, demo)
-        if r.status != "ok":
-            rejected.setdefault(r.status, []).append(s.meta.get("line", 0))
-            if r.status in LENGTH_REJECTIONS:
-                cut.add(s.id)
+    builders = [_PassBuilder(role, spec, plan) for role, spec in passes.items()]
+    wanted = None if chosen is None else set(chosen.tolist())
+    first = prev = None
+    k = -1
+    for item in pipeline.stream_data(plan.cfg):
+        if isinstance(item, Rejected):
             continue
-        lengths.append(len(r.ids))
-        scored.append(r.n_scored)
-        ids.append(s.id)
+        k += 1
+        if wanted is not None and k not in wanted:
+            continue
+        if prev is None:
+            first = item
+        else:
+            for b in builders:
+                b.add(prev, item)
+        prev = item
+    if prev is not None:
+        for b in builders:
+            b.add(prev, first)
+    return [b.done() for b in builders]
+
+
+class _PassBuilder:
+    """One pass's token counts, gathered a row at a time."""
+
+    def __init__(self, role: str, spec: PassSpec, plan: Plan) -> None:
+        from thresher.templates import Renderer
+
+        if spec.pooling is not None and not spec.pooling.resolved:
+            spec = spec.resolve(plan.shape.layers)
+        self.role, self.spec = role, spec
+        self.renderer = Renderer(plan.model.tokenizer, spec)
+        self.with_demo = spec.view in DEMO_VIEWS
+        self.lengths: list[int] = []
+        self.scored: list[int] = []
+        self.ids: list[str] = []
+        self.demos: list[str] = []
+        self.rejected: dict[str, list[int]] = {}
+        self.truncated: Counter[str] = Counter()
+        self.cut: set[str] = set()
+
+    def add(self, s: Sample, demo: Sample) -> None:
+        r = self.renderer.render(s, demo if self.with_demo else None)
+        if r.status != "ok":
+            self.rejected.setdefault(r.status, []).append(s.meta.get("line", 0))
+            if r.status in LENGTH_REJECTIONS:
+                self.cut.add(s.id)
+            return
+        self.lengths.append(len(r.ids))
+        self.scored.append(r.n_scored)
+        self.ids.append(s.id)
+        self.demos.append(demo.id if self.with_demo else "")
         if r.truncated:
-            truncated[r.truncated] += 1
-            cut.add(s.id)
-    return PassPlan(
-        role,
-        spec,
-        pass_label(spec),
-        spec.noise.copies if spec.noise is not None else 1,
-        np.array(lengths, dtype=np.int64),
-        np.array(scored, dtype=np.int64),
-        ids,
-        rejected,
-        truncated,
-        cut,
-        note,
-    )
+            self.truncated[r.truncated] += 1
+            self.cut.add(s.id)
+
+    def done(self) -> PassPlan:
+        spec = self.spec
+        return PassPlan(
+            self.role,
+            spec,
+            pass_label(spec),
+            spec.noise.copies if spec.noise is not None else 1,
+            np.array(self.lengths, dtype=np.int64),
+            np.array(self.scored, dtype=np.int64),
+            self.ids,
+            self.demos,
+            self.rejected,
+            self.truncated,
+            self.cut,
+            # the real demonstrations come from the fit step
+            "demonstration: the next row of the file; the fit step picks the real one"
+            if self.with_demo
+            else "",
+        )
 
 
 def _find_stored(p: PassPlan, plan: Plan) -> None:
@@ -441,17 +524,24 @@ def probe_rate(plan: Plan, n: int) -> tuple[float, str]:
         trust_remote_code=m.trust_remote_code,
     )
     load_s = time.perf_counter() - t0
-    by_id = {s.id: s for s in plan.read.samples}
-    order = list(by_id)
+    picks = {p.role: probe_rows(p.lengths, n) for p in plan.passes if p.spec.forward and len(p.ids)}
+    needed = {
+        i for p in plan.passes for k in picks.get(p.role, ()) for i in (p.ids[k], p.demos[k]) if i
+    }
+    from thresher import pipeline
+
+    by_id = {
+        s.id: s for s in pipeline.stream_data(plan.cfg) if isinstance(s, Sample) and s.id in needed
+    }
     flops, seconds, rows = 0.0, 0.0, 0
     for p in plan.passes:
-        if not p.spec.forward or not len(p.ids):
+        if p.role not in picks:
             continue
-        pick = probe_rows(p.lengths, n)
+        pick = picks[p.role]
         chosen = [by_id[p.ids[i]] for i in pick]
         demos = None
-        if p.spec.view in DEMO_VIEWS:  # as rendered above: the next row of the file
-            demos = {s.id: by_id[order[(order.index(s.id) + 1) % len(order)]] for s in chosen}
+        if p.spec.view in DEMO_VIEWS:  # as rendered above: the next rendered row
+            demos = {p.ids[i]: by_id[p.demos[i]] for i in pick}
         scorer = Scorer(p.spec, lm.model, lm.tokenizer, batch_tokens=plan.cfg.score.batch_tokens)
         scorer(chosen[:1], demos)  # untimed: first-call allocations
         t0 = time.perf_counter()
@@ -480,7 +570,7 @@ def format_plan(plan: Plan) -> str:
         f"method    {method.name} with {json.dumps(method.params)}; passes: {passes}",
         f"data      {read.source}: {_format_name(read)}",
         f"columns   {_columns(read, cfg)}",
-        f"rows      {read.rows_read} read = {len(read.samples)} readable + "
+        f"rows      {read.rows_read} read = {read.readable} readable + "
         f"{len(read.rejected)} rejected reading",
     ]
     reasons = _by_reason([(r.reason, r.line) for r in read.rejected])
@@ -498,8 +588,8 @@ def format_plan(plan: Plan) -> str:
         f"{s.layers} layers, width {s.width}, vocabulary {s.vocab:,}"
     )
     sampled = (
-        f" (from {plan.rendered} of {len(read.samples)} readable rows)"
-        if plan.rendered < len(read.samples)
+        f" (from {plan.rendered} of {read.readable} readable rows)"
+        if plan.rendered < read.readable
         else ""
     )
     lines.append(f"tokens    per row and pass, after truncation{sampled}:")
@@ -550,8 +640,8 @@ def format_estimate(plan: Plan) -> str:
         return "estimate  no forward pass to run" + why
     todo = [p for p in plan.passes if p.spec.forward and p.todo is not None and p.todo.any()]
     sampled = (
-        f", from {plan.rendered} of {len(plan.read.samples)} rows"
-        if plan.rendered < len(plan.read.samples)
+        f", from {plan.rendered} of {plan.read.readable} rows"
+        if plan.rendered < plan.read.readable
         else ""
     )
     lines = [
@@ -577,18 +667,16 @@ def would_stop(plan: Plan) -> str | None:
     return None
 
 
-def _format_name(read: ReadResult) -> str:
+def _format_name(read: DataScan) -> str:
     if read.format == "mixed":
         return "mixed formats: " + ", ".join(f"{k} {v}" for k, v in read.format_counts.items())
     return f"{read.format} ({'detected' if read.detected else 'given'})"
 
 
-def _columns(read: ReadResult, cfg: RunConfig) -> str:
+def _columns(read: DataScan, cfg: RunConfig) -> str:
     """Which column each field the format reads comes from, in how many rows, and the keys no
     field reads."""
-    records = [s.meta["record"] for s in read.samples]
-    records += [r.record for r in read.rejected if isinstance(r.record, dict)]
-    counts: Counter[str] = Counter(k for r in records if isinstance(r, dict) for k in r)
+    counts = read.keys
     formats = list(read.format_counts) if read.format == "mixed" else [read.format]
     used, parts = set(), []
     for fmt in formats:
@@ -633,7 +721,7 @@ def _truncation(plan: Plan) -> str:
                 f"{p.role} ({p.spec.max_length} tokens, {p.spec.truncation}): {len(p.cut)} ({what})"
             )
     rows = len(set().union(*(p.cut for p in plan.passes))) if plan.passes else 0
-    sampled = f" of the {plan.rendered} rendered" if plan.rendered < len(plan.read.samples) else ""
+    sampled = f" of the {plan.rendered} rendered" if plan.rendered < plan.read.readable else ""
     return f"touches {rows} rows{sampled}" + (": " + "; ".join(parts) if parts else "")
 
 

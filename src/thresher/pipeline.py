@@ -139,17 +139,26 @@ def has_budget(cfg: RunConfig) -> bool:
 
 def read_data(cfg: RunConfig) -> ReadResult:
     """The run's dataset, read as its `data` section says."""
+    return data_mod.read(**_data_args(cfg))
+
+
+def stream_data(cfg: RunConfig) -> data_mod.DataStream:
+    """The run's dataset as `read_data` reads it, a row at a time (`thresher validate`)."""
+    return data_mod.DataStream(**_data_args(cfg))
+
+
+def _data_args(cfg: RunConfig) -> dict[str, Any]:
     d = cfg.data
-    return data_mod.read(
-        d.path,
-        format=d.format,
-        columns=d.columns or None,
-        roles=d.roles or None,
-        id_column=d.id_column,
-        split=d.split,
-        limit=d.limit,
-        allow_mixed=d.allow_mixed,
-    )
+    return {
+        "source": d.path,
+        "format": d.format,
+        "columns": d.columns or None,
+        "roles": d.roles or None,
+        "id_column": d.id_column,
+        "split": d.split,
+        "limit": d.limit,
+        "allow_mixed": d.allow_mixed,
+    }
 
 
 def _check_tokenizers(cfg: RunConfig, method: Method) -> None:
