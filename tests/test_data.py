@@ -552,6 +552,40 @@ def test_whole_file_json_errors_name_the_file(tmp_path: Path) -> None:
         read(str(broken))
 
 
+@pytest.mark.parametrize("chunk", [1, 2, 3, 7, 64, 1 << 20])
+def test_a_json_array_is_decoded_a_chunk_at_a_time(tmp_path: Path, monkeypatch, chunk) -> None:
+    """Rows, numbers and multi-byte characters cut at every chunk boundary decode as json.loads
+    decodes the whole file; the errors name the line where the array breaks."""
+    from thresher import data as data_mod
+
+    monkeypatch.setattr(data_mod, "JSON_CHUNK_BYTES", chunk)
+    elements = [
+        {"instruction": "caf\u00e9 \u00fc\u4e2d\U0001f600", "output": "a\nb", "n": 12345.5e3},
+        123456789,
+        -0.25,
+        [1, [2, {"x": None}]],
+        "str",
+        True,
+        {},
+    ]
+    src = tmp_path / "a.json"
+    src.write_text(" \n[\n" + " ,\r\n\t".join(json.dumps(e) for e in elements) + "\n] \n")
+    assert list(data_mod._json_array(src)) == json.loads(src.read_text())
+    empty = tmp_path / "empty.json"
+    empty.write_text("[ \n ]")
+    assert list(data_mod._json_array(empty)) == []
+    for text, where in [
+        ('[{"a": 1},\n{"a": 2},\n]', "line 3"),  # a trailing comma
+        ('[{"a": 1}\n{"a": 2}]', "expected ',' or ']' at line 2"),
+        ('[{"a": 1}] [', "extra data after the array at line 1"),
+        ('{"a": 1}', "expected '[' at line 1"),
+        ('[{"a": 1},\n\n{"a": "unterminated}]', "line 3"),
+    ]:
+        src.write_text(text)
+        with pytest.raises(ValueError, match=re.escape(where)):
+            list(data_mod._json_array(src))
+
+
 def test_bom_and_crlf_are_accepted(tmp_path: Path) -> None:
     src = tmp_path / "bom.jsonl"
     src.write_bytes(

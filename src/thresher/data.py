@@ -427,53 +427,89 @@ def _starts_with_bracket(path: Path) -> bool:
     return head.removeprefix(codecs.BOM_UTF8).lstrip()[:1] == b"["
 
 
+JSON_CHUNK_BYTES = 1 << 20  # ours: a JSON array is read this much at a time
+
+
 def _json_array(path: Path) -> Iterator[Any]:
-    """The elements of a whole-file JSON array, decoded one at a time from the file's text (which
-    is held; the decoded rows are not). It can't be split into rows, so a file that is not a JSON
-    array raises, naming the offset where it stops being one.
+    """The elements of a whole-file JSON array, decoded one at a time as the file is read in
+    chunks, so neither the file's text nor its rows are held. It can't be split into rows, so a
+    file that is not a JSON array raises, naming the line where it stops being one.
 
     Bytes that are not UTF-8 are decoded as lone surrogates (`surrogateescape`): inside a string
     they reject only the rows holding them (`bad_utf8`, as for JSON lines); outside one the file is
     not JSON.
     """
-    text = path.read_bytes().removeprefix(codecs.BOM_UTF8).decode("utf-8", errors="surrogateescape")
     decoder = json.JSONDecoder()
+    utf8 = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
+    buf, i, dropped, lines, eof = "", 0, 0, 0, False  # dropped: chars of the file before buf
 
-    def skip(i: int) -> int:
-        return _JSON_SPACE.match(text, i).end()  # type: ignore[union-attr]
+    with open(path, "rb") as f:
 
-    def fail(i: int, why: str) -> ValueError:
-        line = text.count("\n", 0, i) + 1
-        return ValueError(
-            f"{path}: not valid JSON ({why} at line {line}, char {i}); fix the file, or write it as "
-            "JSON lines (.jsonl) so only the bad rows are rejected"
-        )
+        def more() -> bool:
+            """Drop what was read (before i), append the next chunk; False at the end of the
+            file."""
+            nonlocal buf, i, eof, dropped, lines
+            if eof:
+                return False
+            chunk = f.read(JSON_CHUNK_BYTES)
+            eof = not chunk
+            text = utf8.decode(chunk, final=eof)
+            if not dropped and not buf:
+                text = text.removeprefix("\ufeff")  # a byte order mark
+            lines += buf.count("\n", 0, i)  # drop what was read, keep the rest
+            dropped += i
+            buf, i = buf[i:] + text, 0
+            return True
 
-    i = skip(0)
-    if text[i : i + 1] != "[":
-        raise fail(i, "expected '['")
-    i = skip(i + 1)
-    if text[i : i + 1] == "]":
-        i = skip(i + 1)
-    else:
-        while True:
-            try:
-                row, i = decoder.raw_decode(text, i)
-            except json.JSONDecodeError as e:
-                raise fail(e.pos, e.msg) from e
-            except (ValueError, RecursionError) as e:  # huge ints, absurd nesting
-                raise fail(i, str(e) or type(e).__name__) from e
-            yield row
-            i = skip(i)
-            if text[i : i + 1] == ",":
-                i = skip(i + 1)
-            elif text[i : i + 1] == "]":
-                i = skip(i + 1)
-                break
-            else:
-                raise fail(i, "expected ',' or ']'")
-    if i != len(text):
-        raise fail(i, "extra data after the array")
+        def next_char() -> str:
+            """The next character after white space ("" at the end of the file)."""
+            nonlocal i
+            while True:
+                i = _JSON_SPACE.match(buf, i).end()  # type: ignore[union-attr]
+                if i < len(buf) or not more():
+                    return buf[i : i + 1]
+
+        def fail(pos: int, why: str) -> ValueError:
+            line = lines + buf.count("\n", 0, pos) + 1
+            return ValueError(
+                f"{path}: not valid JSON ({why} at line {line}, char {dropped + pos}); fix the "
+                "file, or write it as JSON lines (.jsonl) so only the bad rows are rejected"
+            )
+
+        more()
+        if next_char() != "[":
+            raise fail(i, "expected '['")
+        i += 1
+        if next_char() == "]":
+            i += 1
+        else:
+            while True:
+                while True:  # a row may run past the chunk read: read on until it decodes
+                    try:
+                        row, end = decoder.raw_decode(buf, i)
+                        # a number may go on in the next chunk ("-0." decodes as -0): a row
+                        # is whole when what follows it is read
+                        if eof or buf[end : end + 1] in (" ", "\t", "\n", "\r", ",", "]"):
+                            break
+                    except json.JSONDecodeError as e:
+                        if eof:
+                            raise fail(e.pos, e.msg) from e
+                    except (ValueError, RecursionError) as e:  # huge ints, absurd nesting
+                        raise fail(i, str(e) or type(e).__name__) from e
+                    more()
+                i = end
+                yield row
+                c = next_char()
+                if c == ",":
+                    i += 1
+                    next_char()
+                elif c == "]":
+                    i += 1
+                    break
+                else:
+                    raise fail(i, "expected ',' or ']'")
+        if next_char():
+            raise fail(i, "extra data after the array")
 
 
 _JSON_SPACE = re.compile(r"[ \t\n\r]*")
