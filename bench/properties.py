@@ -31,7 +31,9 @@ Pools (written to OUT/data; every row has an `id`, so a perturbed copy keeps its
 Properties, and the claim each method is held to (direction in brackets):
 
 - target lift (`target` pool): share of GSM8K rows in NAIT's selection with the GSM8K in-domain
-  set [higher], of MMLU rows with the MMLU set [higher]; MIWV and IFD as controls (no claim).
+  set [higher], of MMLU rows with the MMLU set [higher]; MIWV, IFD and Longest (what length
+  alone gives) as controls (no claim); and, as a diagnostic without a verdict, what NAIT selects
+  with the first token taken out of its drift's mean (`nait_first_token`).
 - coverage (`target` pool): share of embedding clusters hit (k-means with k = `--clusters` on
   the packaged sentence embedder's instruction embeddings, the ones kcenter reads; numpy,
   k-means++ seeded, best of 4 restarts) and share of MADS's activation-tag universe covered (the
