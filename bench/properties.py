@@ -31,11 +31,15 @@ Pools (written to OUT/data; every row has an `id`, so a perturbed copy keeps its
 Properties, and the claim each method is held to (direction in brackets):
 
 - target lift (`target` pool): share of GSM8K rows in NAIT's selection with the GSM8K in-domain
-  set [higher], of MMLU rows with the MMLU set [higher]; MIWV and IFD as controls (no claim).
+  set [higher], of MMLU rows with the MMLU set [higher]; MIWV, IFD and Longest (what length
+  alone gives) as controls (no claim); and, as a diagnostic without a verdict, what NAIT selects
+  with the first token taken out of its drift's mean (`nait_first_token`).
 - coverage (`target` pool): share of embedding clusters hit (k-means with k = `--clusters` on
   the packaged sentence embedder's instruction embeddings, the ones kcenter reads; numpy,
   k-means++ seeded, best of 4 restarts) and share of MADS's activation-tag universe covered (the
-  tags and universe MADS computes, its defaults) [higher for MADS and kcenter]; IFD as control.
+  tags and universe MADS computes, its defaults) [higher for MADS and kcenter]; IFD as control;
+  and the covering radius, k-center's own objective (the largest distance from a pool row to
+  its nearest selected row, on the same embeddings) [lower for kcenter].
 - robustness (`defects` and `perturbed` pools): Jaccard of the selections on the pool and on the
   perturbed copy, for T-SHIRT, IFD and Superfiltering [higher]; T-SHIRT's Jaccard across two
   noise seeds (42, 43) [higher]. The random reference is the overlap of independent random
@@ -699,6 +703,26 @@ def properties(a: argparse.Namespace, out: Path, data: dict[str, Any]) -> tuple[
                         clusters(ids(rec, f)),
                         [clusters(ids(r, f)) for r in rand],
                         0 if name == "ifd" else 1,
+                    )
+
+            def radius(sel: list[str]) -> float:
+                """k-center's own objective (Sener & Savarese): the largest l2 distance from a
+                pool row to its nearest selected row."""
+                chosen = emb[[row[i] for i in sel]]
+                d2 = (emb**2).sum(1)[:, None] - 2 * emb @ chosen.T + (chosen**2).sum(1)[None, :]
+                return float(np.sqrt(max(float(np.maximum(d2, 0).min(1).max()), 0.0)))
+
+            for name, rec in coverage_arms.items():
+                if rec is None:
+                    continue
+                for f, b in budgets:
+                    t.add(
+                        "coverage: embedding covering radius",
+                        name,
+                        b,
+                        radius(ids(rec, f)),
+                        [radius(ids(r, f)) for r in rand],
+                        -1 if name == "kcenter" else 0,
                     )
         if coverage_arms["mads"] is not None:
             s = _scores(out, "target", "mads")

@@ -218,6 +218,7 @@ def train_arm(
         max_length=a.max_length,
         template=a.template,
         threads=a.threads,
+        dtype=a.dtype,
     )
     res = train(
         [pool[i] for i in ids],
@@ -415,6 +416,14 @@ def main() -> None:
     )
     p.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
     p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=("float32", "bfloat16"),
+        help="training precision: bfloat16 trains with bf16 autocast (the weights stay float32); "
+        "worth it only where the CPU computes bf16 natively (avx512_bf16, amx_bf16) "
+        "(default: float32, as TrainConfig)",
+    )
+    p.add_argument(
         "--template", default="alpaca", help="template of training and evaluation (default: alpaca)"
     )
     p.add_argument(
@@ -513,7 +522,7 @@ def main() -> None:
     names = list(targets(data["heldout"].parent))
     items = {t: base_eval["results"][t]["evaluated"] for t in names}
     text = table(rows, base_eval, names, planted_defects)
-    recipe = f"{'full fine-tuning' if a.full else 'LoRA'}, preset {a.preset}, {a.epochs:g} epochs, batch {a.batch_size}, max length {a.max_length}, {a.template} template"
+    recipe = f"{'full fine-tuning' if a.full else 'LoRA'}, preset {a.preset}, {a.epochs:g} epochs, batch {a.batch_size}, max length {a.max_length}, {a.template} template, {a.dtype} training"
     header = (
         f"base {a.base}; scorer {a.scorer} (superfiltering, tshirt: {a.small_scorer}); budget {a.fraction:g} of {len(pool)} readable pool rows; {recipe}\n"
         f"held-out NLL in nats per response token (lower is better); items per target: {items}\n"
