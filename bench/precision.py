@@ -247,6 +247,21 @@ def speed_table(args: argparse.Namespace) -> dict[str, float]:
     return seconds
 
 
+def matmul_rates(args: argparse.Namespace) -> dict[str, float]:
+    """FLOP/s of the MLP-shaped matmul in each precision (the mixed mode's body is bf16), best
+    of two turns each."""
+    from thresher.dryrun import matmul_rate, model_shape
+    from thresher.models import load_tokenizer
+
+    shape = model_shape(load_tokenizer("smollm2-135m").config)
+    order = [args.reference, *(p for p in args.precisions if p != args.reference)]
+    best = dict.fromkeys(order, 0.0)
+    for _ in range(2):
+        for p in order:
+            best[p] = max(best[p], matmul_rate(shape, p, "cpu", 2048, seconds=2.0))
+    return best
+
+
 def compare(ref: dict[str, Any], low: dict[str, Any]) -> dict[str, float]:
     import numpy as np
     from scipy.stats import spearmanr
@@ -331,6 +346,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         for p in sec:
             print(f"   {p:15s} {sec[p]:8.1f} s  speed {sec[ref_precision] / sec[p]:.2f}x")
+        print(
+            "   the bound on these: the model's MLP matmul, (2048 x width) @ (width x ffn), in "
+            "each precision (wall clock, 2 s each, taking turns twice):"
+        )
+        rates = matmul_rates(args)
+        for p, rate in rates.items():
+            print(f"   {p:15s} {rate / 1e9:6.0f} GFLOP/s  {rate / rates[ref_precision]:.2f}x")
     print(
         f"\n   against {ref_precision}: speed = {ref_precision} seconds / these seconds; "
         f"holds = spearman >= {SPEARMAN_MIN} and J@10% >= {JACCARD10_MIN}"
