@@ -6,10 +6,11 @@ logits rounded to bf16 then log-softmax and entropy in fp32; `bfloat16-mixed`: b
 layers, fp32 final norm, lm_head, log-softmax and entropy), through `thresher.pipeline.score`
 exactly as `thresher run` scores. Printed per method and lower precision, against float32:
 
-  speed      float32 seconds / this precision's seconds for the method's own passes ("nan" for a
-             method whose passes were all computed by an earlier one, e.g. ppl after ifd, and
-             for a step resumed after an interruption); a separate table times the uncached
-             ifd passes over the first --speed-rows rows, the precisions taking turns
+  speed      float32 seconds / this precision's seconds for the method's own passes, where both
+             steps computed the same passes whole ("nan" for ppl after ifd, ifd after
+             instructdiff scored its cond pass, instructdiff whose float32 step trained the
+             calibrator, a step resumed after an interruption); a separate table times the
+             uncached ifd passes over the first --speed-rows rows, the precisions taking turns
   spearman   rank correlation of the method's score over rows scored in both
   J@5% J@10% Jaccard of the subsets the method's own selector picks at 5% and 10%
   max|d| p99|d|  of the score over rows scored in both
@@ -165,6 +166,7 @@ def run_step(args: argparse.Namespace, precision: str, method: str, lm: Any) -> 
             mine.parent.mkdir(parents=True, exist_ok=True)
             mine.symlink_to(shared.resolve(), target_is_directory=True)
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    trains = method == "instructdiff" and not (args.out / precision / "calibrators").exists()
     t0 = clock()
     result = score(cfg, loaded=lm)
     seconds = clock() - t0
@@ -186,6 +188,7 @@ def run_step(args: argparse.Namespace, precision: str, method: str, lm: Any) -> 
         "computed": {role: p["scored"] for role, p in result.passes.items()},
         "reused": {role: p["reused"] for role, p in result.passes.items()},
         "model": result.model_info and result.model_info.get("precision"),
+        "trained": trains,  # the seconds include training the calibrator
         "load": os.getloadavg()[0],
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -195,13 +198,17 @@ def run_step(args: argparse.Namespace, precision: str, method: str, lm: Any) -> 
     return step
 
 
-def fresh(step: dict[str, Any]) -> bool:
-    """Whether a step computed at least one pass and resumed none (its seconds are whole)."""
-    reused = step.get("reused")
-    if reused is None:  # a step recorded without it: unknown
-        return False
-    computed = [role for role, n in step["computed"].items() if n]
-    return bool(computed) and not any(reused[role] for role in computed)
+def comparable(ref: dict[str, Any], low: dict[str, Any]) -> bool:
+    """Whether two steps' seconds time the same work: each computed the same rows of the same
+    passes (not ppl after ifd, which computes none, nor ifd after instructdiff computed its
+    cond pass), resumed none of them, and trained nothing (the shared calibrator)."""
+    for step in (ref, low):
+        reused = step.get("reused")
+        if reused is None or step.get("trained", step["method"] == "instructdiff"):
+            return False
+        if not any(step["computed"].values()) or any(reused[r] for r in step["computed"]):
+            return False
+    return ref["computed"] == low["computed"]
 
 
 def speed_table(args: argparse.Namespace) -> dict[str, float]:
@@ -277,9 +284,7 @@ def compare(ref: dict[str, Any], low: dict[str, Any]) -> dict[str, float]:
         "spearman": float(spearmanr(x, y).statistic) if len(both) > 2 else float("nan"),
         "max": float(d.max()) if len(d) else float("nan"),
         "p99": float(np.percentile(d, 99)) if len(d) else float("nan"),
-        # seconds compare only when both steps computed their passes whole, in one process: not
-        # a method whose passes were all reused (ppl after ifd), nor a step resumed after a kill
-        "speed": ref["seconds"] / low["seconds"] if fresh(ref) and fresh(low) else float("nan"),
+        "speed": ref["seconds"] / low["seconds"] if comparable(ref, low) else float("nan"),
     }
     for f in FRACTIONS:
         s, t = set(ref["selected"][str(f)]), set(low["selected"][str(f)])
