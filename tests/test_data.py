@@ -552,6 +552,21 @@ def test_whole_file_json_errors_name_the_file(tmp_path: Path) -> None:
         read(str(broken))
 
 
+def test_a_stream_reads_again_as_the_first_time(tmp_path: Path) -> None:
+    from thresher.data import DataStream
+
+    rows = [
+        {"instruction": "q", "output": "a"},
+        {"conversations": [{"from": "human", "value": "h"}, {"from": "gpt", "value": "g"}]},
+    ]
+    src = write_lines(tmp_path / "d.jsonl", rows)
+    stream = DataStream(str(src), allow_mixed=True)
+    first = [(s.id, s.meta["format"]) for s in stream]
+    assert stream.format == "mixed" and stream.format_counts == {"alpaca": 1, "sharegpt": 1}
+    assert [(s.id, s.meta["format"]) for s in stream] == first and stream.rows_read == 2
+    assert stream.format == "mixed" and stream.format_counts == {"alpaca": 1, "sharegpt": 1}
+
+
 @pytest.mark.parametrize("chunk", [1, 2, 3, 7, 64, 1 << 20])
 def test_a_json_array_is_decoded_a_chunk_at_a_time(tmp_path: Path, monkeypatch, chunk) -> None:
     """Rows, numbers and multi-byte characters cut at every chunk boundary decode as json.loads

@@ -163,13 +163,10 @@ class DataStream:
             raise ValueError(f"limit={limit}: expected a row count >= 0, or None for every row")
         self.source = str(source)
         self.schema = make_schema(columns, roles)
+        self.given = format  # what was asked; `format` is what the last iteration read
         self.format, self.detected = format, format is None
-        self.id_column, self.split, self.limit, self.allow_mixed = (
-            id_column,
-            split,
-            limit,
-            allow_mixed,
-        )
+        self.id_column, self.split, self.limit = id_column, split, limit
+        self.allow_mixed = allow_mixed
         self.rows_read = 0
         self.format_counts: dict[str, int] = {}
         self.content_hash = ""
@@ -184,7 +181,7 @@ class DataStream:
                 objects.append(item)
                 if len(objects) == DETECT_ROWS:
                     break
-        format, id_column = self.format, self.id_column
+        format, id_column = self.given, self.id_column
         if self.detected and not self.allow_mixed:
             format = _detect(objects, self.schema, self.source, head)
         if id_column is None and objects and "id" in objects[0][1]:
