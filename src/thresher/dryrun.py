@@ -42,11 +42,10 @@ from thresher.passes import DEMO_VIEWS, PassSpec
 # enough not to matter before a run
 MATMUL_SECONDS = 0.5
 # ours: the fraction of the rate of one (batch tokens x width) @ (width x ffn) matmul that a
-# forward pass reaches; DESIGN.md measured 60-68% for batch-1 GPT-2-shaped passes on an idle
-# 2-core machine (the rest is element-wise work between the GEMMs). bench/estimate.py measured
-# 0.76-0.80 for SmolLM2-135M IFD passes on a loaded machine (docs/results.md, "Cost estimate"),
-# so the estimate leans long
-FORWARD_EFFICIENCY = 0.6
+# scoring run reaches (the rest: attention, element-wise work between the GEMMs, reading and
+# rendering); bench/estimate.py fitted 0.80 for SmolLM2-135M IFD passes on 200 Alpaca rows at
+# load 1.6-2.0, and 0.76-0.80 on a loaded machine (docs/results.md, "Cost estimate")
+FORWARD_EFFICIENCY = 0.8
 # ours: the rows `thresher run` renders for its start-up estimate, spread over the file; all
 # rows for `thresher validate`
 RUN_START_ROWS = 2000
