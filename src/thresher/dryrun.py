@@ -43,9 +43,10 @@ from thresher.passes import DEMO_VIEWS, PassSpec
 MATMUL_SECONDS = 0.5
 # ours: the fraction of the rate of one (batch tokens x width) @ (width x ffn) matmul that a
 # scoring run reaches (the rest: attention, element-wise work between the GEMMs, reading and
-# rendering); bench/estimate.py fitted 0.80 for SmolLM2-135M IFD passes on 200 Alpaca rows at
-# load 1.6-2.0, and 0.76-0.80 on a loaded machine (docs/results.md, "Cost estimate")
-FORWARD_EFFICIENCY = 0.8
+# rendering); bench/estimate.py fitted 0.80 (1 thread) and 0.73 (2 threads) for SmolLM2-135M
+# IFD passes on 200 Alpaca rows on a near-idle machine, 0.76-0.80 on a loaded one
+# (docs/results.md, "Cost estimate"); between them, leaning long
+FORWARD_EFFICIENCY = 0.75
 # ours: the rows `thresher run` renders for its start-up estimate, spread over the file; all
 # rows for `thresher validate`
 RUN_START_ROWS = 2000
