@@ -1,8 +1,8 @@
 """What the benchmarks that select from real pools share: where the real data lives, the held-out
 split of alpaca_en_demo, and one cached selection step through `thresher.pipeline.run`.
 
-Imported by `bench/selection_quality.py` and `bench/properties.py` (run as scripts, so this
-folder is on `sys.path`).
+Imported by `bench/selection_quality.py`, `bench/properties.py` and, for `machine()`, the speed
+benchmarks (run as scripts, so this folder is on `sys.path`).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -25,6 +26,17 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 HELDOUT_FRACTION = 0.2  # ours: 200 of alpaca_en_demo's 999 rows are never in a pool
 # what a run folder's outputs are copied into an arm's folder for later reading
 COPY = ("scores.parquet", "manifest.json", "selected.jsonl", "rejected.jsonl", "trl.jsonl")
+
+
+def machine() -> str:
+    """The CPU flags that decide precision and speed, and the core count: printed with every
+    benchmark figure."""
+    from thresher.models import NATIVE_BF16_CPU_FLAGS, cpu_flags
+
+    flags = cpu_flags() or frozenset()
+    shown = ("avx2", "fma", "avx512f", *NATIVE_BF16_CPU_FLAGS)
+    absent = " ".join(f for f in shown if f not in flags) or "-"
+    return f"cpu flags: {' '.join(f for f in shown if f in flags)} (absent: {absent}); {os.cpu_count()} cores"
 
 
 def fingerprint(obj: Any) -> str:

@@ -153,15 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.data.is_file():
         print(f"skipped: data file not found: {args.data} (pass --data PATH)")
         return 0
-    from thresher.models import NATIVE_BF16_CPU_FLAGS, cpu_flags
+    from common import machine
 
-    flags = cpu_flags() or frozenset()
-    shown = ("avx2", "fma", "avx512f", *NATIVE_BF16_CPU_FLAGS)
     print(
         f"bench/end_to_end.py: {args.rows} rows of {args.data.name}, smollm2-135m, threads="
-        f"{args.threads}; {time.strftime('%Y-%m-%d')}\ncpu flags: "
-        f"{' '.join(f for f in shown if f in flags)} (absent: "
-        f"{' '.join(f for f in shown if f not in flags) or '-'}); {os.cpu_count()} cores; "
+        f"{args.threads}; {time.strftime('%Y-%m-%d')}\n{machine()}; "
         f"load {os.getloadavg()[0]:.1f}",
         flush=True,
     )

@@ -813,15 +813,9 @@ def main(argv: list[str] | None = None) -> int:
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     torch.set_num_threads(args.threads)
     data = read(str(args.data), limit=args.rows)
-    from thresher.models import NATIVE_BF16_CPU_FLAGS, cpu_flags
+    from common import machine
 
-    flags = cpu_flags() or frozenset()
-    shown = ("avx2", "fma", "avx512f", *NATIVE_BF16_CPU_FLAGS)
-    print(
-        f"cpu flags: {' '.join(f for f in shown if f in flags)} "
-        f"(absent: {' '.join(f for f in shown if f not in flags) or '-'}); {os.cpu_count()} cores; "
-        + time.strftime("%Y-%m-%d")
-    )
+    print(f"{machine()}; {time.strftime('%Y-%m-%d')}")
     print(
         f"bench/passes.py: {data.rows_read} rows read from {args.data.name} ({len(data.samples)} samples, "
         f"{len(data.rejected)} rejected); torch {torch.__version__}, threads={torch.get_num_threads()}, "

@@ -303,18 +303,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import torch
 
-    from thresher.models import NATIVE_BF16_CPU_FLAGS, cpu_flags, load_model
+    from common import machine
+    from thresher.models import load_model
 
     torch.set_num_threads(args.threads)
-    flags = cpu_flags() or frozenset()
-    shown = ("avx2", "fma", "avx512f", *NATIVE_BF16_CPU_FLAGS)
     print(
         f"bench/precision.py: {args.rows} rows of {args.data.name}, smollm2-135m, methods "
         f"{' '.join(args.methods)}, precisions {' '.join(args.precisions)}; threads={args.threads}, "
         f"clock={args.clock}; torch {torch.__version__}; {time.strftime('%Y-%m-%d')}\n"
-        f"cpu flags: {' '.join(f for f in shown if f in flags)} "
-        f"(absent: {' '.join(f for f in shown if f not in flags) or '-'}); {os.cpu_count()} cores; "
-        f"load {os.getloadavg()[0]:.1f}",
+        f"{machine()}; load {os.getloadavg()[0]:.1f}",
         flush=True,
     )
     steps: dict[tuple[str, str], dict[str, Any]] = {}
