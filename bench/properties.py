@@ -682,6 +682,16 @@ def properties(a: argparse.Namespace, out: Path, data: dict[str, Any]) -> tuple[
                         share_pool[d],
                     )
         coverage_arms = {n: got("target", n) for n in ("mads", "kcenter", "ifd")}
+
+        def add_coverage(label: str, metric: Any, direction: Any) -> None:
+            """One coverage row per arm and budget: the arm's value against the random arms'."""
+            for name, rec in coverage_arms.items():
+                if rec is None:
+                    continue
+                for f, b in budgets:
+                    values = [metric(ids(r, f)) for r in rand]
+                    t.add(label, name, b, metric(ids(rec, f)), values, direction(name))
+
         kc = coverage_arms["kcenter"]
         if kc is not None:
             s = _scores(out, "target", "kcenter")
@@ -692,18 +702,11 @@ def properties(a: argparse.Namespace, out: Path, data: dict[str, Any]) -> tuple[
             def clusters(sel: list[str]) -> float:
                 return len({labels[row[i]] for i in sel}) / a.clusters
 
-            for name, rec in coverage_arms.items():
-                if rec is None:
-                    continue
-                for f, b in budgets:
-                    t.add(
-                        f"coverage: embedding clusters (k={a.clusters})",
-                        name,
-                        b,
-                        clusters(ids(rec, f)),
-                        [clusters(ids(r, f)) for r in rand],
-                        0 if name == "ifd" else 1,
-                    )
+            add_coverage(
+                f"coverage: embedding clusters (k={a.clusters})",
+                clusters,
+                lambda name: 0 if name == "ifd" else 1,
+            )
 
             def radius(sel: list[str]) -> float:
                 """k-center's own objective (Sener & Savarese): the largest l2 distance from a
@@ -712,18 +715,11 @@ def properties(a: argparse.Namespace, out: Path, data: dict[str, Any]) -> tuple[
                 d2 = (emb**2).sum(1)[:, None] - 2 * emb @ chosen.T + (chosen**2).sum(1)[None, :]
                 return float(np.sqrt(max(float(np.maximum(d2, 0).min(1).max()), 0.0)))
 
-            for name, rec in coverage_arms.items():
-                if rec is None:
-                    continue
-                for f, b in budgets:
-                    t.add(
-                        "coverage: embedding covering radius",
-                        name,
-                        b,
-                        radius(ids(rec, f)),
-                        [radius(ids(r, f)) for r in rand],
-                        -1 if name == "kcenter" else 0,
-                    )
+            add_coverage(
+                "coverage: embedding covering radius",
+                radius,
+                lambda name: -1 if name == "kcenter" else 0,
+            )
         if coverage_arms["mads"] is not None:
             s = _scores(out, "target", "mads")
             row = {i: k for k, i in enumerate(s.column("id").to_pylist())}
@@ -739,18 +735,11 @@ def properties(a: argparse.Namespace, out: Path, data: dict[str, Any]) -> tuple[
             def tag_cov(sel: list[str]) -> float:
                 return mads_sig.coverage_rate(tags, [row[i] for i in sel], kept)
 
-            for name, rec in coverage_arms.items():
-                if rec is None:
-                    continue
-                for f, b in budgets:
-                    t.add(
-                        f"coverage: MADS activation tags ({int(kept.sum())})",
-                        name,
-                        b,
-                        tag_cov(ids(rec, f)),
-                        [tag_cov(ids(r, f)) for r in rand],
-                        0 if name == "ifd" else 1,
-                    )
+            add_coverage(
+                f"coverage: MADS activation tags ({int(kept.sum())})",
+                tag_cov,
+                lambda name: 0 if name == "ifd" else 1,
+            )
 
     # -- defect avoidance, on the defects pool
     recs = [json.loads(x) for x in data["defects"].read_text().splitlines()]
