@@ -372,6 +372,14 @@ def test_resume_refuses_a_changed_model_template_or_input(tiny_model_dir, tmp_pa
 # --- subprocesses: real signals ---------------------------------------------------------------
 
 
+def _sigint_as_at_a_terminal() -> None:
+    """A shell that starts a command in the background without job control (`make test &` in a
+    script, some CI runners) sets SIGINT to "ignore"; children inherit it, and Python then installs
+    no KeyboardInterrupt handler, so the run would rightly go on. The test means Ctrl-C at a
+    terminal: give the child SIGINT's default disposition."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _spawn(tiny_model_dir, data, out) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
     cmd = [
@@ -380,7 +388,14 @@ def _spawn(tiny_model_dir, data, out) -> subprocess.Popen:
         "thresher.cli",
         *_args(tiny_model_dir, data, out, "--threads", "1", shard_rows=2),
     ]
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        cmd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_sigint_as_at_a_terminal,
+    )
 
 
 def _wait_for_shards(proc: subprocess.Popen, out: Path, n: int) -> None:
