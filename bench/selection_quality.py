@@ -32,7 +32,9 @@ on 2 cores): T-SHIRT scores `--tshirt-copies` perturbed copies instead of 30; In
 warm-up uses its preset with batch 8 (the preset's 64 is larger than a warm-up set of tens of
 rows, which would give one step per epoch).
 
-Every step writes its result into `--out` and is reused on a rerun: scoring passes (the run
+The arms run one by one (random arms first, then the methods, then the full pool unless
+`--no-full-arm`), each selected, trained and evaluated before the next, so a run cut short has
+complete arms. Every step writes its result into `--out` and is reused on a rerun: scoring passes (the run
 folders' shard cache), selections (`arms/ARM/selection.json`), trained models
 (`arms/ARM/model/thresher-train.json`, with checkpoints while training) and evaluations
 (`arms/ARM/eval.json`), so an interrupted run resumes; an arm whose selection changes is trained and
@@ -87,10 +89,12 @@ class Arm:
     seed: int = 42
 
 
-def arms(methods: list[str], n_random: int) -> list[Arm]:
-    out = [Arm(m, m) for m in methods]
-    out += [Arm(f"random-{k + 1}", "random", 42 + k) for k in range(n_random)]
-    return [*out, Arm("full", None)]
+def arms(methods: list[str], n_random: int, full: bool = True) -> list[Arm]:
+    """Random arms first (they need no scoring, so a run cut short still has its controls), then
+    the methods, then the full pool."""
+    out = [Arm(f"random-{k + 1}", "random", 42 + k) for k in range(n_random)]
+    out += [Arm(m, m) for m in methods]
+    return [*out, Arm("full", None)] if full else out
 
 
 # ------------------------------------------------------------------ data
@@ -372,10 +376,15 @@ def main() -> None:
     )
     p.add_argument(
         "--methods",
-        nargs="+",
+        nargs="*",
         default=list(METHODS),
         choices=METHODS,
-        help="methods to compare (default: all)",
+        help="methods to compare (default: all; none: the random arms and the full pool only)",
+    )
+    p.add_argument(
+        "--no-full-arm",
+        action="store_true",
+        help="leave out the full-pool arm (it trains on ten times an arm's rows)",
     )
     p.add_argument(
         "--pool-rows", type=int, default=96, help="alpaca_en_demo rows in the pool (default: 96)"
@@ -461,62 +470,60 @@ def main() -> None:
         f"readable  {len(pool)} rows ({len(pool_read.rejected)} rejected reading: {sorted({r.reason for r in pool_read.rejected})}); {planted_defects} readable planted defects"
     )
 
+    # arm by arm (select, train, evaluate), so every finished arm is complete and a run cut short
+    # resumes at the first unfinished step
+    stages.update(select=0.0, train=0.0, eval=0.0)
+    base = load_model(a.base)
     t0 = time.perf_counter()
-    chosen: dict[str, dict[str, Any]] = {}
-    for arm in arms(a.methods, a.random_arms):
-        chosen[arm.name] = select_arm(arm, a, out, data)
-        s = chosen[arm.name]
+    base_eval = eval_model("base", base, a, data, out / "base_eval.json")
+    stages["eval"] += time.perf_counter() - t0
+    rows = []
+    for arm in arms(a.methods, a.random_arms, full=not a.no_full_arm):
+        t0 = time.perf_counter()
+        sel = select_arm(arm, a, out, data)
+        stages["select"] += time.perf_counter() - t0
         print(
-            f"select    {arm.name:<14} {len(s['ids'])} rows"
-            + (" (reused)" if s["reused"] else f" in {s['seconds']:.0f} s")
-            + (f" - {s['note']}" if s.get("note") else ""),
+            f"select    {arm.name:<14} {len(sel['ids'])} rows"
+            + (" (reused)" if sel["reused"] else f" in {sel['seconds']:.0f} s")
+            + (f" - {sel['note']}" if sel.get("note") else ""),
             flush=True,
         )
-    stages["select"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    base = load_model(a.base)
-    rows = []
-    for arm in arms(a.methods, a.random_arms):
-        tr = train_arm(
-            arm, chosen[arm.name]["ids"], pool, base, a, out, reselected=chosen[arm.name]["changed"]
-        )
-        audit = defect_audit(
-            [pool[i].meta["record"] for i in chosen[arm.name]["ids"]],
-            [s.meta["record"] for s in pool_read.samples],
-        )
-        rows.append(
-            {
-                "arm": arm.name,
-                "scorer": chosen[arm.name]["scorer"],
-                "train": tr,
-                "defects": audit["selected"]["defective"],
-            }
-        )
+        t0 = time.perf_counter()
+        tr = train_arm(arm, sel["ids"], pool, base, a, out, reselected=sel["changed"])
+        stages["train"] += time.perf_counter() - t0
         print(
             f"train     {arm.name:<14} {tr['rows']} rows, {tr['loss_tokens']} loss tokens, {tr['steps']} steps"
             + (" (reused)" if tr["reused"] else f" in {tr['seconds']:.0f} s"),
             flush=True,
         )
-    stages["train"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    base_eval = eval_model("base", base, a, data, out / "base_eval.json")
-    for r in rows:
-        r["eval"] = eval_model(
-            r["arm"],
-            out / "arms" / r["arm"] / "model",
+        audit = defect_audit(
+            [pool[i].meta["record"] for i in sel["ids"]],
+            [s.meta["record"] for s in pool_read.samples],
+        )
+        t0 = time.perf_counter()
+        ev = eval_model(
+            arm.name,
+            out / "arms" / arm.name / "model",
             a,
             data,
-            out / "arms" / r["arm"] / "eval.json",
+            out / "arms" / arm.name / "eval.json",
         )
+        stages["eval"] += time.perf_counter() - t0
         print(
-            f"eval      {r['arm']:<14} "
-            + ", ".join(f"{t} {v['nll_token']:.4f}" for t, v in r["eval"]["results"].items())
-            + (" (reused)" if r["eval"]["reused"] else ""),
+            f"eval      {arm.name:<14} "
+            + ", ".join(f"{t} {v['nll_token']:.4f}" for t, v in ev["results"].items())
+            + (" (reused)" if ev["reused"] else ""),
             flush=True,
         )
-    stages["eval"] = time.perf_counter() - t0
+        rows.append(
+            {
+                "arm": arm.name,
+                "scorer": sel["scorer"],
+                "train": tr,
+                "eval": ev,
+                "defects": audit["selected"]["defective"],
+            }
+        )
     stages["total"] = time.perf_counter() - t_start
 
     names = list(targets(data["heldout"].parent))
