@@ -55,7 +55,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common import SHARED, alpaca_split, fingerprint, require_shared, select_cached
+from common import SHARED, alpaca_split, fingerprint, machine, require_shared, select_cached
 from thresher.atomic import write_jsonl
 from thresher.config import RunConfig
 from thresher.data import Sample, read
@@ -536,6 +536,7 @@ def main() -> None:
         f"seconds: "
         + ", ".join(f"{k} {v:.0f}" for k, v in stages.items())
         + " (reused steps count as 0)"
+        + f"\n{machine()}; {a.threads} torch thread(s)"
     )
     print("\n" + header + "\n\n" + text)
     (out / "results.md").write_text(header + "\n\n" + text + "\n")

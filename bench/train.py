@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from common import machine
 from thresher.config import RunConfig
 from thresher.data import read
 from thresher.models import load_model
@@ -132,7 +133,7 @@ def main() -> None:
     )
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    print(f"torch threads: {a.threads}; data: {a.data}")
+    print(f"torch threads: {a.threads}; data: {a.data}\n{machine()}")
     with tempfile.TemporaryDirectory() as tmp:
         if "instructdiff" in a.parts:
             instructdiff_part(a, Path(tmp))
