@@ -65,7 +65,7 @@ class TrainConfig:
     save_steps: int = 50  # ours: a checkpoint every few minutes of CPU training
     logging_steps: int = 10  # TRL's SFTConfig default
     seed: int = 42  # Stanford Alpaca / HF Trainer default seed
-    dtype: str = "float32"  # DESIGN: fp32 on CPU; bf16 pays only with native bf16 (docs/training.md)
+    dtype: str = "float32"  # DESIGN: fp32; bf16 pays only with native bf16 (docs/training.md)
     threads: int | None = None  # torch threads; None leaves torch's default
 
     def __post_init__(self) -> None:
